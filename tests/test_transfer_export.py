@@ -1,0 +1,51 @@
+"""A distilled student saved by `save_student` loads with plain timm in a process that never imports attention_transfer;
+`attention_transfer.transfer` re-exports `AttentionDistill` whatever the import order."""
+import subprocess, sys, textwrap
+import pytest, torch, torch.nn.functional as F, timm
+from attention_transfer.transfer import AttentionDistill
+
+KW = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
+
+def run(code):
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+@pytest.mark.parametrize('ext', ['pth', 'safetensors'])
+def test_student_loads_in_plain_timm(tmp_path, ext):
+    torch.manual_seed(0)
+    t, s = timm.create_model('vit_tiny_patch16_224', **KW), timm.create_model('vit_tiny_patch16_224', **KW)
+    ad = AttentionDistill(t, s, end_layer=-1).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+    opt = torch.optim.AdamW(ad.parameters(), lr=1e-3)
+    for _ in range(2):
+        out, atd = ad(x); (F.cross_entropy(out, y) + 3.0 * atd).backward(); opt.step(); opt.zero_grad()
+    ckpt = tmp_path / f'student.{ext}'
+    ad.save_student(ckpt)
+    assert [p.name for p in tmp_path.iterdir()] == [ckpt.name]          # no temporary file left behind
+    with torch.no_grad(): torch.save({'x': x, 'logits': ad.eval()(x)}, tmp_path / 'ref.pt')
+    r = run(f"""
+        import sys, torch, timm
+        m = timm.create_model('vit_tiny_patch16_224', checkpoint_path={str(ckpt)!r}, **{KW!r}).eval()
+        ref = torch.load({str(tmp_path / 'ref.pt')!r}, weights_only=True)
+        with torch.no_grad(): out = m(ref['x'])
+        assert not any(k.startswith('attention_transfer') for k in sys.modules), 'attention_transfer was imported'
+        print('maxdiff', (out - ref['logits']).abs().max().item())
+        assert torch.equal(out, ref['logits'])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert 'maxdiff 0.0' in r.stdout
+
+def test_save_student_failure_leaves_nothing(tmp_path):
+    t, s = timm.create_model('vit_tiny_patch16_224', **KW), timm.create_model('vit_tiny_patch16_224', **KW)
+    with pytest.raises(Exception): AttentionDistill(t, s).save_student(tmp_path / 'missing_dir' / 'student.pth')
+    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize('first', ['transfer', 'distill'])
+def test_import_order(first):
+    r = run(f"""
+        import attention_transfer.{first}
+        from attention_transfer.transfer import AttentionCopy, AttentionDistill
+        from attention_transfer.distill import AttentionDistill as D
+        from attention_transfer.transfer import *
+        assert AttentionDistill is D and issubclass(D, attention_transfer.transfer.AttentionTransfer)
+    """)
+    assert r.returncode == 0, r.stderr
