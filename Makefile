@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test export clean docs wheel
+.PHONY: venv demo test export readme docs wheel
 
 $(BIN)/nbdev_export: settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +21,19 @@ demo: venv
 test: venv
 	PATH=$(abspath $(BIN)):$$PATH bash .ci/test
 
+## After editing notebooks: library, clean notebooks and README.md in step (what CI's first step checks).
 export: venv
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python .ci/readme.py
 
+## README.md from nbs/index.ipynb.
+readme: venv
+	$(BIN)/python .ci/readme.py
+
+## The docs site in _docs/ (open _docs/index.html): executes the notebooks under a Jupyter kernel, processes them with
+## nbdev into _proc/, renders with Quarto where it is installed, else with nbconvert. DOCS_FLAGS=--no-exec skips running.
 docs: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m attention_transfer.site
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python .ci/docsite.py $(DOCS_FLAGS)
 
+## dist/: the sdist, and the wheel built from it (so nothing but the package gets in).
 wheel: venv
-	$(BIN)/pip wheel --no-deps -w dist .
+	$(BIN)/python -m build --no-isolation --outdir dist .

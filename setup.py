@@ -6,7 +6,7 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
 c = cfg['DEFAULT']
 
-licenses = {'apache2': 'Apache-2.0'}  # SPDX expression
+licenses = {'apache2': 'Apache-2.0'}  # SPDX expression (setuptools deprecates license classifiers)
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 py_versions = '3.10 3.11 3.12 3.13'.split()
 lic = licenses[c['license']]
@@ -26,9 +26,9 @@ setuptools.setup(
     license=lic,
     url=c['git_url'],
     project_urls={'Documentation': c['doc_host'] + c['doc_baseurl'], 'Source': c['git_url'],
-                  'Paper': 'https://arxiv.org/abs/2411.09702'},
+                  'Issues': c['git_url'] + '/issues', 'Paper': 'https://arxiv.org/abs/2411.09702'},
     keywords=c['keywords'].split(),
-    classifiers=['Development Status :: ' + statuses[int(c['status'])],
+    classifiers=['Development Status :: ' + statuses[int(c['status']) - 1],  # settings.ini status 3 -> '3 - Alpha'
                  'Intended Audience :: ' + c['audience'].title(),
                  'Natural Language :: ' + c['language'].title(),
                  'Topic :: Scientific/Engineering :: Artificial Intelligence']

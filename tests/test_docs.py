@@ -1,0 +1,243 @@
+"""The docs site, built as `make docs` builds it without Quarto (.ci/docsite.py), from the notebooks executed under a
+Jupyter kernel (shared with test_kernel.py): one page per notebook with its title, working links, every figure, API
+docs from show_doc, code shown or hidden as the directives say; then the index and a tutorial in headless Chromium."""
+import json, os, re, shutil, struct, subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from bs4 import BeautifulSoup
+from execnb.nbio import read_nb
+from fastcore.xtras import working_directory
+from nbdev.config import get_config
+from nbdev.process import extract_directives
+
+from _kernel_runs import ROOT, runs
+import docsite, browser  # noqa: E402  (.ci/, put on sys.path by _kernel_runs)
+
+SHOTS = Path(os.environ.get('AT_SCREENSHOT_DIR', '/tmp/attention_transfer_docs'))
+_IMG = ('image/png', 'image/jpeg', 'image/svg+xml')
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('site')
+    with working_directory(ROOT):
+        res = docsite.build(out=tmp/'_docs', proc=tmp/'_proc', executed=runs(), quarto=False, log=lambda *a: None)
+        cfg = get_config()
+    res['cfg'] = cfg
+    res['html'] = {p['href']: BeautifulSoup((res['out']/p['href']).read_text(), 'html.parser') for p in res['pages']}
+    return res
+
+
+def _source_title(nb_path):
+    "The notebook's own `# Title` (first markdown H1), read without nbdev."
+    for c in json.loads(Path(nb_path).read_text())['cells']:
+        if c['cell_type'] == 'markdown':
+            m = re.search(r'^#\s+(\S.*?)\s*$', ''.join(c['source']), flags=re.M)
+            if m: return m.group(1)
+    return None
+
+
+def test_one_page_per_notebook(site):
+    with working_directory(ROOT): nbs = docsite.site_notebooks(get_config().nbs_path)
+    assert sorted(p['src'] for p in site['pages']) == sorted(p.resolve() for p in nbs)
+    assert (site['out']/'index.html').exists()
+    index = next(p for p in site['pages'] if p['href'] == 'index.html')
+    assert index['rel'].as_posix() == get_config().readme_nb
+    for p in site['pages']:  # the navigation on every page links every page
+        nav = site['html'][p['href']].select('nav.site-sidebar a')
+        assert len(nav) == len(site['pages']), p['href']
+        assert len(site['html'][p['href']].select('nav.site-sidebar a.active')) == 1
+
+
+def test_every_notebook_processes_with_nbdev(site):
+    "nbdev's docs processors (what nbdev_docs runs) accept every notebook: show_doc renders, nothing raises."
+    assert not site['proc_failed'], '\n\n'.join(site['proc_failed'].values())
+
+
+def test_every_page_has_its_title(site):
+    for p in site['pages']:
+        soup, want = site['html'][p['href']], _source_title(p['src'])
+        assert want, f"{p['rel']} has no '# Title' markdown cell"
+        assert soup.title and want in soup.title.get_text(), p['href']
+        h1 = soup.select('h1.title')
+        assert len(h1) == 1 and h1[0].get_text(strip=True) == want, p['href']
+
+
+def _internal_refs(soup):
+    for tag, attr in (('a', 'href'), ('img', 'src'), ('link', 'href'), ('script', 'src')):
+        for el in soup.find_all(tag):
+            ref = el.get(attr)
+            if not ref: continue
+            u = urlsplit(ref)
+            if u.scheme or u.netloc: continue  # external (http, https, mailto, data)
+            yield ref, u
+
+
+def test_internal_links_resolve(site):
+    "Every link, image, stylesheet and script within the site exists, and so does every #anchor it points to."
+    out, bad, n = site['out'], [], 0
+    no_api = {(out/p['href']).resolve() for p in site['pages'] if p['src'] in site['proc_failed']}
+    ids = {}
+    def page_ids(f):
+        if f not in ids:
+            s = BeautifulSoup(f.read_text(), 'html.parser')
+            ids[f] = {e.get('id') for e in s.find_all(id=True)} | {e.get('name') for e in s.find_all(attrs={'name': True})}
+        return ids[f]
+    for f in sorted(out.rglob('*.html')):
+        for ref, u in _internal_refs(BeautifulSoup(f.read_text(), 'html.parser')):
+            n += 1
+            target = (f.parent/unquote(u.path)).resolve() if u.path else f
+            if not target.is_relative_to(out.resolve()) or not target.is_file():
+                bad.append(f'{f.relative_to(out)}: {ref} (no such file)')
+            elif u.fragment and target.suffix == '.html' and unquote(u.fragment) not in page_ids(target) \
+                    and target not in no_api:  # a page without its show_doc sections fails the test above
+                bad.append(f'{f.relative_to(out)}: {ref} (no such anchor)')
+    assert n > 0 and not bad, '\n'.join(bad)
+
+
+def _hidden(directives):
+    d = directives
+    return bool({'hide', 'export', 'exporti', 'default_exp'} & d.keys()) or d.get('include:') == ['false']
+
+
+def _png_size(data: bytes):
+    assert data[:8] == b'\x89PNG\r\n\x1a\n', 'not a PNG'
+    return struct.unpack('>II', data[16:24])
+
+
+def test_every_figure_is_on_its_page(site):
+    "Each image output of a shown cell (not hidden, not `output: false`) is an <img> whose file is a real picture."
+    total, executed = 0, {k.resolve(): v for k, v in site['executed'].items()}
+    for p in site['pages']:
+        r = executed.get(p['src'])
+        soup = site['html'][p['href']]
+        imgs = soup.select('.jp-OutputArea-output img')
+        expected = 0
+        if r is not None and r.ran:
+            for c in r.nb.cells:
+                if c.cell_type != 'code': continue
+                d = extract_directives(read_nb_cell(c), remove=False)
+                if _hidden(d) or d.get('output:') == ['false']: continue
+                expected += sum(any(m in o.get('data', {}) for m in _IMG) for o in c.get('outputs', []))
+        assert len(imgs) == expected, f"{p['href']}: {len(imgs)} figures on the page, {expected} in the notebook"
+        for img in imgs:
+            f = (site['out']/p['href']).parent/img['src']
+            assert f.is_file(), f
+            if f.suffix == '.png':
+                w, h = _png_size(f.read_bytes())
+                assert w > 0 and h > 0, f
+        total += expected
+    assert total > 0, 'no notebook made a figure'
+
+
+def read_nb_cell(c):
+    "An nbformat cell as the execnb cell nbdev's directive parser takes."
+    from execnb.nbio import dict2nb
+    return dict2nb({'cells': [dict(c, source=''.join(c.source) if isinstance(c.source, list) else c.source)]}).cells[0]
+
+
+def _inputs(soup):
+    return [re.sub(r'\s+', ' ', e.get_text()).strip() for e in soup.select('.jp-InputArea-editor')]
+
+
+def _code(src):
+    return re.sub(r'\s+', ' ', ''.join(l for l in src.splitlines(True) if not re.match(r'\s*#\|', l))).strip()
+
+
+def test_code_shown_or_hidden_as_directives_say(site):
+    checked = 0
+    for p in site['pages']:
+        shown = _inputs(site['html'][p['href']])
+        for c in read_nb(p['src']).cells:
+            if c.cell_type != 'code' or re.search(r'^\s*%|#\|\s*hide_line', c.source, flags=re.M): continue
+            d = extract_directives(c, remove=False)
+            code = _code(c.source)
+            if not code or code.startswith('show_doc('): continue
+            hidden = _hidden(d) or d.get('echo:') == ['false']
+            found = any(code == s for s in shown)
+            assert found != hidden, f"{p['href']}: cell {'shown' if found else 'missing'} but directives {d}:\n{code}"
+            if 'exports' in d:  # nbdev folds the exported source under "Exported source"
+                folds = site['html'][p['href']].select('details.code-fold .jp-InputArea-editor')
+                assert code in [re.sub(r'\s+', ' ', f.get_text()).strip() for f in folds]
+            checked += 1
+    assert checked > 0
+    assert not any('#|' in s for h in site['html'].values() for s in _inputs(h)), 'a #| directive leaked into a page'
+
+
+def test_api_docs_from_show_doc(site):
+    "Every exported top-level function/class has a show_doc section at the anchor nbdev's doc links point to."
+    from importlib import import_module
+    idx = import_module(f"{site['cfg'].lib_name}._modidx").d['syms']
+    pages = {p['href']: p for p in site['pages']}
+    missing, n = [], 0
+    for mod, syms in idx.items():
+        for sym, (loc, _) in syms.items():
+            name = sym[len(mod) + 1:]
+            if '.' in name or (name.startswith('_') and not name.startswith('__')): continue  # as nbdev's add_show_docs
+            page, _, anchor = loc.partition('#')
+            if page not in pages: missing.append(f'{sym}: no page {page}'); continue
+            if pages[page]['src'] in site['proc_failed']: continue  # reported by test_every_notebook_processes_with_nbdev
+            if not site['html'][page].find(id=anchor): missing.append(f'{sym}: no #{anchor} on {page}')
+            n += 1
+    assert not missing, '\n'.join(missing)
+    if n == 0: pytest.skip('the library exports nothing yet')
+
+
+def test_proc_is_nbdev_processed_and_quarto_ready(site):
+    "_proc/ is what nbdev_proc_nbs lays out (Quarto config beside processed notebooks), so `quarto render` works there."
+    proc = site['proc']
+    for f in ('_quarto.yml', 'nbdev.yml', 'sidebar.yml'): assert (proc/f).is_file(), f
+    for p in site['pages']:
+        nb = json.loads((proc/p['rel']).read_text())
+        assert nb['cells'][0]['cell_type'] == 'raw' and 'title:' in ''.join(nb['cells'][0]['source'])
+        assert not any(re.search(r'^#\|\s*(export|hide|default_exp)\b', ''.join(c['source']), flags=re.M)
+                       for c in nb['cells'] if c['cell_type'] == 'code'), p['rel']
+
+
+def test_nbdev_yml_in_step():
+    "nbs/nbdev.yml is what nbdev's refresh_quarto_yml makes from settings.ini (docsite and nbdev_docs rewrite it)."
+    tracked = subprocess.run(['git', 'ls-files', '--error-unmatch', 'nbs/nbdev.yml'], cwd=ROOT, capture_output=True)
+    if tracked.returncode: pytest.skip('nbs/nbdev.yml not tracked in git')
+    old = subprocess.run(['git', 'show', 'HEAD:nbs/nbdev.yml'], cwd=ROOT, capture_output=True, text=True).stdout
+    from nbdev.quarto import refresh_quarto_yml
+    with working_directory(ROOT):
+        refresh_quarto_yml()
+        assert (ROOT/'nbs'/'nbdev.yml').read_text() == old, 'nbs/nbdev.yml out of step with settings.ini: run make docs'
+
+
+# --- a real browser -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def chromium():
+    exe = browser.find_chromium()
+    if not exe:
+        if os.environ.get('CI'): pytest.fail('chromium is not installed (.ci/run installs Debian\'s chromium)')
+        pytest.skip('chromium not installed (apt-get install chromium)')
+    with browser.Chromium(exe, width=1280, height=1000) as c: yield c
+
+
+def _tutorial(pages):
+    "A tutorial page; where none exists yet, the notebook page with the most figures."
+    tut = [p for p in pages if p['rel'].parts[0] == 'tutorials']
+    return tut[0] if tut else max((p for p in pages if p['href'] != 'index.html'), key=lambda p: len(p['figures']))
+
+
+def test_index_and_tutorial_render_in_chromium(site, chromium):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pages = site['pages']
+    for name, p in (('index', next(p for p in pages if p['href'] == 'index.html')), ('tutorial', _tutorial(pages))):
+        chromium.goto((site['out']/p['href']).as_uri())
+        r = chromium.probe()
+        want = _source_title(p['src'])
+        assert want in r['title'] and r['h1'] == want and r['h1_visible'], (name, r)
+        assert r['nav_links'] == len(pages) and r['body_text'] > 200, (name, r)
+        bad = [i for i in r['images'] if not (i['complete'] and i['width'] > 0 and i['height'] > 0)]
+        assert not bad, (name, bad)
+        assert len(r['images']) == len(site['html'][p['href']].find_all('img')), name
+        shot = chromium.screenshot(SHOTS/f'{name}.png')
+        chromium.screenshot(SHOTS/f'{name}_full.png', full_page=True)
+        w, h = _png_size(shot.read_bytes())
+        assert (w, h) == (1280, 1000), (name, w, h)
+        (SHOTS/f'{name}.json').write_text(json.dumps(dict(page=p['href'], **r), indent=1))
