@@ -279,6 +279,8 @@ a.anchor-link { visibility: hidden; margin-left: .35rem; text-decoration: none; 
 h1:hover > a.anchor-link, h2:hover > a.anchor-link, h3:hover > a.anchor-link, h4:hover > a.anchor-link
   { visibility: visible; }
 .jp-Notebook-cell { padding: 0 !important; margin: .6rem 0; }
+.site-main .jp-InputArea { overflow: visible; }
+.site-main .jp-InputArea-editor { overflow-x: auto !important; }
 .jp-InputArea-editor { background: #f7f7f9 !important; border: 1px solid var(--site-border) !important;
                        border-radius: 4px; }
 .jp-OutputArea-output pre { font-size: .85rem; }
