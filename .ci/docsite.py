@@ -80,7 +80,7 @@ def process_one(src: Path, nb_json: str, dst: Path) -> str | None:
 
 
 def process_all(jobs: list[tuple[Path, str, Path]], n_workers: int = 2) -> dict[Path, str]:
-    "Process notebooks in fresh worker processes; {src: error} for those whose show_doc processing failed."
+    "Process notebooks in `n_workers` spawned processes; {src: error} for those whose show_doc processing failed."
     ctx = multiprocessing.get_context('spawn')  # as nbdev's proc_nbs: workers of their own, reused across notebooks
     with ProcessPoolExecutor(max(1, min(n_workers, len(jobs))), mp_context=ctx) as ex:
         futs = {ex.submit(process_one, *j): j[0] for j in jobs}
@@ -440,6 +440,13 @@ def render(proc: Path, nbs: Path, out: Path, cfg, entries) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def render_quarto(proc: Path, out: Path, cfg):
+    "What nbdev_docs does once the notebooks are processed: `quarto render` in _proc, then its output becomes `out`."
+    subprocess.run(['quarto', 'render', '--no-cache'], cwd=proc, check=True)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.move(str(proc/cfg.doc_path.name), str(out))
+
+
 def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bool | None = None, proc=None,
           execute: bool = True, log=print) -> dict:
     """Build the site into `out` (default settings.ini doc_path) from processed notebooks in `proc` (default `_proc/`).
@@ -480,8 +487,7 @@ def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bo
     use_quarto = shutil.which('quarto') is not None if quarto is None else quarto
     shutil.rmtree(out, ignore_errors=True)
     if use_quarto:
-        subprocess.run(['quarto', 'render', '--no-cache'], cwd=proc, check=True)
-        shutil.move(str(proc/cfg.doc_path.name), str(out))
+        render_quarto(proc, out, cfg)
         pages, renderer = [], 'quarto'
     else:
         out.mkdir(parents=True)

@@ -147,10 +147,11 @@ def _code(src):
 
 
 def test_code_shown_or_hidden_as_directives_say(site):
-    checked = 0
+    checked, executed = 0, {k.resolve(): v for k, v in site['executed'].items()}
     for p in site['pages']:
         shown = _inputs(site['html'][p['href']])
-        for c in read_nb(p['src']).cells:
+        r = executed.get(p['src'])  # the very cells the page was made from
+        for c in ([read_nb_cell(c) for c in r.nb.cells] if r else read_nb(p['src']).cells):
             if c.cell_type != 'code' or re.search(r'^\s*%|#\|\s*hide_line', c.source, flags=re.M): continue
             d = extract_directives(c, remove=False)
             code = _code(c.source)
@@ -194,6 +195,24 @@ def test_proc_is_nbdev_processed_and_quarto_ready(site):
         assert nb['cells'][0]['cell_type'] == 'raw' and 'title:' in ''.join(nb['cells'][0]['source'])
         assert not any(re.search(r'^#\|\s*(export|hide|default_exp)\b', ''.join(c['source']), flags=re.M)
                        for c in nb['cells'] if c['cell_type'] == 'code'), p['rel']
+
+
+def test_quarto_renders_proc_where_installed(site, tmp_path, monkeypatch):
+    "With Quarto on PATH, the same _proc/ goes to `quarto render` (a stand-in here records what it was given)."
+    proc = tmp_path/'_proc'
+    shutil.copytree(site['proc'], proc)
+    stub = tmp_path/'bin'/'quarto'
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "$@" > args.txt\nls -R > seen.txt\nmkdir -p _docs && echo ok > _docs/index.html\n')
+    stub.chmod(0o755)
+    monkeypatch.setenv('PATH', f"{stub.parent}:{os.environ['PATH']}")
+    assert shutil.which('quarto') == str(stub)
+    docsite.render_quarto(proc, tmp_path/'site', site['cfg'])
+    assert (proc/'args.txt').read_text().split() == ['render', '--no-cache']
+    seen = (proc/'seen.txt').read_text().split()
+    assert {'_quarto.yml', 'nbdev.yml', 'sidebar.yml'} <= set(seen)
+    assert all(p['rel'].name in seen for p in site['pages'])
+    assert (tmp_path/'site'/'index.html').read_text().strip() == 'ok'
 
 
 def test_nbdev_yml_in_step():
