@@ -172,6 +172,15 @@ class ShardSampler(Sampler):
 
 class SeededLoader(DataLoader):
     "A DataLoader whose `set_epoch(e)` fixes both the shuffling and the worker seeds of epoch `e`."
+    def __init__(self, dataset, # what to load
+                 *args, # passed to `DataLoader`
+                 seed:int=0, # run seed: with the epoch and rank it seeds each epoch's workers
+                 rank:int=0, # this process's rank under torch.distributed
+                 **kwargs, # passed to `DataLoader`
+                ):
+        super().__init__(dataset, *args, **kwargs)
+        self.seed, self.rank = seed, rank
+
     def set_epoch(self, epoch:int):
         "Make the next iteration epoch `epoch`'s (call before each epoch, also after resuming)."
         if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
@@ -200,8 +209,7 @@ def build_loader(dataset:Dataset, # from `build_dataset`
     if train: sampler = DistributedSampler(dataset, num_replicas=ws, rank=rk, shuffle=True, seed=seed, drop_last=drop_last)
     else: sampler = ShardSampler(len(dataset), ws, rk)
     dl = SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      pin_memory=pin_memory, generator=torch.Generator(), persistent_workers=False)
-    dl.seed, dl.rank = seed, rk
+                      pin_memory=pin_memory, generator=torch.Generator(), persistent_workers=False, seed=seed, rank=rk)
     dl.set_epoch(0)
     return dl
 
