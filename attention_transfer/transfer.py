@@ -4,11 +4,12 @@
 
 # %% ../nbs/02_copy.ipynb #e7a04965
 from __future__ import annotations
-import operator, os, tempfile
+import operator
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from timm.layers import DropPath
 from .attention import attention_layers, taps, recording, injecting, forward_blocks
+from .models import save_timm_checkpoint
 
 # %% auto #0
 __all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'AttentionTransfer',
@@ -153,18 +154,7 @@ class AttentionTransfer(nn.Module):
     def save_student(self, path, # `.pth`/`.pt` (torch.save) or `.safetensors`
                     ):
         "Save the student alone as a plain timm checkpoint, atomically (nothing half-written on failure)."
-        path = str(path)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.student_state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
-        os.close(fd)
-        try:
-            if path.endswith('.safetensors'):
-                from safetensors.torch import save_file
-                save_file(sd, tmp)
-            else: torch.save(sd, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp): os.remove(tmp)
+        return save_timm_checkpoint(self.student, path)
 
     def extra_repr(self): return f"target={self.target!r}, layers={self.layers}, heads={self.heads}, share_drop_path={self.share_drop_path}"
 

@@ -36,8 +36,9 @@ def test_student_loads_in_plain_timm(tmp_path, ext):
 
 def test_save_student_failure_leaves_nothing(tmp_path):
     t, s = timm.create_model('vit_tiny_patch16_224', **KW), timm.create_model('vit_tiny_patch16_224', **KW)
-    with pytest.raises(Exception): AttentionDistill(t, s).save_student(tmp_path / 'missing_dir' / 'student.pth')
-    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / 'blocker'; blocker.write_text('a file where the folder should be')
+    with pytest.raises(Exception): AttentionDistill(t, s).save_student(blocker / 'student.pth')
+    assert list(tmp_path.iterdir()) == [blocker]
 
 @pytest.mark.parametrize('first', ['transfer', 'distill'])
 def test_import_order(first):
