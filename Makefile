@@ -13,9 +13,12 @@ $(BIN)/nbdev_export: settings.ini setup.py
 
 venv: $(BIN)/nbdev_export
 
-## The main job: the small-scale reproduction of the paper (see README).
+## The main job, until at_demo lands: pre-train a teacher without labels, distill its attention into a student, evaluate.
 demo: venv
-	$(BIN)/at_demo --output_dir runs/demo
+	$(BIN)/at_pretrain --model vit_nano_patch4_32 --data digits --epochs 100 --output_dir runs/demo/mae
+	$(BIN)/at_train --model vit_nano_patch4_32 --mode distill --finetune runs/demo/mae/encoder.pth --data digits \
+	    --epochs 30 --warmup_epochs 2 --blr 2e-2 --mixup 0 --cutmix 0 --output_dir runs/demo/distill
+	$(BIN)/at_eval runs/demo/distill/model.pth
 
 ## Everything CI checks: library and notebooks in step and clean, every notebook, pytest.
 test: venv
