@@ -14,6 +14,7 @@ $(BIN)/nbdev_export: settings.ini setup.py
 venv: $(BIN)/nbdev_export
 
 ## The main job, until at_demo lands: pre-train a teacher without labels, distill its attention into a student, evaluate.
+demo: export OMP_NUM_THREADS ?= 1
 demo: venv
 	$(BIN)/at_pretrain --model vit_nano_patch4_32 --data digits --epochs 100 --output_dir runs/demo/mae
 	$(BIN)/at_train --model vit_nano_patch4_32 --mode distill --finetune runs/demo/mae/encoder.pth --data digits \
