@@ -13,13 +13,11 @@ $(BIN)/nbdev_export: settings.ini setup.py
 
 venv: $(BIN)/nbdev_export
 
-## The main job, until at_demo lands: pre-train a teacher without labels, distill its attention into a student, evaluate.
+## The main job: the paper's experiment at small scale (MAE teacher; scratch, fine-tune, copy, distill students over two seeds;
+## ensembles; table and figures in runs/demo). One OpenMP thread per process: at_demo runs one worker process per core.
 demo: export OMP_NUM_THREADS ?= 1
 demo: venv
-	$(BIN)/at_pretrain --model vit_nano_patch4_32 --data digits --epochs 100 --output_dir runs/demo/mae
-	$(BIN)/at_train --model vit_nano_patch4_32 --mode distill --finetune runs/demo/mae/encoder.pth --data digits \
-	    --epochs 30 --warmup_epochs 2 --blr 2e-2 --mixup 0 --cutmix 0 --output_dir runs/demo/distill
-	$(BIN)/at_eval runs/demo/distill/model.pth
+	$(BIN)/at_demo --output_dir runs/demo
 
 ## Everything CI checks: library and notebooks in step and clean, every notebook, pytest.
 test: venv

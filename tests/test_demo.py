@@ -1,0 +1,88 @@
+"""`at_demo` as a user runs it, at a toy size: the console script in a subprocess with two worker processes, the files
+it writes (results.json's exact shape, the figures), reusing a teacher, an ImageFolder, and one-line failures."""
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg')
+TINY = ['--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100', '--depth', '3', '--batch_size', '50']
+KEYS = ['scratch', 'finetune', 'copy', 'distill', 'ensemble_finetune_distill', 'ensemble_finetune_scratch', 'ensemble_finetune_copy']
+
+
+def at_demo(*args, check=True, timeout=600):
+    r = subprocess.run([str(BIN/'at_demo'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check: assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "One default-shaped run on `digits`: all four methods, two seeds, two worker processes."
+    out = tmp_path_factory.mktemp('demo')
+    r = at_demo('--data', 'digits', '--seeds', '0', '1', '--workers', '2', *TINY, '--output_dir', out)
+    return out, r
+
+
+def test_results_json_shape(run):
+    out, _ = run
+    res = json.loads((out/'results.json').read_text())
+    assert list(res) == ['seeds', 'wall_seconds', 'accuracy'] and res['seeds'] == [0, 1]
+    assert isinstance(res['wall_seconds'], float) and res['wall_seconds'] > 0
+    assert list(res['accuracy']) == KEYS
+    for k, v in res['accuracy'].items():
+        assert len(v) == 2 and all(isinstance(a, float) and 0 <= a <= 100 for a in v), (k, v)
+        # accuracies are exact percentages of the 540 test digits
+        assert all(abs(a * 540 / 100 - round(a * 540 / 100)) < 1e-6 for a in v), (k, v)
+
+
+def test_files_and_output(run):
+    out, r = run
+    for f in ('results.png', 'attention.png', 'run.json', 'teacher/encoder.pth', 'students/distill_seed1.pth'):
+        assert (out/f).is_file() and (out/f).stat().st_size > 0, f
+    assert (out/'results.png').read_bytes()[:4] == b'\x89PNG'
+    run_ = json.loads((out/'run.json').read_text())
+    assert run_['config']['seeds'] == [0, 1] and run_['workers'] == 2
+    assert set(run_['jobs']) == {f'{m}_seed{s}' for m in KEYS[:4] for s in (0, 1)} | {'teacher'}
+    assert 'scratch < distill < fine-tune in every seed' in r.stdout and 'paper, ImageNet' in r.stdout
+    assert '100.00% [' in r.stdout  # the fastprogress bar ran to the end
+
+
+def test_reuse_teacher_and_methods(run, tmp_path):
+    "--teacher skips pre-training; --methods trains a subset, and only the ensembles of trained members appear."
+    out, _ = run
+    r = at_demo('--data', 'digits', '--seeds', '3', '--workers', '0', *TINY, '--teacher', out/'teacher'/'encoder.pth',
+                '--methods', 'finetune', 'distill', '--output_dir', tmp_path)
+    res = json.loads((tmp_path/'results.json').read_text())
+    assert list(res['accuracy']) == ['finetune', 'distill', 'ensemble_finetune_distill'] and res['seeds'] == [3]
+    assert not (tmp_path/'teacher'/'encoder.pth').exists() and 'teacher' not in json.loads((tmp_path/'run.json').read_text())['jobs']
+
+
+def test_image_folder(tmp_path):
+    "An ImageFolder with train/ and val/ works end to end (3 classes of random colour images)."
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 12), ('val', 3)):
+        for c in ('a', 'b', 'c'):
+            (tmp_path/'imgs'/split/c).mkdir(parents=True)
+            for i in range(n): Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path/'imgs'/split/c/f'{i}.png')
+    at_demo('--data', tmp_path/'imgs', '--seeds', '0', '--workers', '0', '--epochs', '1', '--pretrain_epochs', '1', '--depth', '3',
+            '--batch_size', '12', '--output_dir', tmp_path/'out')
+    res = json.loads((tmp_path/'out'/'results.json').read_text())
+    assert list(res['accuracy']) == KEYS and all(len(v) == 1 for v in res['accuracy'].values())
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--teacher', 'nope.pth'], 'checkpoint not found'),
+    (['--methods', 'scratch', 'magic'], 'unknown magic'),
+    (['--data', 'no_such_folder'], 'neither a built-in dataset'),
+    (['--epochs', '0'], 'at least 1'),
+    (['--n_labelled', '5', '--data', 'digits'], 'fewer than the 10 classes'),
+    (['--depth', '2'], '--end_layer_copy: end_layer=-2 out of range for a model with 2 blocks'),
+    (['--model', 'no_such_vit'], 'unknown model'),
+])
+def test_bad_flags(tmp_path, args, msg):
+    r = at_demo(*args, '--output_dir', tmp_path/'o', check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path/'o'/'results.json').exists()
