@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_demo.ipynb #11e03831
 from __future__ import annotations
-import json, math, os, sys, time, warnings, multiprocessing as mp
+import json, math, os, shutil, sys, time, warnings, multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
@@ -468,6 +468,10 @@ def check_config(cfg:DemoConfig):
         if m not in cfg.methods: continue
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
         except ValueError as e: raise TrainError(f"--end_layer_{m}: {e}") from None
+    if cfg.teacher and any(m != 'scratch' for m in cfg.methods):  # a corrupt or mismatched teacher fails now, not after the scratch students
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', CheckpointNote)
+            create_teacher(cfg.model, cfg.teacher, global_pool='avg', **_arch(cfg))
 
 def rebuild_models(res:dict, # from `run_jobs`
                    cfg:DemoConfig, # the run's settings
@@ -492,7 +496,15 @@ def run_demo(cfg:DemoConfig, # the run's settings
              write=print, # where text goes
             ) -> dict: # results.json's content
     "Run the experiment described by `cfg`: teacher, students over seeds, ensembles, table, figures, files."
-    t0 = time.perf_counter(); out_dir = Path(output_dir)
+    out_dir = Path(output_dir); created = not out_dir.exists()
+    try: return _run_demo(cfg, out_dir, workers, n_images, write)
+    except BaseException:
+        if created: shutil.rmtree(out_dir, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
+        raise
+
+def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, write) -> dict:
+    "`run_demo`'s work, writing into `out_dir`."
+    t0 = time.perf_counter()
     check_config(cfg)
     data, cfg = prepare_data(cfg, workers or 0)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -502,7 +514,7 @@ def run_demo(cfg:DemoConfig, # the run's settings
     write(f"at_demo: {cfg.model} on {cfg.data}: {len(data['x_all'])} training images ({len(data['x'])} labelled), "
           f"{where} images, {cfg.size}px; {len(cfg.methods)} methods x {len(cfg.seeds)} seeds, {cfg.epochs} epochs each; "
           f"{'teacher ' + cfg.teacher if cfg.teacher else f'MAE teacher {cfg.pretrain_epochs} epochs'}; {workers} worker(s)")
-    tpath = out_dir/'teacher'/'encoder.pth'; tpath.parent.mkdir(exist_ok=True)
+    tpath = out_dir/'teacher'/'encoder.pth'  # written only when the teacher is pre-trained here
     res = run_jobs(data, cfg, tpath, workers, write)
     tpath = cfg.teacher or str(tpath)
     acc = summarise(res, cfg, data['y_eval'])
@@ -523,7 +535,6 @@ def run_demo(cfg:DemoConfig, # the run's settings
         extra['attention_kl'] = {k: attention_agreement(teacher, m, data['x_eval'][:256]) for k, m in models.items() if k != 'teacher (MAE)'}
         write("attention KL(teacher || student) per block, seed %d: " % cfg.seeds[0]
               + '; '.join(f"{k} " + ' '.join(f'{v:.2f}' for v in kl) for k, kl in extra['attention_kl'].items()))
-    (out_dir/'students').mkdir(exist_ok=True)
     for (m, s), r in ((k, v) for k, v in res.items() if k != 'teacher'): save_atomic(r['state_dict'], out_dir/'students'/f'{m}_seed{s}.pth')
     jobs = {f"{k[0]}_seed{k[1]}": dict(acc=v['acc'], seconds=v['seconds'], cpu_seconds=v['cpu_seconds'], history=v['history'])
             for k, v in res.items() if k != 'teacher'}

@@ -59,6 +59,17 @@ def test_reuse_teacher_and_methods(run, tmp_path):
     assert not (tmp_path/'teacher'/'encoder.pth').exists() and 'teacher' not in json.loads((tmp_path/'run.json').read_text())['jobs']
 
 
+def test_bad_teacher(run, tmp_path):
+    "A truncated teacher, or one of another architecture, fails with one line before any student trains, and writes nothing."
+    out, _ = run
+    enc = (out/'teacher'/'encoder.pth').read_bytes()
+    (tmp_path/'trunc.pth').write_bytes(enc[:len(enc) // 2])
+    for teacher, msg in ((tmp_path/'trunc.pth', 'truncated or corrupt'), (out/'teacher'/'encoder.pth', 'does not fit vit_pico_patch7_28')):
+        r = at_demo('--data', 'digits', '--seeds', '0', *TINY[:-4], '--teacher', teacher, '--output_dir', tmp_path/'o', check=False)
+        assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert 'scratch:' not in r.stdout and not (tmp_path/'o').exists()
+
+
 def test_image_folder(tmp_path):
     "An ImageFolder with train/ and val/ works end to end (3 classes of random colour images)."
     rng = np.random.default_rng(0)
