@@ -18,7 +18,7 @@ from .vit import show_attention
 from .attention import attention_maps
 from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion
 from .models import create_model, create_teacher, create_student, CheckpointNote
-from .train import Trainer, TrainError, make_method, split_output, seed_all, save_atomic, write_atomic, _atomic, _cli
+from .train import Trainer, TrainError, make_method, split_output, seed_all, save_atomic, write_atomic, save_figure, run_script
 from .pretrain import create_mae, MAETrainer, save_encoder
 from .ensemble import combine
 
@@ -523,7 +523,7 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     write_atomic(json.dumps(results, indent=1) + '\n', out_dir/'results.json')
     write(results_table(acc, cfg.seeds, 'validation' if cfg.holdout else 'test'))
     fig = plot_results(acc, f"{cfg.model} on {cfg.data}: {len(data['x'])} labels, {cfg.epochs} epochs, {len(cfg.seeds)} seeds")
-    _atomic(out_dir/'results.png', lambda f: fig.savefig(f, format='png', dpi=120, bbox_inches='tight')); plt.close(fig)
+    save_figure(fig, out_dir/'results.png', 120); plt.close(fig)
     extra = {}
     if any(m != 'scratch' for m in cfg.methods):
         models = rebuild_models(res, cfg, data, tpath, cfg.seeds[0])
@@ -531,7 +531,7 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
         layers = sorted({transfer_layers_of(cfg, teacher)[-1], len(teacher.blocks) - 1})
         xs = data['x_eval'][distinct_examples(data['y_eval'], n_images)]
         fig = plot_attention(models, xs, layers, data['mean'], data['std'])
-        _atomic(out_dir/'attention.png', lambda f: fig.savefig(f, format='png', dpi=120, bbox_inches='tight')); plt.close(fig)
+        save_figure(fig, out_dir/'attention.png', 120); plt.close(fig)
         extra['attention_kl'] = {k: attention_agreement(teacher, m, data['x_eval'][:256]) for k, m in models.items() if k != 'teacher (MAE)'}
         write("attention KL(teacher || student) per block, seed %d: " % cfg.seeds[0]
               + '; '.join(f"{k} " + ' '.join(f'{v:.2f}' for v in kl) for k, kl in extra['attention_kl'].items()))
@@ -599,4 +599,4 @@ def at_demo(
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):
     "Console script `at_demo`."
-    _cli(at_demo, 'at_demo', list(sys.argv[1:] if argv is None else argv))
+    run_script(at_demo, 'at_demo', list(sys.argv[1:] if argv is None else argv))

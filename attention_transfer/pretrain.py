@@ -271,7 +271,7 @@ def probe_encoder(model:VisionTransformer, # frozen encoder to score
             for pool in ('token', 'avg') if pool in ftr for m, fn in (('knn', lambda *a: knn_accuracy(*a, k=k)), ('linear', linear_probe_accuracy))}
 
 # %% ../nbs/08_pretrain.ipynb #29adfc4d
-from .train import Trainer, TrainError, rank, write_atomic, plot_log, _atomic
+from .train import Trainer, TrainError, rank, write_atomic, plot_log, save_figure
 
 class ReconstructionLoss(nn.Module):
     "The network the Trainer trains: images -> MAE loss (the MAE's state_dict is the checkpoint's)."
@@ -305,11 +305,11 @@ class MAETrainer(Trainer):
                                        if self.recon_images is not None else None}
         for name, make in figs.items():
             if make is None: continue
-            fig = make(); _atomic(self.output_dir/name, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight')); plt.close(fig)
+            fig = make(); save_figure(fig, self.output_dir/name, 100); plt.close(fig)
 
 # %% ../nbs/08_pretrain.ipynb #0ada0533
 from fastcore.script import call_parse, Param, bool_arg
-from .train import timm_name, effective_lr, init_distributed, seed_all, load_checkpoint, _cli
+from .train import timm_name, effective_lr, init_distributed, seed_all, load_checkpoint, run_script
 
 def _check(f:dict)->dict:
     "Check and complete `at_pretrain`'s flags before anything is built or written; TrainError with one line otherwise."
@@ -415,4 +415,4 @@ def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):
     "Console script `at_pretrain`."
     import sys
-    _cli(at_pretrain, 'at_pretrain', list(sys.argv[1:] if argv is None else argv))
+    run_script(at_pretrain, 'at_pretrain', list(sys.argv[1:] if argv is None else argv))

@@ -24,11 +24,11 @@ from .models import create_model, create_teacher, create_student, load_weights, 
 
 # %% auto #0
 __all__ = ['MODES', 'AMP', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'PRESETS', 'TrainError', 'make_method', 'split_output',
-           'compute_loss', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'save_atomic',
-           'write_atomic', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint', 'init_distributed', 'rank',
-           'world_size', 'all_reduce_sum', 'evaluate', 'unused_parameters', 'Trainer', 'read_log', 'plot_log',
-           'timm_name', 'parse_mode', 'at_train', 'preset_args', 'expand_preset', 'preset_command', 'main',
-           'load_for_eval', 'at_eval', 'eval_main']
+           'compute_loss', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'atomic_write',
+           'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
+           'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate', 'unused_parameters', 'Trainer',
+           'read_log', 'plot_log', 'timm_name', 'parse_mode', 'at_train', 'preset_args', 'expand_preset',
+           'preset_command', 'run_script', 'main', 'load_for_eval', 'at_eval', 'eval_main']
 
 # %% ../nbs/07_train.ipynb #b6c81e65
 class TrainError(Exception):
@@ -109,8 +109,10 @@ def amp_dtype(amp:str, # 'auto' (bf16 on CUDA, off elsewhere), 'bf16', 'fp16' or
     return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
 
 # %% ../nbs/07_train.ipynb #2b625712
-def _atomic(path, write):
-    "Call `write(file)` on a temporary file next to `path`, then rename it to `path`."
+def atomic_write(path:str|Path, # destination; missing parent folders are created
+                 write, # called with the open binary temporary file
+                )->Path:
+    "Call `write(file)` on a temporary file next to `path`, then rename it to `path`: readers see the old file or the new one."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
@@ -124,11 +126,18 @@ def _atomic(path, write):
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
                 path:str|Path) -> Path:
     "`torch.save` through a temporary file and an atomic rename: readers see the old file or the new one."
-    return _atomic(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 def write_atomic(text:str, path:str|Path) -> Path:
     "Write a text file atomically (temporary file, then rename)."
-    return _atomic(path, lambda f: f.write(text.encode()))
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+def save_figure(fig, # a matplotlib figure
+                path:str|Path, # destination .png
+                dpi:int=100,
+               )->Path:
+    "Write `fig` as a PNG atomically, trimmed to its content."
+    return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight'))
 
 # %% ../nbs/07_train.ipynb #07079d0a
 def rng_state() -> dict:
@@ -414,7 +423,7 @@ def export(self:Trainer):
     write_atomic(json.dumps({k: self.meta.get(k) for k in MODEL_KEYS}, indent=1) + '\n', self.output_dir/'model.json')
     if self.history:
         fig = plot_log(self.history)
-        _atomic(self.output_dir/'curves.png', lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
+        save_figure(fig, self.output_dir/'curves.png', 100)
         plt.close(fig)
 
 # %% ../nbs/07_train.ipynb #6054960b
@@ -683,8 +692,11 @@ def _fail(prog:str, msg, code:int=1):
     who = f"{prog} [rank {rank()}]" if world_size() > 1 else prog
     print(f"{who}: error: {' '.join(str(msg).split())}", file=sys.stderr); sys.exit(code)
 
-def _cli(func, prog:str, argv:list):
-    "Parse `argv` for the `call_parse` function `func` and run it: one-line errors on stderr, checkpoint notes on stdout."
+def run_script(func, # a `call_parse` function
+               prog:str, # the console script's name, for messages
+               argv:list, # its command-line arguments
+              ):
+    "Parse `argv` for `func` and run it as console script `prog`: the library's errors become one line on stderr and exit status 1 (bad flags: 2); checkpoint notes go to stdout."
     show = warnings.showwarning
     def note(msg, cat, *args, **kw):
         if not issubclass(cat, CheckpointNote): return show(msg, cat, *args, **kw)
@@ -706,7 +718,7 @@ def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     try: argv = expand_preset(argv)
     except TrainError as e: _fail('at_train', e, 2)
-    _cli(at_train, 'at_train', argv)
+    run_script(at_train, 'at_train', argv)
 
 # %% ../nbs/07_train.ipynb #b07f67e4
 def _spec(path:Path, model:str|None) -> dict:
@@ -768,4 +780,4 @@ def at_eval(
 
 def eval_main(argv:list|None=None):
     "Console script `at_eval`."
-    _cli(at_eval, 'at_eval', list(sys.argv[1:] if argv is None else argv))
+    run_script(at_eval, 'at_eval', list(sys.argv[1:] if argv is None else argv))
