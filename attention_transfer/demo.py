@@ -497,6 +497,8 @@ def run_demo(cfg:DemoConfig, # the run's settings
             ) -> dict: # results.json's content
     "Run the experiment described by `cfg`: teacher, students over seeds, ensembles, table, figures, files."
     out_dir = Path(output_dir); created = not out_dir.exists()
+    if workers is not None and workers < 0: raise TrainError(f"--workers must be 0 (everything in this process) or more, not {workers}")
+    if out_dir.exists() and not out_dir.is_dir(): raise TrainError(f"--output_dir: {out_dir} exists and is not a folder")
     try: return _run_demo(cfg, out_dir, workers, n_images, write)
     except BaseException:
         if created: shutil.rmtree(out_dir, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
@@ -507,7 +509,8 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     t0 = time.perf_counter()
     check_config(cfg)
     data, cfg = prepare_data(cfg, workers or 0)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try: out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise TrainError(f"--output_dir: cannot create {out_dir}: {e.strerror}") from None
     jobs = len(cfg.seeds) * len(cfg.methods)
     workers = min(_cores(), jobs) if workers is None else workers
     where = f"{cfg.holdout} held-out training" if cfg.holdout else f"{len(data['y_eval'])} test"

@@ -91,9 +91,17 @@ def test_image_folder(tmp_path):
     (['--n_labelled', '5', '--data', 'digits'], 'fewer than the 10 classes'),
     (['--depth', '2'], '--end_layer_copy: end_layer=-2 out of range for a model with 2 blocks'),
     (['--model', 'no_such_vit'], 'unknown model'),
+    (['--workers', '-1'], '--workers must be 0'),
 ])
 def test_bad_flags(tmp_path, args, msg):
     r = at_demo(*args, '--output_dir', tmp_path/'o', check=False)
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path/'o'/'results.json').exists()
+
+
+def test_output_dir_is_a_file(tmp_path):
+    (tmp_path/'f').write_text('x')
+    r = at_demo('--output_dir', tmp_path/'f', check=False)
+    assert r.returncode == 1 and 'exists and is not a folder' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert (tmp_path/'f').read_text() == 'x'
