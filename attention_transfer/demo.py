@@ -21,6 +21,7 @@ from .models import create_model, create_teacher, create_student, CheckpointNote
 from .train import Trainer, TrainError, make_method, split_output, seed_all, save_atomic, write_atomic, save_figure, run_script
 from .pretrain import create_mae, MAETrainer, save_encoder
 from .ensemble import combine
+from .transfer import transfer_layers
 
 # %% auto #0
 __all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'load_split', 'labelled_subset', 'holdout_split', 'translate', 'TensorLoader',
@@ -463,7 +464,6 @@ def check_config(cfg:DemoConfig):
     if cfg.teacher and not Path(cfg.teacher).is_file(): raise TrainError(f"--teacher: checkpoint not found: {cfg.teacher}")
     if not timm.is_model(cfg.model): raise TrainError(f"--model: unknown model {cfg.model!r} (not in timm's registry)")
     depth = len(create_model(cfg.model, None, **_arch(cfg)).blocks)
-    from attention_transfer.transfer import transfer_layers
     for m in ('copy', 'distill'):
         if m not in cfg.methods: continue
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
@@ -491,7 +491,7 @@ def rebuild_models(res:dict, # from `run_jobs`
 
 def run_demo(cfg:DemoConfig, # the run's settings
              output_dir:str|Path='demo_output', # where results, figures and weights go
-             workers:int|None=None, # parallel worker processes (None: one per core, at most 2 per seed... capped by the jobs)
+             workers:int|None=None, # parallel worker processes (None: one per CPU core, at most one per job; 0: everything in this process)
              n_images:int=4, # test images in the attention figure
              write=print, # where text goes
             ) -> dict: # results.json's content
@@ -549,7 +549,6 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
 
 def transfer_layers_of(cfg:DemoConfig, teacher:nn.Module) -> list:
     "The blocks distillation transfers (all blocks when distillation is not run)."
-    from attention_transfer.transfer import transfer_layers
     return transfer_layers(len(teacher.blocks), cfg.recipes['distill'].get('end_layer', 0) if 'distill' in cfg.methods else 0)
 
 # %% ../nbs/09_demo.ipynb #6a64ea74
