@@ -463,15 +463,14 @@ def check_config(cfg:DemoConfig):
     if bad: raise TrainError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
     if cfg.teacher and not Path(cfg.teacher).is_file(): raise TrainError(f"--teacher: checkpoint not found: {cfg.teacher}")
     if not timm.is_model(cfg.model): raise TrainError(f"--model: unknown model {cfg.model!r} (not in timm's registry)")
-    depth = len(create_model(cfg.model, None, **_arch(cfg)).blocks)
+    with warnings.catch_warnings():  # a given teacher is loaded now: a corrupt or mismatched one fails before any student trains
+        warnings.simplefilter('ignore', CheckpointNote)
+        need = cfg.teacher if any(m != 'scratch' for m in cfg.methods) else ''
+        depth = len((create_teacher(cfg.model, need, global_pool='avg', **_arch(cfg)) if need else create_model(cfg.model, None, **_arch(cfg))).blocks)
     for m in ('copy', 'distill'):
         if m not in cfg.methods: continue
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
         except ValueError as e: raise TrainError(f"--end_layer_{m}: {e}") from None
-    if cfg.teacher and any(m != 'scratch' for m in cfg.methods):  # a corrupt or mismatched teacher fails now, not after the scratch students
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', CheckpointNote)
-            create_teacher(cfg.model, cfg.teacher, global_pool='avg', **_arch(cfg))
 
 def rebuild_models(res:dict, # from `run_jobs`
                    cfg:DemoConfig, # the run's settings
