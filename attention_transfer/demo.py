@@ -586,7 +586,7 @@ def at_demo(
     methods:Param("methods to train: scratch finetune copy distill (default: all)", str, nargs='+')=None,
     holdout:int=None, # tuning: evaluate on this many held-out training images instead of the test split
     lr_scratch:float=None, lr_finetune:float=None, lr_copy:float=None, lr_distill:float=None, # per-method peak lr
-    layer_decay_finetune:float=None, layer_decay_copy:float=None, # layer-wise lr decay of fine-tuning / copy
+    layer_decay_scratch:float=None, layer_decay_finetune:float=None, layer_decay_copy:float=None, layer_decay_distill:float=None, # per-method layer-wise lr decay
     end_layer_copy:int=None, end_layer_distill:int=None, # transfer blocks [0, depth + end_layer)
     atd_weight:float=None, # weight of the distillation loss (default 3)
     drop_path:float=None, # stochastic depth of the students (default 0.1)
