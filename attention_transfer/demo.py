@@ -129,9 +129,9 @@ PAPER = {'scratch': 83.0, 'finetune': 85.7, 'copy': 85.1, 'distill': 85.7, 'ense
 
 def default_recipes() -> dict:
     "Per-method settings: peak lr, layer-wise lr decay, and for copy/distill the transferred layers `[0, depth + end_layer)`."
-    return {'scratch': dict(lr=2e-3, layer_decay=1.0),
-            'finetune': dict(lr=8e-3, layer_decay=0.75),
-            'copy': dict(lr=2e-3, layer_decay=1.0, end_layer=-2),
+    return {'scratch': dict(lr=3e-3, layer_decay=1.0),
+            'finetune': dict(lr=8e-3, layer_decay=0.85),
+            'copy': dict(lr=2e-3, layer_decay=1.0, end_layer=-3),
             'distill': dict(lr=1.6e-2, layer_decay=1.0, end_layer=-2)}
 
 @dataclass

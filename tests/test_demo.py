@@ -7,7 +7,7 @@ from PIL import Image
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg')
-TINY = ['--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100', '--depth', '3', '--batch_size', '50']
+TINY = ['--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100', '--depth', '4', '--batch_size', '50']
 KEYS = ['scratch', 'finetune', 'copy', 'distill', 'ensemble_finetune_distill', 'ensemble_finetune_scratch', 'ensemble_finetune_copy']
 
 
@@ -77,7 +77,7 @@ def test_image_folder(tmp_path):
         for c in ('a', 'b', 'c'):
             (tmp_path/'imgs'/split/c).mkdir(parents=True)
             for i in range(n): Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path/'imgs'/split/c/f'{i}.png')
-    at_demo('--data', tmp_path/'imgs', '--seeds', '0', '--workers', '0', '--epochs', '1', '--pretrain_epochs', '1', '--depth', '3',
+    at_demo('--data', tmp_path/'imgs', '--seeds', '0', '--workers', '0', '--epochs', '1', '--pretrain_epochs', '1', '--depth', '4',
             '--batch_size', '12', '--output_dir', tmp_path/'out')
     res = json.loads((tmp_path/'out'/'results.json').read_text())
     assert list(res['accuracy']) == KEYS and all(len(v) == 1 for v in res['accuracy'].values())
@@ -89,7 +89,7 @@ def test_image_folder(tmp_path):
     (['--data', 'no_such_folder'], 'neither a built-in dataset'),
     (['--epochs', '0'], 'at least 1'),
     (['--n_labelled', '5', '--data', 'digits'], 'fewer than the 10 classes'),
-    (['--depth', '2'], '--end_layer_copy: end_layer=-2 out of range for a model with 2 blocks'),
+    (['--depth', '3'], '--end_layer_copy: end_layer=-3 out of range for a model with 3 blocks'),
     (['--model', 'no_such_vit'], 'unknown model'),
     (['--workers', '-1'], '--workers must be 0'),
 ])
