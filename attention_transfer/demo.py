@@ -26,7 +26,7 @@ from .transfer import transfer_layers
 # %% auto #0
 __all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'load_split', 'labelled_subset', 'holdout_split', 'translate', 'TensorLoader',
            'default_recipes', 'DemoConfig', 'prepare_data', 'pretrain_teacher', 'build_student', 'predict',
-           'train_student', 'run_jobs', 'summarise', 'gap_recovered', 'results_table', 'plot_results',
+           'train_student', 'run_jobs', 'summarise', 'gap_recovered', 'paired', 'results_table', 'plot_results',
            'attention_agreement', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
            'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
 
@@ -351,6 +351,14 @@ def gap_recovered(acc:dict, # from `summarise`
     "How much of the scratch -> fine-tune gap `method` closes, per seed: (method - scratch) / (finetune - scratch)."
     return [(m - s) / (f - s) if f != s else float('nan') for m, s, f in zip(acc[method], acc['scratch'], acc['finetune'])]
 
+def paired(acc:dict, # from `summarise`
+           a:str, # the method expected to be better, e.g. 'distill'
+           b:str, # the method it is compared with, on the same seeds, e.g. 'scratch'
+          ) -> dict: # mean and sample std of the differences, how many are > 0, and how many seeds
+    "Seed-by-seed differences `a - b` in points: a tie shows as a mean near 0 with wins split between the two."
+    d = np.array(acc[a]) - np.array(acc[b])
+    return dict(mean=float(d.mean()), std=float(d.std(ddof=1)) if len(d) > 1 else float('nan'), wins=int((d > 0).sum()), n=len(d))
+
 # %% ../nbs/09_demo.ipynb #68515154
 _NAMES = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'attention copy', 'distill': 'attention distillation',
           'ensemble_finetune_distill': 'ens. fine-tune + distill', 'ensemble_finetune_scratch': 'ens. fine-tune + scratch',
@@ -361,6 +369,15 @@ _SHORT = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'copy', 'distil
 
 def _ms(v:list) -> str:
     return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+def _paired_line(acc:dict) -> str:
+    out = []
+    for a, b in (('distill', 'scratch'), ('finetune', 'distill'), ('ensemble_finetune_distill', 'ensemble_finetune_scratch')):
+        if a not in acc or b not in acc: continue
+        p, name = paired(acc, a, b), ' - '.join(_SHORT[m].replace('\n', ' ') for m in (a, b))
+        sd = f" ± {p['std']:.2f}" if p['n'] > 1 else ''
+        out.append(f"{name} = {p['mean']:+.2f}{sd} (> 0 in {p['wins']} of {p['n']})")
+    return 'paired by seed: ' + '; '.join(out)
 
 def results_table(acc:dict, # from `summarise`
                   seeds:list, # the seeds, for the column head
@@ -377,6 +394,7 @@ def results_table(acc:dict, # from `summarise`
                 g = gap_recovered(acc, m)
                 lines.append(f"{m} recovers {100 * np.mean(g):.0f} % of the scratch -> fine-tune gap on average "
                              f"(per seed: {', '.join(f'{100 * x:.0f} %' for x in g)}; paper: {'100' if m == 'distill' else '78'} %)")
+        lines.append(_paired_line(acc))
         ok = all(s < d_ < f for s, d_, f in zip(acc['scratch'], acc['distill'], acc['finetune']))
         lines.append(f"scratch < distill < fine-tune in every seed: {'yes' if ok else 'no'}")
     return '\n'.join(lines) + f"\n(accuracy in % on the {where} images; std over seeds)"

@@ -46,6 +46,7 @@ def test_files_and_output(run):
     assert run_['config']['seeds'] == [0, 1] and run_['workers'] == 2
     assert set(run_['jobs']) == {f'{m}_seed{s}' for m in KEYS[:4] for s in (0, 1)} | {'teacher'}
     assert 'scratch < distill < fine-tune in every seed' in r.stdout and 'paper, ImageNet' in r.stdout
+    assert 'paired by seed: distill - scratch = ' in r.stdout and '(> 0 in ' in r.stdout
     assert '100.00% [' in r.stdout  # the fastprogress bar ran to the end
 
 
