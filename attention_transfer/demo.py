@@ -513,12 +513,13 @@ def run_demo(cfg:DemoConfig, # the run's settings
              write=print, # where text goes
             ) -> dict: # results.json's content
     "Run the experiment described by `cfg`: teacher, students over seeds, ensembles, table, figures, files."
-    out_dir = Path(output_dir); created = not out_dir.exists()
+    out_dir = Path(output_dir)
+    created = next((d for d in reversed([out_dir, *out_dir.parents]) if not d.exists()), None)  # the topmost folder this run makes
     if workers is not None and workers < 0: raise TrainError(f"--workers must be 0 (everything in this process) or more, not {workers}")
     if out_dir.exists() and not out_dir.is_dir(): raise TrainError(f"--output_dir: {out_dir} exists and is not a folder")
     try: return _run_demo(cfg, out_dir, workers, n_images, write)
     except BaseException:
-        if created: shutil.rmtree(out_dir, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
+        if created is not None: shutil.rmtree(created, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
         raise
 
 def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, write) -> dict:
