@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_models.ipynb #86a21afb
 from __future__ import annotations
-import os, re, pickle, argparse, warnings
+import contextlib, os, re, pickle, argparse, tempfile, warnings
 from pathlib import Path
 import torch, torch.nn as nn, timm
 import safetensors.torch
@@ -14,7 +14,7 @@ import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_n
 
 # %% auto #0
 __all__ = ['ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights', 'create_model', 'freeze',
-           'create_teacher', 'create_student', 'save_timm_checkpoint']
+           'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint']
 
 # %% ../nbs/06_models.ipynb #98af3ef7
 class ModelError(Exception):
@@ -186,18 +186,28 @@ def create_student(teacher:str|nn.Module, # registry name, or a model made by `c
     spec.update(kw)
     return create_model(spec.pop('name'), None, drop_path=drop_path, **spec)
 
+# %% ../nbs/06_models.ipynb #a70d1c02
+def atomic_write(path:str|Path, # destination; missing parent folders are created
+                 write, # called with the open binary temporary file
+                )->Path:
+    "Call `write(file)` on a temporary file next to `path`, then rename it to `path`: readers see the old file or the new one."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+    return path
+
 # %% ../nbs/06_models.ipynb #737293f5
 def save_timm_checkpoint(model:nn.Module, # a timm model, possibly wrapped by DDP or torch.compile
                          path:str|Path, # destination (.pth, or .safetensors)
                         ) -> Path:
     "Atomically write `model`'s plain state dict to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     sd = clean_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        if path.suffix == '.safetensors': safetensors.torch.save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(tmp))
-        else: torch.save(sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    if Path(path).suffix == '.safetensors':
+        data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()})
+        return atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: torch.save(sd, f))

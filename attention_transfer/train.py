@@ -20,12 +20,12 @@ import matplotlib.pyplot as plt
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_dataset, build_loader, build_mixup, build_criterion, DataError
 import attention_transfer.ensemble as ens
-from .models import create_model, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
+from .models import create_model, atomic_write, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
 
 # %% auto #0
 __all__ = ['MODES', 'AMP', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'PRESETS', 'TrainError', 'make_method', 'split_output',
-           'compute_loss', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'atomic_write',
-           'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
+           'compute_loss', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'save_atomic',
+           'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
            'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate', 'unused_parameters', 'Trainer',
            'read_log', 'plot_log', 'timm_name', 'parse_mode', 'at_train', 'preset_args', 'expand_preset',
            'preset_command', 'run_script', 'main', 'load_for_eval', 'at_eval', 'eval_main']
@@ -109,20 +109,6 @@ def amp_dtype(amp:str, # 'auto' (bf16 on CUDA, off elsewhere), 'bf16', 'fp16' or
     return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
 
 # %% ../nbs/07_train.ipynb #2b625712
-def atomic_write(path:str|Path, # destination; missing parent folders are created
-                 write, # called with the open binary temporary file
-                )->Path:
-    "Call `write(file)` on a temporary file next to `path`, then rename it to `path`: readers see the old file or the new one."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
-    return path
-
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
                 path:str|Path) -> Path:
     "`torch.save` through a temporary file and an atomic rename: readers see the old file or the new one."
