@@ -292,7 +292,7 @@ def run_jobs(data:dict, # from `prepare_data`
     "Pre-train the teacher (unless given) and train every (method, seed) student, in parallel processes, with one progress bar."
     need = [m for m in cfg.methods if m != 'scratch']
     pretrain = bool(need) and not cfg.teacher
-    teacher_path = str(teacher_path if pretrain or not cfg.teacher else cfg.teacher)
+    teacher_path = str(cfg.teacher or teacher_path)
     first = [('pretrain', dict(cfg=cfg, path=teacher_path))] if pretrain else []
     first += [('student', dict(cfg=cfg, method='scratch', seed=s)) for s in cfg.seeds if 'scratch' in cfg.methods]
     later = [('student', dict(cfg=cfg, method=m, seed=s, teacher_path=teacher_path))
