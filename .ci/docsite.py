@@ -87,6 +87,26 @@ def process_all(jobs: list[tuple[Path, str, Path]], n_workers: int = 2) -> dict[
         return {futs[f].resolve(): err for f in futs if (err := f.result())}
 
 
+_fence = re.compile(r'(?ms)^(?P<f>```+|~~~+)[^\n]*\n.*?^(?P=f)[ \t]*$')
+_code_link = re.compile(r'\[(`[^`\n]+`)\]\([^)\s]+\)')
+
+
+def unlink_code_blocks(md: str) -> str:
+    """nbdev's doc links turn a backticked name into a markdown link everywhere, also inside the fenced code block of a
+    `show_doc` signature, where no renderer makes it a link: there it stays the backticked name it was in the source."""
+    return _fence.sub(lambda m: _code_link.sub(r'\1', m.group(0)), md)
+
+
+def tidy_proc(path: Path):
+    "Fix, in a processed notebook, what nbdev's processors leave that would show raw (see `unlink_code_blocks`)."
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if c.cell_type == 'markdown': c.source = unlink_code_blocks(c.source)
+        for x in c.get('outputs', []):
+            if 'text/markdown' in x.get('data', {}): x.data['text/markdown'] = unlink_code_blocks(x.data['text/markdown'])
+    nbformat.write(nb, path)
+
+
 def copy_assets(src_root: Path, dst_root: Path, suffixes=None):
     "Copy what nbdev's proc_nbs copies beside the notebooks (everything not hidden, not a notebook)."
     for p in nbglob(src_root, func=Path, file_glob='', file_re='', skip_folder_re=_SKIP_DIRS):
@@ -198,7 +218,7 @@ _template = r"""{%- extends 'lab/index.html.j2' -%}
 <link rel="stylesheet" href="{{ site.root }}assets/jupyterlab.css">
 {%- endblock notebook_css -%}
 {%- block html_head_css -%}
-{%- if site.page.description %}<meta name="description" content="{{ site.page.description | e }}">{% endif %}
+{%- if site.page.description %}<meta name="description" content="{{ site.page.description_text | e }}">{% endif %}
 <link rel="stylesheet" href="{{ site.root }}assets/site.css">
 {%- endblock html_head_css -%}
 {%- block body_header -%}
@@ -212,7 +232,7 @@ _template = r"""{%- extends 'lab/index.html.j2' -%}
 <main class="site-main jp-Notebook">
 <header class="page-header">
   <h1 class="title">{{ site.page.title | e }}</h1>
-  {%- if site.page.description %}<p class="description">{{ site.page.description | e }}</p>{% endif %}
+  {%- if site.page.description %}<p class="description">{{ site.page.description_html }}</p>{% endif %}
   <p class="page-source"><a href="{{ site.page.source_url }}">{{ site.page.source }}</a></p>
 </header>
 {%- endblock body_header -%}
@@ -283,7 +303,11 @@ h1:hover > a.anchor-link, h2:hover > a.anchor-link, h3:hover > a.anchor-link, h4
 .site-main .jp-InputArea-editor { overflow-x: auto !important; }
 .jp-InputArea-editor { background: #f7f7f9 !important; border: 1px solid var(--site-border) !important;
                        border-radius: 4px; }
-.jp-OutputArea-output pre { font-size: .85rem; }
+.jp-OutputArea-output pre { font-size: .85rem; overflow-x: auto; }
+.jp-RenderedMarkdown pre { background: #f7f7f9 !important; border: 1px solid var(--site-border);
+                           border-radius: 4px; padding: .6rem .8rem !important; overflow-x: auto; }
+.jp-RenderedMarkdown pre code { background: transparent !important; padding: 0 !important; white-space: pre; }
+.jp-RenderedHTMLCommon pre, .jp-OutputArea-output { max-width: 100%; }
 .jp-RenderedImage img { max-width: 100%; height: auto; }
 .celltag_at-asis .jp-OutputArea-output { padding: 0; }
 .celltag_at-asis .jp-RenderedMarkdown hr { border: 0; border-top: 1px solid var(--site-border); margin: 1.5rem 0 .5rem; }
@@ -301,6 +325,13 @@ details.code-fold > summary { cursor: pointer; color: var(--site-muted); font-si
 @media (max-width: 75rem) { .site-layout { grid-template-columns: 13rem minmax(0, 1fr); } .site-toc { display: none; } }
 @media (max-width: 50rem) { .site-layout { display: block; } .site-sidebar { position: static; max-height: none; } }
 """
+
+
+def inline_code(text: str) -> str:
+    "Escaped `text` with its `backticked` spans as <code> (what Quarto does to a page's description)."
+    parts = str(text).split('`')
+    if len(parts) % 2 == 0: return escape(str(text))  # unbalanced backticks: leave the text as it is
+    return ''.join(f'<code>{escape(t)}</code>' if i % 2 else escape(t) for i, t in enumerate(parts))
 
 
 def pandoc_id(text: str) -> str:
@@ -421,6 +452,8 @@ def render(proc: Path, nbs: Path, out: Path, cfg, entries) -> list[dict]:
         site = dict(title=cfg.title, root=root, git_url=cfg.git_url,
                     nav=_nav_html(entries, nbs, by_src, p['src'], root),
                     page=dict(title=p['title'], description=p['description'],
+                              description_html=inline_code(p['description']),
+                              description_text=p['description'].replace('`', ''),
                               source=f"{cfg.nbs_path.name}/{p['rel'].as_posix()}",
                               source_url=f"{cfg.git_url}/blob/{cfg.branch}/{cfg.nbs_path.name}/{p['rel'].as_posix()}"),
                     prev=dict(href=rel_to(order[i-1]), title=order[i-1]['title']) if i > 0 else None,
@@ -483,6 +516,7 @@ def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bo
     log(f'processing {len(jobs)} notebooks with nbdev (FilterDefaults) into {proc}')
     t0 = time.time()
     proc_failed = process_all(jobs, n_workers)
+    for _, _, dst in jobs: tidy_proc(dst)
     log(f'  {time.time() - t0:.0f}s')
     use_quarto = shutil.which('quarto') is not None if quarto is None else quarto
     shutil.rmtree(out, ignore_errors=True)

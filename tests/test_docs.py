@@ -65,6 +65,51 @@ def test_every_page_has_its_title(site):
         assert len(h1) == 1 and h1[0].get_text(strip=True) == want, p['href']
 
 
+def test_unlink_code_blocks_and_inline_code():
+    "The two text fixes the site build applies, on the cases that showed raw on the pages."
+    sig = "```python\ndef f(\n    pad:int=0, # see [`translate`](https://x.io/demo.html#translate)\n):\n```"
+    test = "*Uses [`translate`](https://x.io/demo.html#translate).*"
+    assert docsite.unlink_code_blocks(sig) == sig.replace('[`translate`](https://x.io/demo.html#translate)', '`translate`')
+    assert docsite.unlink_code_blocks(sig + '\n\n' + test) == docsite.unlink_code_blocks(sig) + '\n\n' + test  # prose keeps its links
+    assert docsite.inline_code('the `at_train` & `at_eval` scripts') == \
+        'the <code>at_train</code> &amp; <code>at_eval</code> scripts'
+    assert docsite.inline_code('an odd ` backtick') == 'an odd ` backtick'
+
+
+def test_no_raw_markdown_in_code(site):
+    "No markdown link syntax shows inside code on any page (nbdev's doc links inside show_doc signatures are undone)."
+    bad = [(href, pre.get_text()[:100]) for href, soup in site['html'].items() for pre in soup.find_all('pre')
+           if re.search(r'\[`[^`]+`\]\(', pre.get_text())]
+    assert not bad, bad
+
+
+def test_subtitles_without_raw_backticks(site):
+    "A page's description shows its backticked names as code, never as backticks."
+    coded = 0
+    for p in site['pages']:
+        d = site['html'][p['href']].select_one('header.page-header p.description')
+        if d is None: continue
+        assert '`' not in d.get_text(), (p['href'], d.get_text())
+        if '`' in p['description']: assert d.find('code'), p['href']; coded += 1
+    assert coded > 0, 'no page description has code: the check above was never exercised'
+
+
+_MACHINE = re.compile(r'/tmp/|/work/|/root/|/home/\w|\.venv/|site-packages/|/private/var/')
+
+
+def test_no_warnings_or_build_paths_in_outputs(site):
+    "Rendered outputs show neither warnings nor paths of the machine that built the site."
+    bad = []
+    for href, soup in site['html'].items():
+        for out in soup.select('.jp-OutputArea-output'):
+            text = out.get_text(' ', strip=True)
+            if 'jp-RenderedText' in (out.get('class') or []) and out.get('data-mime-type') == 'application/vnd.jupyter.stderr':
+                bad.append((href, 'stderr: ' + text[:120]))
+            elif re.search(r'\b\w*Warning\b:', text): bad.append((href, 'warning: ' + text[:120]))
+            if m := _MACHINE.search(text): bad.append((href, f'path {m.group(0)!r}: ' + text[max(0, m.start() - 60):m.end() + 40]))
+    assert not bad, '\n'.join(map(str, bad))
+
+
 def _internal_refs(soup):
     for tag, attr in (('a', 'href'), ('img', 'src'), ('link', 'href'), ('script', 'src')):
         for el in soup.find_all(tag):
@@ -243,6 +288,17 @@ def _tutorial(pages):
     return tut[0] if tut else max((p for p in pages if p['href'] != 'index.html'), key=lambda p: len(p['figures']))
 
 
+_CODE_STYLES = """(() => {
+  const cs = e => getComputedStyle(e), pres = [...document.querySelectorAll('.jp-RenderedMarkdown pre')];
+  const unstyled = pres.filter(p => cs(p).backgroundColor === 'rgba(0, 0, 0, 0)').map(p => p.innerText.slice(0, 60));
+  const boxes = [...document.querySelectorAll('main pre, main .jp-InputArea-editor')];
+  const scrolls = e => { for (let x = e; x && x !== document.body; x = x.parentElement)
+                           if (['auto', 'scroll'].includes(cs(x).overflowX)) return true; return false; };
+  const cut = boxes.filter(e => e.scrollWidth > e.clientWidth + 1 && !scrolls(e)).map(e => e.innerText.slice(0, 60));
+  return {prose_pre: pres.length, unstyled, cut};
+})()"""
+
+
 def test_index_and_tutorial_render_in_chromium(site, chromium):
     SHOTS.mkdir(parents=True, exist_ok=True)
     pages = site['pages']
@@ -255,6 +311,10 @@ def test_index_and_tutorial_render_in_chromium(site, chromium):
         bad = [i for i in r['images'] if not (i['complete'] and i['width'] > 0 and i['height'] > 0)]
         assert not bad, (name, bad)
         assert len(r['images']) == len(site['html'][p['href']].find_all('img')), name
+        styles = chromium.evaluate(_CODE_STYLES)
+        assert styles['prose_pre'] > 0 or name != 'index', (name, styles)
+        assert not styles['unstyled'], (name, 'fenced blocks in prose without a code background', styles['unstyled'])
+        assert not styles['cut'], (name, 'code wider than its box that does not scroll', styles['cut'])
         shot = chromium.screenshot(SHOTS/f'{name}.png')
         chromium.screenshot(SHOTS/f'{name}_full.png', full_page=True)
         w, h = _png_size(shot.read_bytes())
