@@ -34,19 +34,37 @@ class ImageLoadError(DataError):
     "An image file that PIL cannot decode (truncated, corrupt, not an image); the message names the file."
 
 # %% ../nbs/05_data.ipynb #8c48a91f
+def _8bit(img:Image.Image, # an opened image, any Pillow mode
+          path:str|Path='', # its file, for messages
+         ) -> Image.Image:
+    "`img` rescaled to 8 bits when its mode is wider: 16-bit `v >> 8`, float `round(255 v)`; other modes unchanged."
+    if img.mode not in ('I', 'F') and not img.mode.startswith('I;16'): return img
+    a = np.asarray(img)  # decodes: a truncated file fails here
+    if img.mode == 'F':
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ImageLoadError(f"cannot read image {path}: floating-point pixels from {a.min():g} to {a.max():g}; only 0..1 has a known scale")
+        return Image.fromarray(np.floor(a.astype(np.float64) * 255 + 0.5).astype(np.uint8))
+    if a.size and (a.min() < 0 or a.max() > 65535):  # mode I: 32-bit integers
+        raise ImageLoadError(f"cannot read image {path}: 32-bit pixels from {a.min()} to {a.max()}; only 0..65535 (16 bits) has a known scale")
+    return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8))
+
 def load_image(path:str|Path, # an image file
               ) -> Image.Image:
-    "Open `path` as an RGB PIL image, or raise `ImageLoadError` naming the file."
+    "Open `path` as an 8-bit RGB PIL image (wider pixels rescaled, not clipped), or raise `ImageLoadError` naming the file."
     try:
         with open(path, 'rb') as f:
             img = Image.open(f)
-            return img.convert('RGB')  # forces the full decode, so truncated files fail here
+            return _8bit(img, path).convert('RGB')  # forces the full decode, so truncated files fail here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 # %% ../nbs/05_data.ipynb #b50fcd26
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+def _visible(name:str) -> bool: return not name.startswith('.')
+
 class ImageFolder(torchvision.datasets.ImageFolder):
-    "torchvision's `ImageFolder`, numbered with a given class list, loading images with `load_image`."
+    "torchvision's `ImageFolder`, numbered with a given class list, skipping hidden entries, loading images with `load_image`."
     def __init__(self, root:str|Path, # folder with one sub-folder per class
                  transform=None, # applied to each PIL image
                  classes:list[str]|None=None, # class names in label order (default: the sub-folders of `root`)
@@ -55,14 +73,33 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         root = Path(root)
         if not root.is_dir(): raise DataError(f"image folder not found: {root}")
         try: super().__init__(str(root), transform=transform, loader=load_image, allow_empty=classes is not None)
-        except FileNotFoundError as e: raise DataError(f"{root}: {e}") from None
+        except OSError as e: raise DataError(f"cannot list {root}: {e}") from None  # e.g. a folder without read permission
 
     def find_classes(self, directory):
-        found, idx = super().find_classes(directory)
-        if self.fixed_classes is None: return found, idx
+        found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
+        if self.fixed_classes is None:
+            if not found: raise DataError(f"{directory} has no class folders (expected {directory}/<class>/<image>)")
+            return found, {c: i for i, c in enumerate(found)}
         unknown = sorted(set(found) - set(self.fixed_classes))
         if unknown: raise DataError(f"{directory} has classes not in the training split: {', '.join(unknown[:5])}")
         return self.fixed_classes, {c: i for i, c in enumerate(self.fixed_classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        "(path, class index) of every visible image file, in torchvision's order; a class without images is an error unless `allow_empty`."
+        samples, empty = [], []
+        for c in sorted(class_to_idx):
+            walk, top = [], os.path.join(directory, c)
+            for r, dirs, files in os.walk(top, followlinks=True):
+                dirs[:] = [x for x in dirs if _visible(x)]
+                walk.append((r, [f for f in files if _visible(f) and has_file_allowed_extension(f, IMG_EXTENSIONS)]))
+            found = [(os.path.join(r, f), class_to_idx[c]) for r, files in sorted(walk) for f in sorted(files)]
+            if not found and not allow_empty: empty.append(top)
+            samples += found
+        if empty: raise DataError(f"no images in {empty[0]}" + (f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else '')
+                                  + f"; images end in {', '.join(IMG_EXTENSIONS)}")
+        if not samples: raise DataError(f"no images in {directory}; images end in {', '.join(IMG_EXTENSIONS)}")
+        return samples
 
 # %% ../nbs/05_data.ipynb #c6b5649e
 BUILTIN = {'mnist5k': dict(test_size=1500, classes=10), 'digits': dict(test_size=540, classes=10)}
@@ -158,8 +195,9 @@ def build_dataset(data:str|Path, # built-in name ('mnist5k', 'digits') or an Ima
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing folder")
-    classes = ImageFolder(root/'train').classes if (root/'train').is_dir() else None
-    if classes is None: raise DataError(f"{root} has no train/ folder (expected root/train/<class>/* and root/val/<class>/*)")
+    for split in ('train',) if train else ('train', 'val'):
+        if not (root/split).is_dir(): raise DataError(f"{root} has no {split}/ folder (expected root/train/<class>/* and root/val/<class>/*)")
+    classes = ImageFolder(root/'train').classes
     ds = ImageFolder(root/('train' if train else 'val'), transform, classes=None if train else classes)
     return ds, len(classes)
 

@@ -26,6 +26,42 @@ class CheckpointError(ModelError):
 class CheckpointNote(UserWarning):
     "What loading a checkpoint changed on purpose (dropped head, fresh fc_norm, resized position embeddings)."
 
+# %% ../nbs/06_models.ipynb #e7a1c001
+import io, pickletools, zipfile, _compat_pickle
+
+_PUT, _GET = ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'), ('GET', 'BINGET', 'LONG_BINGET')
+
+def _scan(f) -> tuple[list, int]:
+    "The (module, name) of each global that the next pickle in file `f` imports, and its protocol; ValueError if cut short."
+    found, pushed, memo, proto = [], [], {}, 0
+    for op, arg, _ in pickletools.genops(f):  # reads up to STOP; imports and calls nothing
+        if op.name == 'PROTO': proto = arg
+        elif op.name in ('GLOBAL', 'INST'): found.append(tuple(arg.split(' ', 1)))
+        elif op.name == 'STACK_GLOBAL' and all(isinstance(s, str) for s in pushed[-2:]) and len(pushed) > 1: found.append(tuple(pushed[-2:]))
+        elif op.name in _PUT: memo[len(memo) if arg is None else arg] = pushed[-1] if pushed else None
+        elif op.name in _GET: pushed.append(memo.get(arg))
+        else: pushed.append(arg if isinstance(arg, str) else None)
+    if proto < 3:  # protocols 0-2 store Python 2 names (subprocess.Popen as commands.Popen); unpickling maps them back
+        found = [_compat_pickle.NAME_MAPPING.get(g, (_compat_pickle.IMPORT_MAPPING.get(g[0], g[0]), g[1])) for g in found]
+    return found, proto
+
+# %% ../nbs/06_models.ipynb #e7a1c002
+def _pickle_globals(p:Path) -> tuple[list[str], int]|None:
+    "Every `module.name` the pickle(s) of checkpoint `p` would import, and the highest protocol; None if cut short or garbled."
+    names, proto = [], 0
+    try:
+        with contextlib.ExitStack() as stack:
+            if zipfile.is_zipfile(p):  # torch >= 1.6: the object is the archive's data.pkl, tensors are separate records
+                z = stack.enter_context(zipfile.ZipFile(p))
+                f, n = stack.enter_context(z.open(next(m for m in z.namelist() if m.endswith('data.pkl')))), 1
+            else: f, n = stack.enter_context(open(p, 'rb')), 5  # legacy torch file: up to 5 pickles, then raw tensor bytes
+            for i in range(n):
+                if i and f.tell() == p.stat().st_size: break  # a plain pickle file: one pickle
+                found, pr = _scan(f)
+                names += [f"{m}.{x}" for m, x in found]; proto = max(proto, pr)
+    except Exception: return None
+    return list(dict.fromkeys(names)), proto
+
 # %% ../nbs/06_models.ipynb #abb60dce
 def _one_line(e:BaseException, n:int=160) -> str:
     s = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__).split('. ')[0]
@@ -37,6 +73,23 @@ def _format(p:Path) -> str:
     if head[:4] == b'PK\x03\x04' or head[:1] == b'\x80': return 'torch'  # zip archive (torch >= 1.6) or legacy pickle
     return 'unknown'
 
+_TRUST = "if you trust the file, load it once with torch.load(path, weights_only=False) and torch.save only its state dict"
+
+def _refusal(p:Path, e:pickle.UnpicklingError) -> CheckpointError:
+    "The one-line error for a file that weights-only loading refused: what it holds, why, and what to do if it is trusted."
+    why = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e  # torch's line, before its paragraph
+    scan = _pickle_globals(p)
+    if scan is None: return CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(why)})")
+    try: wo = torch._weights_only_unpickler; ok = {*wo._get_allowed_globals(), *wo._get_user_allowed_globals()}
+    except AttributeError: ok = None  # a torch without the table: fall back to the name in its message
+    bad = [g for g in scan[0] if g not in ok] if ok is not None else re.findall(r'GLOBAL ([\w.]+)', str(why))
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ''
+        return CheckpointError(f"refusing to load {p}: it holds {', '.join(bad[:3])}{more}, which only unsafe unpickling "
+                               f"can rebuild (unpickling can run code); {_TRUST}")
+    if scan[1] > 3: return CheckpointError(f"refusing to load {p}: it was pickled with protocol {scan[1]}, which weights-only loading cannot read; {_TRUST}")
+    return CheckpointError(f"refusing to load {p}: its pickle does what weights-only loading does not allow ({_one_line(why)}); {_TRUST}")
+
 def _read(p:Path, map_location):
     if p.stat().st_size == 0: raise CheckpointError(f"cannot read checkpoint {p}: the file is empty")
     fmt = _format(p)
@@ -45,12 +98,11 @@ def _read(p:Path, map_location):
         try: return safetensors.torch.load_file(str(p), device=str(map_location))
         except Exception as e: raise CheckpointError(f"cannot read checkpoint {p}: corrupt or truncated safetensors file ({_one_line(e)})") from None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')  # protocol 3 loads fine; 4+ is refused below
             return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        m = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-        if m: raise CheckpointError(f"refusing to load {p}: it contains {m.group(1)!r}, which is not plain weights and would need unsafe unpickling") from None
-        raise CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(e)})") from None
+        with torch.serialization.safe_globals([argparse.Namespace]): raise _refusal(p, e) from None
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(e)})") from None
 
@@ -187,14 +239,44 @@ def create_student(teacher:str|nn.Module, # registry name, or a model made by `c
     return create_model(spec.pop('name'), None, drop_path=drop_path, **spec)
 
 # %% ../nbs/06_models.ipynb #a70d1c02
+import socket
+
+def _umask() -> int:
+    "The process's umask, read without changing it (Linux: /proc/self/status), else by a brief `os.umask` round trip."
+    try:
+        with open('/proc/self/status') as f: return int(next(l for l in f if l.startswith('Umask:')).split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError): pass
+    mask = os.umask(0o022); os.umask(mask); return mask
+
+_HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname()) or 'host'
+
+def _gone(pid:int) -> bool:
+    "Whether no process `pid` runs on this machine (never claimed on Windows, where signal 0 is CTRL_C_EVENT)."
+    if os.name == 'nt' or pid == os.getpid(): return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except OSError: pass  # e.g. another user's live process
+    return False
+
+def _remove_stale(folder:Path):
+    "Remove the temporary files that `atomic_write`s killed on this host left in `folder`."
+    pat = re.compile(rf'\..+\.{re.escape(_HOST)}\.(\d+)\.[a-z0-9_]+\.tmp')
+    for e in os.scandir(folder):
+        m = pat.fullmatch(e.name)
+        if m and _gone(int(m[1])):
+            with contextlib.suppress(OSError): os.unlink(e.path)
+
+# %% ../nbs/06_models.ipynb #a70d1c0a
 def atomic_write(path:str|Path, # destination; missing parent folders are created
                  write, # called with the open binary temporary file
                 )->Path:
     "Call `write(file)` on a temporary file next to `path`, then rename it to `path`: readers see the old file or the new one."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    _remove_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{_HOST}.{os.getpid()}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
