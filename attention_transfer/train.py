@@ -589,8 +589,8 @@ def check_output_dir(path:str|Path, # the output folder (created when the first 
     except OSError as e: raise TrainError(f"{flag} {p}: cannot write in {d} ({e.strerror})") from None
     held = [n for n in results if (p/n).exists()]
     if held and not (resume and Path(resume).resolve() == (p/'checkpoint.pth').resolve()):
-        raise TrainError(f"{flag} {p} holds another run ({', '.join(held)}): continue it with --resume "
-                         f"{'allow' if 'checkpoint.pth' in held else p/'checkpoint.pth'}, or choose another {flag}")
+        how = 'continue it with --resume allow' if 'checkpoint.pth' in held else 'it has no checkpoint.pth to continue'
+        raise TrainError(f"{flag} {p} holds another run ({', '.join(held)}): {how}, or choose another {flag}")
     return p
 
 def file_sha256(path:str|Path) -> str:
@@ -636,7 +636,8 @@ def _resolve(f:dict) -> dict:
     if bool(f['data']) == bool(f['data_path']): raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER")
     if f['data_path']: f['data_path'] = str(Path(f['data_path']).resolve())
     if f['finetune']: f['finetune'] = str(Path(f['finetune']).resolve())
-    f['teacher_sha256'] = file_sha256(f['finetune']) if transfer else None
+    try: f['teacher_sha256'] = file_sha256(f['finetune']) if transfer else None  # the teacher's identity, wherever it lies
+    except OSError as e: raise TrainError(f"--finetune {f['finetune']}: cannot read it ({e.strerror})") from None
     f['layer_decay_rule'] = f['layer_decay_rule'] or ('official' if transfer else 'mae')  # the official code's meaning of --layer_decay
     if f['layer_decay_rule'] not in LAYER_DECAY_RULES:
         raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {f['layer_decay_rule']!r}")
