@@ -14,10 +14,10 @@ from einops import rearrange, repeat
 from .data import build_dataset, build_loader, BUILTIN
 
 # %% auto #0
-__all__ = ['patchify', 'unpatchify', 'random_masking', 'mae_loss', 'MaskedAutoencoder', 'create_mae', 'encoder_state_dict',
-           'save_encoder', 'reconstruct', 'show_reconstructions', 'encoder_features', 'knn_accuracy',
-           'linear_probe_accuracy', 'probe_encoder', 'ReconstructionLoss', 'PassLoss', 'MAETrainer', 'at_pretrain',
-           'main']
+__all__ = ['PRETRAIN_KEYS', 'patchify', 'unpatchify', 'random_masking', 'mae_loss', 'MaskedAutoencoder', 'create_mae',
+           'encoder_state_dict', 'save_encoder', 'reconstruct', 'show_reconstructions', 'encoder_features',
+           'knn_accuracy', 'linear_probe_accuracy', 'probe_encoder', 'ReconstructionLoss', 'PassLoss', 'MAETrainer',
+           'at_pretrain', 'main']
 
 # %% ../nbs/08_pretrain.ipynb #6236fdfa
 def patchify(imgs:torch.Tensor, # `b c h w` images
@@ -309,11 +309,13 @@ class MAETrainer(Trainer):
 
 # %% ../nbs/08_pretrain.ipynb #0ada0533
 from fastcore.script import call_parse, Param, bool_arg
-from .train import timm_name, effective_lr, init_distributed, seed_all, load_checkpoint, run_script
+from .train import (timm_name, effective_lr, init_distributed, seed_all, load_checkpoint, run_script, amp_dtype,
+                                      check_ranges, check_output_dir, check_resume)
 
 def _check(f:dict)->dict:
     "Check and complete `at_pretrain`'s flags before anything is built or written; TrainError with one line otherwise."
-    f = dict(f)
+    f = check_ranges(dict(f))  # every numeric flag in its range (the table `attention_transfer.train.RANGES`)
+    amp_dtype(f['amp'], 'cpu')  # checks the name
     f['model'] = timm_name(f['model'].removeprefix('mae_'))
     if not timm.is_model(f['model']): raise TrainError(f"--model: unknown model {f['model']!r} (not in timm's registry)")
     if f['data'] and f['data_path']: raise TrainError("give the images once: --data NAME|FOLDER or --data_path FOLDER")
@@ -322,15 +324,17 @@ def _check(f:dict)->dict:
         root = Path(f['data'])
         if not (root/'train').is_dir(): raise TrainError(f"--data {f['data']}: neither a built-in dataset ({', '.join(BUILTIN)}) nor a folder with train/")
         f['data'] = str(root.resolve())
-    if not 0 <= f['mask_ratio'] < 1: raise TrainError(f"--mask_ratio must be in [0, 1), not {f['mask_ratio']}")
-    for k in ('batch_size', 'epochs', 'accum_iter', 'decoder_dim', 'decoder_depth'):
-        if f[k] < 1: raise TrainError(f"--{k} must be at least 1, not {f[k]}")
+    heads = f['decoder_heads'] or max(1, f['decoder_dim'] // 32)
+    if f['decoder_dim'] % heads: raise TrainError(f"--decoder_dim {f['decoder_dim']} is not divisible by the decoder's {heads} heads: give --decoder_heads")
     if f['decoder_pos'] not in ('sincos', 'learned'): raise TrainError(f"--decoder_pos must be sincos or learned, not {f['decoder_pos']!r}")
     res = f['resume']
     if res == 'allow': res = Path(f['output_dir'])/'checkpoint.pth'; res = res if res.is_file() else None
     elif res and not Path(res).is_file(): raise TrainError(f"--resume: checkpoint not found: {res}")
     f['resume'] = str(res) if res else ''
+    check_output_dir(f['output_dir'], f['resume'], ('checkpoint.pth', 'log.jsonl', 'encoder.pth'))
     return f
+
+PRETRAIN_KEYS = ('mode', 'model', 'input_size', 'mask_ratio', 'norm_pix_loss', 'decoder_dim', 'decoder_depth', 'decoder_heads', 'decoder_pos')
 
 def _build_mae(f:dict)->MaskedAutoencoder:
     "The MAE for the flags; TrainError (one line) when the model is not a timm ViT or the sizes do not fit."
@@ -381,10 +385,13 @@ def at_pretrain(
 ):
     "Pre-train a timm ViT as a masked autoencoder and save its encoder as an MAE checkpoint (`encoder.pth`)."
     f = _check({k: v for k, v in locals().items()})
+    ck = load_checkpoint(f['resume']) if f['resume'] else None  # fail fast, before building anything
+    if ck is not None and (ck.get('args') or {}).get('mode') != 'pretrain': raise TrainError(f"--resume {f['resume']}: not an at_pretrain checkpoint")
     device, rk, world = init_distributed(f['device'])
     seed_all(f['seed'])
     mae = _build_mae(f)
-    f['input_size'] = mae.encoder.patch_embed.img_size[0]
+    f['input_size'], f['mode'] = mae.encoder.patch_embed.img_size[0], 'pretrain'
+    if ck is not None: check_resume(ck, f, PRETRAIN_KEYS, f['resume'])  # the same MAE and objective, before the data is read
     cfg = timm.models.get_pretrained_cfg(f['model'])
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     builtin = f['data'] in BUILTIN
@@ -392,22 +399,18 @@ def at_pretrain(
     ds, _ = build_dataset(f['data'], True, f['input_size'], aa='none', reprob=0., scale=scale, hflip=f['hflip'], mean=mean, std=std)
     dl = build_loader(ds, f['batch_size'], True, f['num_workers'], seed=f['seed'], pin_memory=device.type == 'cuda')
     f['abs_lr'] = effective_lr(f['blr'], f['batch_size'], f['accum_iter'], world, f['lr'])
-    f['mode'] = 'pretrain'
     trainer = MAETrainer(mae, dl, epochs=f['epochs'], lr=f['abs_lr'], min_lr=f['min_lr'], warmup_epochs=f['warmup_epochs'],
                          weight_decay=f['weight_decay'], beta2=f['beta2'], accum_iter=f['accum_iter'], clip_grad=f['clip_grad'],
                          amp=f['amp'], steps_per_epoch=f['steps_per_epoch'], device=device, output_dir=f['output_dir'], meta=f,
                          recon_images=torch.stack([ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 6))][:6]), norm=(mean, std))
-    if f['resume']:
-        ck = load_checkpoint(f['resume'])
-        if ck.get('args', {}).get('mode') != 'pretrain': raise TrainError(f"--resume {f['resume']}: not an at_pretrain checkpoint")
-        trainer.load_state_dict(ck, f['resume'])
+    if ck is not None: trainer.load_state_dict(ck, f['resume'])
     else: seed_all(f['seed'] + rk)
     if rk == 0:
         enc = sum(p.numel() for p in mae.encoder.parameters()) / 1e6
         print(f"at_pretrain: MAE {f['model']} ({enc:.2f}M encoder params), mask {f['mask_ratio']}, decoder {f['decoder_depth']}x{f['decoder_dim']}; "
               f"{f['data']}: {len(ds)} train images, {f['input_size']}px; {world} process(es) on {device}, "
               f"effective batch {f['batch_size'] * f['accum_iter'] * world}, lr {f['abs_lr']:.3g}, "
-              f"{trainer.steps_per_epoch // f['accum_iter']} updates/epoch, from epoch {trainer.epoch}")
+              f"{trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
     trainer.fit(f['stop_epoch'])
     return trainer
 

@@ -23,12 +23,14 @@ import attention_transfer.ensemble as ens
 from .models import create_model, atomic_write, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
 
 # %% auto #0
-__all__ = ['MODES', 'AMP', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'PRESETS', 'TrainError', 'make_method', 'split_output',
-           'compute_loss', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'save_atomic',
-           'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
-           'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate', 'unused_parameters', 'Trainer',
-           'read_log', 'plot_log', 'timm_name', 'parse_mode', 'at_train', 'preset_args', 'expand_preset',
-           'preset_command', 'run_script', 'main', 'load_for_eval', 'at_eval', 'eval_main']
+__all__ = ['MODES', 'LAYER_DECAY_RULES', 'AMP', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'TrainError',
+           'make_method', 'split_output', 'compute_loss', 'layer_ids', 'build_optimizer', 'effective_lr',
+           'build_scheduler', 'amp_dtype', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state',
+           'seed_all', 'load_checkpoint', 'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate',
+           'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state', 'read_log', 'plot_log', 'timm_name',
+           'parse_mode', 'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256', 'check_resume', 'at_train',
+           'preset_args', 'expand_preset', 'preset_command', 'run_script', 'main', 'load_for_eval', 'at_eval',
+           'eval_main']
 
 # %% ../nbs/07_train.ipynb #b6c81e65
 class TrainError(Exception):
@@ -64,15 +66,44 @@ def compute_loss(net:nn.Module, # network from a method, in training mode
     return (loss if transfer is None else loss + atd_weight * transfer), transfer
 
 # %% ../nbs/07_train.ipynb #ba1c90d9
+import re
+from types import SimpleNamespace
+from timm.models import group_parameters
+
+LAYER_DECAY_RULES = ('mae', 'official')
+
+def layer_ids(model:nn.Module, # a timm ViT: parameters `blocks.<i>.*`, embeddings in its `group_matcher`'s stem
+              rule:str='mae', # 'mae': num_layers = depth + 1; 'official': num_layers = depth (the official code)
+             ) -> dict|None: # {parameter name: layer id in 0..num_layers}; None: the model has no `blocks.<i>`
+    "Layer ids as MAE's `get_layer_id_for_vit`: embeddings 0, block `i` `min(i+1, num_layers)`, the rest `num_layers`."
+    if rule not in LAYER_DECAY_RULES: raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {rule!r}")
+    names = [n for n, _ in model.named_parameters()]
+    block = {n: int(m[1]) for n in names if (m := re.match(r'blocks\.(\d+)\.', n))}
+    if not block:
+        if rule == 'mae': return None  # the model's own group_matcher decides
+        raise TrainError(f"layer_decay_rule='official' needs a ViT with blocks.<i> parameters, not a {type(model).__name__}")
+    if hasattr(model, 'group_matcher'):
+        stem = {n for n, j in group_parameters(model, model.group_matcher(coarse=False), reverse=True).items() if j == 0}
+    else: stem = {n for n in names if n.split('.')[0] in ('cls_token', 'pos_embed', 'patch_embed')}
+    num_layers = max(block.values()) + (2 if rule == 'mae' else 1)
+    ids = {n: min(block[n] + 1, num_layers) if n in block else 0 if n in stem else num_layers for n in names}
+    if empty := sorted(set(range(num_layers + 1)) - set(ids.values())):  # timm numbers the layers it sees consecutively
+        raise TrainError(f"layer-wise lr decay: layer(s) {empty} of {type(model).__name__} have no parameters")
+    return ids
+
 def build_optimizer(model:nn.Module, # the student (only its trainable parameters are optimised)
                     lr:float, # peak learning rate (before layer scaling)
                     weight_decay:float=0.05,
                     layer_decay:float=0.75, # 1.0: no layer-wise decay
                     beta2:float=0.999, # AdamW's second-moment decay (β1 is 0.9)
+                    layer_decay_rule:str='mae', # 'mae' (num_layers = depth + 1) or 'official' (depth): see `layer_ids`
                    ) -> torch.optim.AdamW:
-    "AdamW with timm's layer-wise lr decay groups; no weight decay on norms, biases and `model.no_weight_decay()`."
+    "AdamW over timm's layer-wise lr decay groups (layers from `layer_ids`); no weight decay on norms, biases and `model.no_weight_decay()`."
+    if layer_decay_rule not in LAYER_DECAY_RULES: raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {layer_decay_rule!r}")
     skip = model.no_weight_decay() if hasattr(model, 'no_weight_decay') else ()
-    groups = param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+    ids = layer_ids(model, layer_decay_rule) if layer_decay != 1 else None
+    seen = model if ids is None else SimpleNamespace(named_parameters=model.named_parameters, group_matcher=lambda coarse=False: ids.get)
+    groups = param_groups_layer_decay(seen, weight_decay=weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
 
 # %% ../nbs/07_train.ipynb #22ab861d
@@ -88,14 +119,14 @@ def effective_lr(blr:float, # base lr, for an effective batch of 256
 # %% ../nbs/07_train.ipynb #80d9a4b9
 def build_scheduler(optimizer:torch.optim.Optimizer,
                     epochs:int, # length of the schedule
-                    updates_per_epoch:int, # optimizer updates per epoch (micro-batches / accum_iter)
+                    updates_per_epoch:int, # optimizer updates per epoch of this run (micro-batches / accum_iter)
                     warmup_epochs:float=0, # linear warmup from 0
                     min_lr:float=1e-6, # final lr (before layer scaling)
                    ) -> CosineLRScheduler:
-    "Per-update cosine schedule with linear warmup (MAE's), as timm's `CosineLRScheduler`; call `.step_update(update)`."
-    total, warm = epochs * updates_per_epoch, round(warmup_epochs * updates_per_epoch)
-    # t_initial >= 2 only silences timm's warning for a one-update cosine; that update gets the peak lr either way
-    return CosineLRScheduler(optimizer, t_initial=max(2, total - warm), lr_min=min_lr, warmup_t=warm,
+    "MAE's warmup + cosine as timm's `CosineLRScheduler` in updates of this run: `.step_update(epoch * updates_per_epoch + update)`."
+    total, warm = epochs * updates_per_epoch, warmup_epochs * updates_per_epoch
+    # a cosine of at most one update gives that update the peak lr whatever t_initial is; 2 only avoids timm's warning about 1
+    return CosineLRScheduler(optimizer, t_initial=total - warm if total - warm > 1 else 2, lr_min=min_lr, warmup_t=warm,
                              warmup_lr_init=0., warmup_prefix=True, t_in_epochs=False)
 
 # %% ../nbs/07_train.ipynb #a86eda79
@@ -236,6 +267,7 @@ class Trainer:
                  method=None, # `student -> network` from `make_method`; None: the student itself
                  *, epochs:int=1, lr:float=1e-3, min_lr:float=1e-6, warmup_epochs:float=0,
                  weight_decay:float=0.05, layer_decay:float=1., beta2:float=0.999,
+                 layer_decay_rule:str='mae', # how `layer_decay` counts layers: 'mae' or 'official' (see `layer_ids`)
                  accum_iter:int=1, # micro-batches per optimizer update
                  clip_grad:float|None=None, # max gradient norm; None: no clipping
                  ema:float|None=None, # EMA decay; None or 0: no EMA
@@ -264,8 +296,9 @@ class Trainer:
         self.steps_per_epoch = n - n % accum_iter
         if self.steps_per_epoch == 0:
             raise TrainError(f"an epoch has {n} batch(es), fewer than accum_iter={accum_iter}: use a smaller batch size or accum_iter")
-        self.opt = build_optimizer(self.student, lr, weight_decay, layer_decay, beta2)
-        self.sched = build_scheduler(self.opt, epochs, self.steps_per_epoch // accum_iter, warmup_epochs, min_lr)
+        self.updates_per_epoch = self.steps_per_epoch // accum_iter
+        self.opt = build_optimizer(self.student, lr, weight_decay, layer_decay, beta2, layer_decay_rule)
+        self.sched = build_scheduler(self.opt, epochs, self.updates_per_epoch, warmup_epochs, min_lr)
         self.amp = amp_dtype(amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = criterion or build_criterion(mixup)
@@ -313,7 +346,7 @@ def train_epoch(self:Trainer, mb=None, # fastprogress master_bar to nest the bat
     if mb is not None: batches = progress_bar(batches, total=self.steps_per_epoch, parent=mb)
     self.opt.zero_grad(set_to_none=True); t0 = time.perf_counter()
     for i, (x, y) in batches:
-        if i % self.accum_iter == 0: self.sched.step_update(self.step)
+        if i % self.accum_iter == 0: self.sched.step_update(self.epoch * self.updates_per_epoch + i // self.accum_iter)  # epoch + i/steps_per_epoch
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         loss, transfer = self.one_batch(x, y, update=(i + 1) % self.accum_iter == 0)
         if i == 0: first = all_reduce_sum(torch.tensor([loss], dtype=torch.float64)).item() / world_size()
@@ -335,6 +368,31 @@ def validate(self:Trainer) -> dict:
         if self._ema_net is None: self._ema_net = self.method(self.ema.module)
         out.update({f'ema_{k}': v for k, v in evaluate(self._ema_net, self.val_dl, self.device, self.amp).items()})
     return out
+
+# %% ../nbs/07_train.ipynb #29698c13
+def load_exact(model:nn.Module, # the model the run trains (or its EMA)
+               state_dict:dict, # from a training checkpoint of the same run
+               name:str='checkpoint', # for messages (its path)
+              ) -> nn.Module:
+    "Load `state_dict` into `model` with exactly its keys and shapes, or raise `CheckpointError` naming the differences."
+    target = model.state_dict()
+    missing, unexpected = [k for k in target if k not in state_dict], [k for k in state_dict if k not in target]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(target[k].shape)}" for k in state_dict
+              if k in target and tuple(state_dict[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{what}: {', '.join(l[:3])}{' ...' if len(l) > 3 else ''}" for what, l in
+                 (('missing', missing), ('unexpected', unexpected), ('shapes (checkpoint vs this run)', shapes)) if l]
+        raise CheckpointError(f"{name} does not fit this run's model: " + '; '.join(parts))
+    model.load_state_dict(state_dict)
+    return model
+
+def check_optimizer_state(opt:torch.optim.Optimizer, name:str='checkpoint'):
+    "Raise `CheckpointError` unless every tensor of the optimizer's state has its parameter's shape."
+    for g in opt.param_groups:
+        for p in g['params']:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.ndim and v.shape != p.shape:
+                    raise CheckpointError(f"{name}: optimizer state {k} {tuple(v.shape)} does not fit a parameter {tuple(p.shape)} of this run")
 
 # %% ../nbs/07_train.ipynb #43f35804
 def _generators(dl) -> dict:
@@ -360,11 +418,12 @@ def load_state_dict(self:Trainer, ck:dict, # from `load_checkpoint`
                     name:str='checkpoint', # for error messages (its path)
                    ):
     "Continue from a checkpoint: weights, EMA, optimizer, scaler, counters and this process's RNG states."
-    load_weights(self.student, ck['model'], name)
+    load_exact(self.student, ck['model'], name)
     if self.ema is not None:
-        load_weights(self.ema.module, ck['model_ema'] if ck.get('model_ema') is not None else ck['model'], name)
+        load_exact(self.ema.module, ck['model_ema'] if ck.get('model_ema') is not None else ck['model'], name)
     try: self.opt.load_state_dict(ck['optimizer'])
     except (ValueError, KeyError) as e: raise CheckpointError(f"{name}: optimizer state does not fit this run ({e})") from None
+    check_optimizer_state(self.opt, name)
     if ck.get('scaler'): self.scaler.load_state_dict(ck['scaler'])
     self.epoch, self.step = ck['epoch'] + 1, ck['step']
     self.history = [r for r in ck.get('history', []) if r['epoch'] < self.epoch]
@@ -473,10 +532,94 @@ def parse_mode(mode:str|None, # scratch, finetune, copy, distill, or the officia
     if mode not in MODES: raise TrainError(f"--mode must be one of {', '.join(MODES)} (or copy_q/k/v, distill_q/k/v), not {mode!r}")
     return mode, target
 
+# %% ../nbs/07_train.ipynb #e667f5d8
+RANGES = dict(
+    batch_size='[1, inf)', epochs='[1, inf)', accum_iter='[1, inf)', steps_per_epoch='[1, inf)', stop_epoch='[1, inf)',
+    blr='(0, inf)', lr='(0, inf)', min_lr='[0, inf)', warmup_epochs='[0, epochs]', layer_decay='(0, 1]',
+    beta2='[0, 1)', weight_decay='[0, inf)', clip_grad='(0, inf)', drop_path='[0, 1)', ema='[0, 1)',
+    atd_weight='[0, inf)', reprob='[0, 1]', mixup='[0, inf)', cutmix='[0, inf)', smoothing='[0, 1)',
+    nb_classes='[1, inf)', input_size='[1, inf)', end_layer='(-inf, 0]', layers='[0, inf)', heads='[0, inf)',
+    num_workers='[0, inf)', seed='[0, 2**32)',  # seeds alias above numpy's 2**32
+    mask_ratio='[0, 1)', decoder_dim='[1, inf)', decoder_depth='[1, inf)', decoder_heads='[1, decoder_dim]',
+    min_scale='(0, 1]', hflip='[0, 1]')
+
+def _bound(b:str, f:dict):
+    "A bound of an interval: a number, inf, 2**k, or another flag's value."
+    b = b.strip()
+    if b in f: return f[b]
+    if '**' in b: base, e = b.split('**'); return int(base) ** int(e)
+    return float(b)
+
+def check_ranges(f:dict, # flags {name: value}; None means not given and is not checked
+                 ranges:dict=RANGES, # {flag: interval}
+                ) -> dict:
+    "`f`, or `TrainError` naming the first flag whose value (or any element of a list) lies outside its interval (NaN never inside)."
+    for k, spec in ranges.items():
+        if f.get(k) is None: continue
+        lo, hi = (_bound(b, f) for b in spec[1:-1].split(','))
+        if lo is None or hi is None: continue
+        for v in (f[k] if isinstance(f[k], (list, tuple)) else [f[k]]):
+            if (lo <= v if spec[0] == '[' else lo < v) and (v <= hi if spec[-1] == ']' else v < hi): continue
+            named = ''.join(f" (--{b.strip()} is {f[b.strip()]})" for b in spec[1:-1].split(',') if b.strip() in f)
+            raise TrainError(f"--{k} must be in {spec}{named}, not {v}")
+    return f
+
+# %% ../nbs/07_train.ipynb #4bc1ab82
+import hashlib
+from .data import build_transform
+
+def check_aa(aa:str): # a timm auto-augment policy, e.g. 'rand-m9-mstd0.5-inc1', or 'none'
+    "Raise `TrainError` naming `--aa` unless timm can build the policy."
+    try: build_transform(True, 32, aa=aa)
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise TrainError(f"--aa {aa!r} is not a timm auto-augment policy (e.g. rand-m9-mstd0.5-inc1, or none): {' '.join(str(e).split())[:80]}") from None
+
+def check_output_dir(path:str|Path, # the output folder (created when the first file is written)
+                     resume:str='', # the checkpoint this run continues ('' for a new run)
+                     results:tuple=('checkpoint.pth', 'log.jsonl', 'model.pth'), # files that mean the folder holds a run
+                     flag:str='--output_dir', # for messages
+                    ) -> Path:
+    "Refuse (`TrainError`, one line) an output folder that cannot be written, or that holds a run this one does not continue."
+    p = d = Path(path)
+    try:
+        if p.exists() and not p.is_dir(): raise TrainError(f"{flag} {p} exists and is not a folder")
+        while not d.exists(): d = d.parent  # the first folder that exists: where the run's folders will be made
+        if not d.is_dir(): raise TrainError(f"{flag} {p}: {d} is a file, not a folder")
+        tempfile.TemporaryFile(dir=d).close()
+    except OSError as e: raise TrainError(f"{flag} {p}: cannot write in {d} ({e.strerror})") from None
+    held = [n for n in results if (p/n).exists()]
+    if held and not (resume and Path(resume).resolve() == (p/'checkpoint.pth').resolve()):
+        how = 'continue it with --resume allow' if 'checkpoint.pth' in held else 'it has no checkpoint.pth to continue'
+        raise TrainError(f"{flag} {p} holds another run ({', '.join(held)}): {how}, or choose another {flag}")
+    return p
+
+def file_sha256(path:str|Path) -> str:
+    "The SHA-256 of a file's bytes (hex): a teacher's identity, wherever the file lies."
+    with open(path, 'rb') as fh: return hashlib.file_digest(fh, 'sha256').hexdigest()
+
+# %% ../nbs/07_train.ipynb #d98d18bb
+RESUME_KEYS = ('mode', 'model', 'nb_classes', 'input_size', 'global_pool', 'teacher', 'teacher_sha256', 'target', 'end_layer',
+               'layers', 'heads')
+
+def _setting(k, v): return f"teacher weights sha256 {v[:12]}" if k == 'teacher_sha256' and v else f"--{k} {v}"
+
+def check_resume(ck:dict, # from `load_checkpoint`
+                 f:dict, # this run's settings
+                 keys:tuple=RESUME_KEYS, # the settings that make a run what it is
+                 name:str='checkpoint', # the checkpoint, for messages
+                ):
+    "Raise `TrainError` naming every setting in `keys` that differs between checkpoint `ck` (its `args`) and `f`."
+    was = ck.get('args') or {}
+    diff = [k for k in keys if k in was and was[k] != f.get(k)]
+    if diff: raise TrainError(f"--resume {name} is another run: it has " + ', '.join(_setting(k, was[k]) for k in diff)
+                              + "; this run asks for " + ', '.join(_setting(k, f.get(k)) for k in diff)
+                              + " (resume with the run's own settings, or train anew in another --output_dir)")
+
 # %% ../nbs/07_train.ipynb #7877391a
 def _resolve(f:dict) -> dict:
-    "Check and complete the flags of `at_train` (modes, names, pooling, files); TrainError with one line otherwise."
-    f = dict(f)
+    "Check and complete the flags of `at_train` (ranges, modes, names, pooling, files, output folder); TrainError with one line otherwise."
+    f = check_ranges(dict(f))
+    amp_dtype(f['amp'], 'cpu'); check_aa(f['aa'])  # check the names
     f['mode'], f['target'] = parse_mode(f['mode'], f['finetune'], f['target'])
     if f['target'] not in ('attn', 'q', 'k', 'v'): raise TrainError(f"--target must be attn, q, k or v, not {f['target']!r}")
     transfer = f['mode'] in ('copy', 'distill')
@@ -493,8 +636,11 @@ def _resolve(f:dict) -> dict:
     if bool(f['data']) == bool(f['data_path']): raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER")
     if f['data_path']: f['data_path'] = str(Path(f['data_path']).resolve())
     if f['finetune']: f['finetune'] = str(Path(f['finetune']).resolve())
-    for k in ('batch_size', 'epochs', 'accum_iter'):
-        if f[k] < 1: raise TrainError(f"--{k} must be at least 1, not {f[k]}")
+    try: f['teacher_sha256'] = file_sha256(f['finetune']) if transfer else None  # the teacher's identity, wherever it lies
+    except OSError as e: raise TrainError(f"--finetune {f['finetune']}: cannot read it ({e.strerror})") from None
+    f['layer_decay_rule'] = f['layer_decay_rule'] or ('official' if transfer else 'mae')  # the official code's meaning of --layer_decay
+    if f['layer_decay_rule'] not in LAYER_DECAY_RULES:
+        raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {f['layer_decay_rule']!r}")
     if (f['mixup'] > 0 or f['cutmix'] > 0) and f['batch_size'] % 2: raise TrainError(f"Mixup/CutMix need an even --batch_size, not {f['batch_size']}")
     if not transfer and (f['layers'] or f['heads'] or f['end_layer'] or f['target'] != 'attn'):
         raise TrainError(f"--end_layer/--layers/--heads/--target only apply to copy and distill, not --mode {f['mode']}")
@@ -502,6 +648,7 @@ def _resolve(f:dict) -> dict:
     if res == 'allow': res = Path(f['output_dir'])/'checkpoint.pth'; res = res if res.is_file() else None
     elif res and not Path(res).is_file(): raise TrainError(f"--resume: checkpoint not found: {res}")
     f['resume'] = str(res) if res else ''
+    if not f['eval']: check_output_dir(f['output_dir'], f['resume'])
     if f['eval'] and f['mode'] == 'scratch' and not f['resume']: raise TrainError("--eval needs weights: --resume CHECKPOINT (or --finetune)")
     return f
 
@@ -547,6 +694,7 @@ def at_train(
     lr:float=None, # absolute lr (overrides --blr)
     min_lr:float=1e-6, # lr at the end of the cosine
     layer_decay:float=0.75, # layer-wise lr decay (1: off)
+    layer_decay_rule:str=None, # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for copy/distill, mae otherwise
     beta2:float=0.999, # AdamW beta2
     weight_decay:float=0.05, # AdamW weight decay (not on norms, biases, pos_embed, class/register tokens)
     drop_path:float=0.1, # stochastic depth rate of the student
@@ -586,7 +734,9 @@ def at_train(
     device, rk, world = init_distributed(f['device'])
     seed_all(f['seed'])  # the same initial weights in every process
     train_ds, val_ds, f['nb_classes'], f['input_size'] = _datasets(f)
+    if ck is not None: check_resume(ck, f, RESUME_KEYS, f['resume'])  # before any model is built
     teacher, student = _models(f)
+    _check_models(f, teacher, student)
     transfer = dict(end_layer=f['end_layer'], layers=f['layers'], heads=f['heads'], target=f['target'], share_drop_path=f['share_drop_path'])
     method = make_method(f['mode'], teacher, **transfer) if teacher is not None else make_method(f['mode'])
     cuda = device.type == 'cuda'
@@ -597,6 +747,7 @@ def at_train(
     try:
         trainer = Trainer(student, train_dl, val_dl, method, epochs=f['epochs'], lr=f['abs_lr'], min_lr=f['min_lr'],
                           warmup_epochs=f['warmup_epochs'], weight_decay=f['weight_decay'], layer_decay=f['layer_decay'],
+                          layer_decay_rule=f['layer_decay_rule'],
                           beta2=f['beta2'], accum_iter=f['accum_iter'], clip_grad=f['clip_grad'], ema=f['ema'],
                           atd_weight=f['atd_weight'], mixup=mix, criterion=build_criterion(mix, f['smoothing']), amp=f['amp'],
                           compile=f['compile'], steps_per_epoch=f['steps_per_epoch'], device=device,
@@ -612,17 +763,31 @@ def at_train(
     trainer.fit(f['stop_epoch'])
     return trainer
 
+def _check_models(f, teacher, student):
+    "The flags that can only be checked against the models: image size vs patch size, transferred layers and heads."
+    ps = getattr(getattr(student, 'patch_embed', None), 'patch_size', None)
+    if ps is not None and any(f['input_size'] % p for p in ps):
+        raise TrainError(f"--input_size {f['input_size']} is not a multiple of {f['model']}'s patch size {ps[0]}: pixels would be dropped")
+    if teacher is None: return
+    import attention_transfer.transfer as at
+    shape = at.vit_shape(teacher)
+    try: at.transfer_layers(shape['depth'], f['end_layer'], f['layers'])
+    except ValueError as e: raise TrainError(f"--{'layers' if f['layers'] else 'end_layer'}: {e}") from None
+    try: at.transfer_heads(min(shape['heads']), f['heads'])
+    except ValueError as e: raise TrainError(f"--heads: {e}") from None
+
 def _summary(f, trainer, student, n_train, n_val, world) -> str:
     "One line describing the run."
     params = sum(p.numel() for p in student.parameters()) / 1e6
     who = f"{f['mode']} {f['model']} ({params:.2f}M params)" + (f" <- teacher {f['teacher']} {f['finetune']}" if f['teacher'] else '')
     return (f"at_train: {who}; {f['data'] or f['data_path']}: {n_train} train / {n_val} val images, {f['nb_classes']} classes, "
             f"{f['input_size']}px; {world} process(es) on {trainer.device}, effective batch {f['batch_size'] * f['accum_iter'] * world}, "
-            f"lr {f['abs_lr']:.3g}, {trainer.steps_per_epoch // f['accum_iter']} updates/epoch, from epoch {trainer.epoch}")
+            f"lr {f['abs_lr']:.3g}" + (f" (layer decay {f['layer_decay']}, {f['layer_decay_rule']} rule)" if f['layer_decay'] != 1 else '')
+            + f", {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
 
 # %% ../nbs/07_train.ipynb #2fa5202a
 _PAPER = dict(model='vit_large_patch16_224', batch_size=32, ema=0.9999, reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1,
-              share_drop_path=True)
+              share_drop_path=True, layer_decay_rule='official')
 PRESETS = {
     'copy': dict(mode='copy', end_layer=-3, epochs=100, warmup_epochs=5, blr=1e-3, min_lr=2e-3, layer_decay=0.75,
                  beta2=0.999, weight_decay=0.05, drop_path=0.0, **_PAPER),

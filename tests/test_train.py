@@ -142,3 +142,49 @@ def test_bad_checkpoints_fail_with_one_line(files, tmp_path):
         assert not out.exists()
     r = at(wrong, '--data', 'digits', tool='at_eval', check=False)
     assert r.returncode != 0 and r.stderr.count('\n') == 1, r.stderr
+
+
+@pytest.fixture(scope='module')
+def folder64(tmp_path_factory):
+    "An ImageFolder of 64 training images (2 classes) and 8 validation images."
+    root = tmp_path_factory.mktemp('folder64')
+    rng = np.random.default_rng(1)
+    for split, n in (('train', 32), ('val', 4)):
+        for c in ('a', 'b'):
+            (root/split/c).mkdir(parents=True)
+            for i in range(n): Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root/split/c/f'{i}.png')
+    return root
+
+
+def cos_lr(pos, epochs=4): return 0.5 * (1 + np.cos(np.pi * pos / epochs))  # no warmup, min_lr 0, in units of lr0
+
+
+SCHED = [*MODEL, '--epochs', 4, '--lr', 1e-3, '--min_lr', 0, '--layer_decay', 1, '--aa', 'none', '--reprob', 0, '--smoothing', 0,
+         '--drop_path', 0]
+
+
+def test_resume_on_two_processes_keeps_the_schedule(folder64, tmp_path):
+    "Epoch 0 on one process (8 updates), the rest on two (4 updates per epoch each): the lr continues from epoch + i/4."
+    flags = [*SCHED, '--data_path', folder64, '--batch_size', 8, '--output_dir', tmp_path/'run']
+    at(*flags, '--stop_epoch', 1)
+    torchrun(2, *flags, '--resume', 'allow')
+    recs = log(tmp_path/'run')
+    lrs = [r['lr'] / 1e-3 for r in recs]   # the lr of each epoch's last update
+    assert [r['epoch'] for r in recs] == [0, 1, 2, 3] and recs[-1]['step'] == 8 + 3 * 4
+    assert lrs == pytest.approx([cos_lr(7 / 8), cos_lr(1.75), cos_lr(2.75), cos_lr(3.75)], rel=1e-9)
+    assert round(lrs[-1], 4) == 0.0096     # the last update; counting updates (16 per run) would give min_lr = 0 here
+    ck = torch.load(tmp_path/'run'/'checkpoint.pth', weights_only=True)
+    assert len(ck['rng']) == 2 and ck['epoch'] == 3
+
+
+def test_resume_with_other_batch_accum_steps_workers_and_data_location(folder64, tmp_path):
+    "What only changes how the same run is computed may change on resume; the schedule follows its position in epochs."
+    import shutil
+    at(*SCHED, '--data_path', folder64, '--batch_size', 8, '--output_dir', tmp_path/'run', '--stop_epoch', 1)
+    moved = shutil.copytree(folder64, tmp_path/'moved')
+    r = at(*SCHED, '--data_path', moved, '--batch_size', 4, '--accum_iter', 2, '--steps_per_epoch', 6, '--num_workers', 1,
+           '--output_dir', tmp_path/'run', '--resume', 'allow')
+    assert 'from epoch 1' in r.stdout and '3 updates/epoch' in r.stdout
+    lrs = [rec['lr'] / 1e-3 for rec in log(tmp_path/'run')]
+    assert lrs == pytest.approx([cos_lr(7 / 8)] + [cos_lr(e + 4 / 6) for e in (1, 2, 3)], rel=1e-9)  # last update starts at i = 4 of 6
+    assert (tmp_path/'run'/'model.pth').is_file()
