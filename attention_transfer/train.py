@@ -626,7 +626,8 @@ def _resolve(f:dict) -> dict:
     if (transfer or f['mode'] == 'finetune') and not f['finetune']:
         raise TrainError(f"--mode {f['mode']} needs the pre-trained checkpoint: --finetune PATH")
     if f['mode'] == 'scratch' and f['finetune']: raise TrainError("--mode scratch trains from random weights: drop --finetune (or use --mode finetune)")
-    if f['finetune'] and not Path(f['finetune']).is_file(): raise TrainError(f"--finetune: checkpoint not found: {f['finetune']}")
+    if f['finetune'] and not Path(f['finetune']).is_file():
+        raise TrainError(f"--finetune: {'not a file' if Path(f['finetune']).exists() else 'checkpoint not found'}: {f['finetune']}")
     f['model'] = timm_name(f['model']); f['teacher'] = timm_name(f['teacher'] or f['model']) if transfer else None
     for k in ('model', 'teacher'):
         if f[k] is not None and timm.models.get_pretrained_cfg(f[k]) is None and not timm.is_model(f[k]):
@@ -646,7 +647,7 @@ def _resolve(f:dict) -> dict:
         raise TrainError(f"--end_layer/--layers/--heads/--target only apply to copy and distill, not --mode {f['mode']}")
     res = f['resume']
     if res == 'allow': res = Path(f['output_dir'])/'checkpoint.pth'; res = res if res.is_file() else None
-    elif res and not Path(res).is_file(): raise TrainError(f"--resume: checkpoint not found: {res}")
+    elif res and not Path(res).is_file(): raise TrainError(f"--resume: {'not a file' if Path(res).exists() else 'checkpoint not found'}: {res}")
     f['resume'] = str(res) if res else ''
     if not f['eval']: check_output_dir(f['output_dir'], f['resume'])
     if f['eval'] and f['mode'] == 'scratch' and not f['resume']: raise TrainError("--eval needs weights: --resume CHECKPOINT (or --finetune)")

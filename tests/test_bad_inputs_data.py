@@ -83,10 +83,7 @@ def xfail_for(owner:str, kinds:dict):
     return lambda kind: pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=f'{owner}: {kinds[kind]}')) if kind in kinds else kind
 
 
-_H1 = xfail_for('H1 (07_train _resolve)', {'directory': "--finetune DIR says 'checkpoint not found', not that it is a directory"})
-
-
-@pytest.mark.parametrize('kind', [_H1(k) for k in CKPTS])
+@pytest.mark.parametrize('kind', list(CKPTS))
 def test_train_finetune_refuses(env, kind):
     p, retry = env/'ck'/CKPTS[kind][0], env/'good'/'retry'
     line = assert_refused('at_train', *TINY, '--data_path', env/'data', '--mode', 'finetune', '--finetune', p, '--output_dir', retry,
