@@ -43,30 +43,36 @@ def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `
         return F.mse_loss(s, t) if target != 'attn' else _logits_ce(t, s)
 
 # %% ../nbs/03_distill.ipynb #ece29f93
-def _lse(q, k, scale, attn_mask=None, is_causal=False):
-    "Row log-sum-exp `b h n` of the masked logits q·scale kᵀ, without gradient, from a fused kernel where there is one."
-    if q.device.type == 'cpu' or (q.device.type == 'cuda' and attn_mask is None):
-        m = attn_mask
-        if m is not None and m.dtype == torch.bool:
-            m = torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, float('-inf'))
-        if q.device.type == 'cpu':
-            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=is_causal, attn_mask=m, scale=scale)[1]
-        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, is_causal=is_causal, scale=scale)[1][..., :q.shape[-2]]
-    return _logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
+def _float_mask(m, dtype):
+    "timm's mask as an additive float mask (-inf where a bool mask is False)."
+    if m is None or m.dtype != torch.bool: return m
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float('-inf'))
 
 class AttentionLSE(torch.autograd.Function):
     "Row log-sum-exp `b h n` of the attention logits q·scale kᵀ (masked like timm masks), with its exact gradient; keeps no `b h n m` tensor."
     @staticmethod
     def forward(ctx, q, k, # `b h n d`, `b h m d`
                 scale:float, attn_mask=None, is_causal:bool=False):
+        ctx.scale, ctx.is_causal, ctx.cpu = scale, is_causal, q.device.type == 'cpu'
+        if ctx.cpu:   # PyTorch's flash kernel returns the LSE with its output softmax(s)·k, which the q-gradient needs
+            m = _float_mask(attn_mask, q.dtype)
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=is_causal, attn_mask=m, scale=scale)
+            ctx.save_for_backward(q, k, o, lse, m)
+            return lse
         ctx.save_for_backward(q, k, attn_mask)
-        ctx.scale, ctx.is_causal = scale, is_causal
-        return _lse(q, k, scale, attn_mask, is_causal)
+        if q.device.type == 'cuda' and attn_mask is None:   # the memory-efficient kernel's LSE, padded to a multiple of 32 rows
+            return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, is_causal=is_causal, scale=scale)[1][..., :q.shape[-2]]
+        with torch.no_grad(): return _logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
 
     @staticmethod
     def backward(ctx, g):                                          # g: b h n
-        q, k, mask = ctx.saved_tensors
         sg = g[..., None] * ctx.scale
+        if ctx.cpu:   # the value gradient of the flash pass above, with output gradient scale·g∘q
+            q, k, o, lse, m = ctx.saved_tensors
+            gk = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                (sg * q).contiguous(), q, k, k, o, lse, 0., ctx.is_causal, attn_mask=m, scale=ctx.scale)[2]
+            return sg * o, gk, None, None, None
+        q, k, mask = ctx.saved_tensors
         with torch.enable_grad():
             kv = k.detach().requires_grad_()
             o = F.scaled_dot_product_attention(q.detach(), k.detach(), kv, attn_mask=mask, is_causal=ctx.is_causal, scale=ctx.scale)
