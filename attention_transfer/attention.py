@@ -89,7 +89,7 @@ class QK:
         return _logits(self.q, self.k, self.scale, self.attn_mask, self.is_causal)
     def probs(self) -> torch.Tensor:
         "The attention map `b h n m`; a query row whose keys are all masked is zero."
-        return _safe_softmax(self.logits())
+        return self.logits().softmax(-1) if self.attn_mask is None else _safe_softmax(self.logits())
     def select(self, heads) -> QK:
         "The same attention restricted to `heads`."
         if heads is None: return self
@@ -137,7 +137,7 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
     is_causal = kwargs.get('is_causal', args[1] if len(args) > 1 else False)
     rec, inj, heads = tap.record, tap.inject, tap.heads
     new = inj.get('attn')
-    if new is not None and tuple(new.shape[:2]) + tuple(new.shape[2:]) != (x.shape[0], self.num_heads, x.shape[1], x.shape[1]):
+    if new is not None and tuple(new.shape) != (x.shape[0], self.num_heads, x.shape[1], x.shape[1]):
         raise ValueError(f"injected attn has shape {tuple(new.shape)} but the layer's is "
                          f"{(x.shape[0], self.num_heads, x.shape[1], x.shape[1])}: teacher and student must agree in batch, heads and tokens")
     gate = self.gate(x).sigmoid() if getattr(self, 'gate', None) is not None else None
@@ -163,7 +163,7 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
         if own_qk:
             logits = _logits(q, k, self.scale, attn_mask, is_causal)
             tap.save('logits', logits)
-            attn = _safe_softmax(logits)
+            attn = logits.softmax(-1) if attn_mask is None else _safe_softmax(logits)   # only a mask can empty a row
         if new is not None:
             m = new.probs() if isinstance(new, QK) else new
             attn = _mix(attn, m, heads, 'attn') if own_qk else m.to(v.dtype)
@@ -179,13 +179,6 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
     o = self.norm(rearrange(o, 'b h n d -> b n (h d)'))
     if gate is not None: o = o * gate
     return self.proj_drop(self.proj(o))
-
-class TappedAttention(Attention):
-    "timm's `Attention` with an `AttentionTap` in `_at_tap`: timm's own forward while the tap is idle."
-    def forward(self, x:torch.Tensor, *args, **kwargs):
-        tap = self._at_tap
-        if not tap.active: return super().forward(x, *args, **kwargs)
-        return _tapped_forward(self, tap, x, *args, **kwargs)
 
 # %% ../nbs/01_attention.ipynb #0222ef75
 def taps(model:nn.Module, # a timm ViT (see `attention_layers`)

@@ -17,8 +17,9 @@ def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
               ) -> torch.Tensor:
     "Mean over rows of CE(softmax(t), softmax(s)), with 0·log 0 = 0: a fully masked row gives 0."
     dead = (t == float('-inf')).all(-1) | (s == float('-inf')).all(-1)
-    pt, ls = _safe_softmax(t), s.masked_fill(dead[..., None], 0.).log_softmax(-1)
-    return torch.where(pt > 0, -pt * ls, 0.).sum(-1).masked_fill(dead, 0.).mean()
+    s = s.masked_fill(s == float('-inf'), torch.finfo(s.dtype).min)    # a finite log-prob, so that 0·log p is 0, not NaN
+    ce = F.cross_entropy(s.flatten(0, -2), _safe_softmax(t).flatten(0, -2), reduction='none')
+    return ce.view(dead.shape).masked_fill(dead, 0.).mean()
 
 def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `QK` ('attn'), or q/k/v `b h n d`
                   student, # the student's, of the same kind and shape
@@ -54,10 +55,10 @@ class AttentionLSE(torch.autograd.Function):
     def forward(ctx, q, k, # `b h n d`, `b h m d`
                 scale:float, attn_mask=None, is_causal:bool=False):
         ctx.scale, ctx.is_causal, ctx.cpu = scale, is_causal, q.device.type == 'cpu'
-        if ctx.cpu:   # PyTorch's flash kernel returns the LSE with its output softmax(s)·k, which the q-gradient needs
+        if ctx.cpu:   # PyTorch's flash kernel returns the LSE (and softmax(s)·k, recomputed in backward rather than kept)
             m = _float_mask(attn_mask, q.dtype)
-            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=is_causal, attn_mask=m, scale=scale)
-            ctx.save_for_backward(q, k, o, lse, m)
+            lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=is_causal, attn_mask=m, scale=scale)[1]
+            ctx.save_for_backward(q, k, lse, m)
             return lse
         ctx.save_for_backward(q, k, attn_mask)
         if q.device.type == 'cuda' and attn_mask is None:   # the memory-efficient kernel's LSE, padded to a multiple of 32 rows
@@ -67,8 +68,9 @@ class AttentionLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):                                          # g: b h n
         sg = g[..., None] * ctx.scale
-        if ctx.cpu:   # the value gradient of the flash pass above, with output gradient scale·g∘q
-            q, k, o, lse, m = ctx.saved_tensors
+        if ctx.cpu:   # softmax(s)·k for the q-gradient, and the k-gradient: the value gradient of that pass for output gradient scale·g∘q
+            q, k, lse, m = ctx.saved_tensors
+            o = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=ctx.is_causal, attn_mask=m, scale=ctx.scale)[0]
             gk = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 (sg * q).contiguous(), q, k, k, o, lse, 0., ctx.is_causal, attn_mask=m, scale=ctx.scale)[2]
             return sg * o, gk, None, None, None

@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath
-from .attention import attention_layers, taps, recording, injecting, forward_blocks
+from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK
 from .models import save_timm_checkpoint
 
 # %% auto #0
@@ -132,6 +132,12 @@ def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens 
         for blk in student.blocks: del blk.forward
         student.grad_checkpointing = True
 
+# %% ../nbs/02_copy.ipynb #71238ccd
+def _compact(v):
+    "A recorded teacher value with its own storage: a view of the `qkv` output would keep all of q, k and v alive."
+    if isinstance(v, QK): return QK(v.q.contiguous(), v.k.contiguous(), v.scale, v.attn_mask, v.is_causal)
+    return v.contiguous()
+
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
     "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads` (base of copy and distillation)."
@@ -167,9 +173,9 @@ class AttentionTransfer(nn.Module):
     def teacher_values(self, x:torch.Tensor, # images `b c h w`
                        what=('attn',), # quantities to record (see `attention_transfer.attention.RECORDABLE`)
                       ) -> dict:
-        "{layer: {name: tensor}} recorded from the teacher on `x`, running only up to the last transferred block."
+        "{layer: {name: tensor or `QK`}} recorded from the teacher on `x`, running only up to the last transferred block."
         with recording(self.teacher, what, self.layers) as rec: forward_blocks(self.teacher, x, self.layers[-1])
-        return {i: dict(r) for i, r in rec.items()}
+        return {i: {k: _compact(v) for k, v in r.items()} for i, r in rec.items()}
 
     @contextmanager
     def _drop_path(self):
