@@ -61,7 +61,7 @@ class AttentionLSE(torch.autograd.Function):
             ctx.save_for_backward(q, k, lse, m)
             return lse
         ctx.save_for_backward(q, k, attn_mask)
-        if q.device.type == 'cuda' and attn_mask is None:   # the memory-efficient kernel's LSE, padded to a multiple of 32 rows
+        if q.device.type == 'cuda' and attn_mask is None and q.shape[-1] % 8 == 0:   # the memory-efficient kernel's LSE (rows padded)
             return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, is_causal=is_causal, scale=scale)[1][..., :q.shape[-2]]
         with torch.no_grad(): return _logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
 
