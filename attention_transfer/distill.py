@@ -16,6 +16,8 @@ def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
                s:torch.Tensor, # student logits, same shape
               ) -> torch.Tensor:
     "Mean over rows of CE(softmax(t), softmax(s)), with 0·log 0 = 0: a fully masked row gives 0."
+    ce = F.cross_entropy(s.flatten(0, -2), t.softmax(-1).flatten(0, -2), reduction='none')
+    if not ce.isnan().any(): return ce.mean()   # no masked logits: the plain cross-entropy (NaN only comes from a -inf logit)
     dead = (t == float('-inf')).all(-1) | (s == float('-inf')).all(-1)
     s = s.masked_fill(s == float('-inf'), torch.finfo(s.dtype).min)    # a finite log-prob, so that 0·log p is 0, not NaN
     ce = F.cross_entropy(s.flatten(0, -2), _safe_softmax(t).flatten(0, -2), reduction='none')
@@ -68,12 +70,14 @@ class AttentionLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):                                          # g: b h n
         sg = g[..., None] * ctx.scale
-        if ctx.cpu:   # softmax(s)·k for the q-gradient, and the k-gradient: the value gradient of that pass for output gradient scale·g∘q
+        if ctx.cpu:   # two flash forward passes: softmax(s)·k, and softmax(s)ᵀ(g∘q) as an attention of k over q with bias −LSE
             q, k, lse, m = ctx.saved_tensors
             o = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=ctx.is_causal, attn_mask=m, scale=ctx.scale)[0]
-            gk = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                (sg * q).contiguous(), q, k, k, o, lse, 0., ctx.is_causal, attn_mask=m, scale=ctx.scale)[2]
-            return sg * o, gk, None, None, None
+            bias = -lse[..., None, :]                                            # b h 1 n: weights exp(s_ij − LSE_i) = softmax(s)_ij
+            if m is not None: bias = bias + m.transpose(-2, -1)
+            if ctx.is_causal: bias = bias.masked_fill(torch.ones(k.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device).tril(-1), float('-inf'))
+            o2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(k, q, (sg * q).to(q.dtype), attn_mask=bias, scale=ctx.scale)
+            return sg * o, o2 * lse2.exp()[..., None], None, None, None   # the normaliser exp(LSE2) ≤ n undoes the softmax over i
         q, k, mask = ctx.saved_tensors
         with torch.enable_grad():
             kv = k.detach().requires_grad_()
