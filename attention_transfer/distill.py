@@ -9,7 +9,7 @@ from .attention import recording, QK, _logits, _safe_softmax
 from .transfer import AttentionTransfer, TARGETS
 
 # %% auto #0
-__all__ = ['transfer_loss', 'AttentionLSE', 'AttentionDistill']
+__all__ = ['transfer_loss', 'AttentionLSE', 'TeacherAttention', 'AttentionDistill']
 
 # %% ../nbs/03_distill.ipynb #28f0b88d
 def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
@@ -90,15 +90,39 @@ def _dead_rows(m:torch.Tensor|None):
     "Query rows (broadcastable to `b h n`) whose keys a bool mask hides entirely; None without one."
     return None if m is None else ~m.any(-1)
 
+class TeacherAttention(torch.autograd.Function):
+    "`softmax(q_T·scale k_Tᵀ + mask)·v` `b h n e` for a frozen teacher's q, k on the CPU: differentiable in `v` only, keeps q, k and the LSE."
+    @staticmethod
+    def forward(ctx, q, k, v, scale:float, attn_mask=None, is_causal:bool=False):
+        m = _float_mask(attn_mask, q.dtype)
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=is_causal, attn_mask=m, scale=scale)
+        ctx.save_for_backward(q, k, lse, m); ctx.scale, ctx.is_causal = scale, is_causal
+        return o
+
+    @staticmethod
+    def backward(ctx, go):   # the value gradient softmax(s)ᵀ·go, as one forward pass of k over q with bias −LSE
+        q, k, lse, m = ctx.saved_tensors
+        bias = -lse[..., None, :]
+        if m is not None: bias = bias + m.transpose(-2, -1)
+        if ctx.is_causal: bias = bias.masked_fill(torch.ones(k.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device).tril(-1), float('-inf'))
+        o2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(k, q, go.to(q.dtype).contiguous(), attn_mask=bias, scale=ctx.scale)
+        return None, None, o2 * lse2.exp()[..., None], None, None, None
+
+def _teacher_keys(t:QK, ks:torch.Tensor) -> torch.Tensor:
+    "The teacher's attention applied to the student's keys, `P_T K_S` `b h n d`."
+    if ks.device.type == 'cpu' and t.q.shape[-1] == ks.shape[-1]:
+        return TeacherAttention.apply(t.q, t.k, ks, t.scale, t.attn_mask, t.is_causal)
+    return F.scaled_dot_product_attention(t.q, t.k, ks, attn_mask=t.attn_mask, is_causal=t.is_causal, scale=t.scale)
+
 def _qk_ce(t:QK, # the teacher's attention
            s:QK, # the student's
           ) -> torch.Tensor:
     "Mean over rows of CE(teacher map, student map) from q and k: LSE(s) − scale·q_S·(P_T K_S); no `b h n m` tensor is kept."
     if any(a.attn_mask is not None and a.attn_mask.dtype != torch.bool for a in (t, s)):   # additive float mask: needs the map
         return _logits_ce(t.logits().detach().float(), s.logits().float())
-    qt, kt, qs, ks = t.q.detach().float(), t.k.detach().float(), s.q.float(), s.k.float()
-    pk = F.scaled_dot_product_attention(qt, kt, ks, attn_mask=t.attn_mask, is_causal=t.is_causal, scale=t.scale)  # b h n d
-    row = AttentionLSE.apply(qs, ks, s.scale, s.attn_mask, s.is_causal) - s.scale * (qs * pk).sum(-1)
+    t = QK(t.q.detach().float(), t.k.detach().float(), t.scale, t.attn_mask, t.is_causal)
+    qs, ks = s.q.float(), s.k.float()
+    row = AttentionLSE.apply(qs, ks, s.scale, s.attn_mask, s.is_causal) - s.scale * (qs * _teacher_keys(t, ks)).sum(-1)
     for dead in (_dead_rows(t.attn_mask), _dead_rows(s.attn_mask)):
         if dead is not None: row = row.masked_fill(dead, 0.)
     return row.mean()
