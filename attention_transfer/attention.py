@@ -4,17 +4,24 @@
 
 # %% ../nbs/01_attention.ipynb #4049e742
 from __future__ import annotations
-import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Attention
 
 # %% auto #0
-__all__ = ['RECORDABLE', 'INJECTABLE', 'attention_layers', 'AttentionTap', 'taps', 'recording', 'injecting', 'forward_blocks',
-           'attention_maps']
+__all__ = ['RECORDABLE', 'INJECTABLE', 'TappedAttention', 'attention_layers', 'AttentionTap', 'QK', 'taps', 'recording',
+           'injecting', 'forward_blocks', 'attention_maps']
 
 # %% ../nbs/01_attention.ipynb #d034e78d
+class TappedAttention(Attention):
+    "timm's `Attention` after `taps`: timm's own forward while its `_at_tap` is idle, the tapped forward otherwise."
+    def forward(self, x:torch.Tensor, *args, **kwargs):
+        tap = self._at_tap
+        if not tap.active: return super().forward(x, *args, **kwargs)
+        return _tapped_forward(self, tap, x, *args, **kwargs)
+
 def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must be timm's `Attention`
                     ) -> list[Attention]:
     "The timm `Attention` module of every block of `model`, in depth order."
@@ -23,7 +30,7 @@ def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must 
     mods = []
     for i, blk in enumerate(blocks):
         a = getattr(blk, 'attn', None)
-        if type(a) is not Attention:
+        if type(a) not in (Attention, TappedAttention):
             cls = 'no `.attn`' if a is None else f"{type(a).__module__}.{type(a).__qualname__}"
             raise TypeError(f"block {i} of {type(model).__name__} uses {cls}, not timm.layers.Attention: "
                             "attention transfer supports ViT/DeiT/DINOv2/CLIP/SigLIP-style timm models only")
@@ -31,37 +38,80 @@ def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must 
     return mods
 
 # %% ../nbs/01_attention.ipynb #bc5f56f7
-RECORDABLE = ('logits', 'attn', 'q', 'k', 'v')
+RECORDABLE = ('logits', 'attn', 'q', 'k', 'v', 'qk')
 INJECTABLE = ('attn', 'q', 'k', 'v')
 
 class AttentionTap:
-    "What one attention layer records (into `store`) and which attention, q, k or v is injected into it."
+    "What one attention layer records (for each open `recording`) and which attention, q, k or v is injected into it."
     def __init__(self, num_heads:int): # heads of the layer, to check `heads`
-        self.num_heads, self.record, self.inject, self.heads, self.store = num_heads, set(), {}, None, {}
+        self.num_heads, self.recorders, self.injections = num_heads, [], []
 
-    @property
-    def active(self) -> bool: return bool(self.record or self.inject)
-
-    def set(self,
-            record=(), # names from `RECORDABLE` to store on each forward
-            inject=None, # {name from `INJECTABLE`: tensor} to use instead of the layer's own
-            heads=None, # heads that receive the injection (None: all)
-           ) -> AttentionTap:
-        "Configure the tap; checks names and heads."
+    def check(self, record=(), inject=None, heads=None) -> list[int]|None:
+        "Check quantity names and `heads`; the sorted heads (None: all)."
         bad = set(record) - set(RECORDABLE) | set(inject or {}) - set(INJECTABLE)
         if bad: raise ValueError(f"unknown attention quantity {sorted(bad)}: record {RECORDABLE}, inject {INJECTABLE}")
-        if heads is not None:
-            heads = sorted(set(int(h) for h in heads))
-            if not heads or heads[0] < 0 or heads[-1] >= self.num_heads:
-                raise ValueError(f"heads {heads} out of range for a layer with {self.num_heads} heads")
-        self.record, self.inject, self.heads = set(record), dict(inject or {}), heads
-        return self
+        if heads is None: return None
+        heads = sorted(set(int(h) for h in heads))
+        if not heads or heads[0] < 0 or heads[-1] >= self.num_heads:
+            raise ValueError(f"heads {heads} out of range for a layer with {self.num_heads} heads")
+        return heads
 
-    def reset(self):
-        "Back to timm's own forward; forget what was stored."
-        self.record, self.inject, self.heads, self.store = set(), {}, None, {}
+    @property
+    def record(self) -> set: return set().union(*(names for names, _ in self.recorders))
+    @property
+    def inject(self) -> dict: return self.injections[-1][0] if self.injections else {}
+    @property
+    def heads(self) -> list|None: return self.injections[-1][1] if self.injections else None
+    @property
+    def active(self) -> bool: return bool(self.recorders or self.injections)
+
+    def save(self, name, value):
+        "Hand `value` to every open recording that asked for `name`."
+        for names, store in self.recorders:
+            if name in names: store[name] = value
 
     def __repr__(self): return f"AttentionTap(record={sorted(self.record)}, inject={sorted(self.inject)}, heads={self.heads})"
+
+# %% ../nbs/01_attention.ipynb #c8de4867
+@dataclass
+class QK:
+    "An attention map `softmax(q·scale kᵀ + mask)` `b h n m` held as its factors, never materialised."
+    q:torch.Tensor # queries `b h n d`
+    k:torch.Tensor # keys `b h m d`
+    scale:float # the layer's softmax scale
+    attn_mask:torch.Tensor|None=None # timm's mask: bool (True = attend) or additive float, broadcastable to `b h n m`
+    is_causal:bool=False
+
+    @property
+    def shape(self): return (*self.q.shape[:-1], self.k.shape[-2])
+    def logits(self) -> torch.Tensor:
+        "The pre-softmax attention `b h n m`, masked like timm masks (-inf where a bool mask is False)."
+        return _logits(self.q, self.k, self.scale, self.attn_mask, self.is_causal)
+    def probs(self) -> torch.Tensor:
+        "The attention map `b h n m`; a query row whose keys are all masked is zero."
+        return self.logits().softmax(-1) if self.attn_mask is None else _safe_softmax(self.logits())
+    def select(self, heads) -> QK:
+        "The same attention restricted to `heads`."
+        if heads is None: return self
+        m = self.attn_mask
+        if m is not None and m.ndim == 4 and m.shape[1] > 1: m = m[:, heads]
+        return QK(self.q[:, heads], self.k[:, heads], self.scale, m, self.is_causal)
+
+# %% ../nbs/01_attention.ipynb #e952b5de
+def _logits(q, k, scale, attn_mask=None, is_causal=False):
+    "Pre-softmax attention `b h n m` = q·scale kᵀ, masked like timm masks."
+    s = (q * scale) @ k.transpose(-2, -1)
+    if is_causal:
+        n, m = s.shape[-2:]
+        s = s.masked_fill(torch.ones(n, m, dtype=torch.bool, device=s.device).triu(1), float('-inf'))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else s + attn_mask
+    return s
+
+def _safe_softmax(s:torch.Tensor) -> torch.Tensor:
+    "Softmax over the last dim; rows that are all -inf (fully masked) give zeros, not NaN, and no NaN gradient."
+    dead = (s == float('-inf')).all(-1, keepdim=True)
+    return s.masked_fill(dead, 0.).softmax(-1).masked_fill(dead, 0.)
 
 # %% ../nbs/01_attention.ipynb #d5b5551d
 def _mix(own:torch.Tensor, # the layer's own `b h n n` map or `b h n d` q/k/v
@@ -79,40 +129,53 @@ def _mix(own:torch.Tensor, # the layer's own `b h n n` map or `b h n d` q/k/v
     return torch.where(sel[:, None, None], new, own)
 
 # %% ../nbs/01_attention.ipynb #be564c55
-def _logits(mod:Attention, q, k, attn_mask=None, is_causal=False):
-    "Pre-softmax attention `b h n m` = q·scale kᵀ, masked like timm masks."
-    s = (q * mod.scale) @ k.transpose(-2, -1)
-    if is_causal:
-        n, m = s.shape[-2:]
-        s = s.masked_fill(torch.ones(n, m, dtype=torch.bool, device=s.device).triu(1), float('-inf'))
-    if attn_mask is not None:
-        s = s.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else s + attn_mask
-    return s
+def _same_mask(a, b) -> bool: return a is b
 
-def _tapped_forward(self:Attention, x:torch.Tensor, *args, **kwargs):
-    "timm's `Attention.forward`, recording and injecting as `self._at_tap` says."
-    tap = self._at_tap
-    if not tap.active: return Attention.forward(self, x, *args, **kwargs)
+def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **kwargs):
+    "timm's `Attention.forward`, recording and injecting as `tap` says."
     attn_mask = kwargs.get('attn_mask', args[0] if args else None)
     is_causal = kwargs.get('is_causal', args[1] if len(args) > 1 else False)
+    rec, inj, heads = tap.record, tap.inject, tap.heads
+    new = inj.get('attn')
+    if new is not None and tuple(new.shape) != (x.shape[0], self.num_heads, x.shape[1], x.shape[1]):
+        raise ValueError(f"injected attn has shape {tuple(new.shape)} but the layer's is "
+                         f"{(x.shape[0], self.num_heads, x.shape[1], x.shape[1])}: teacher and student must agree in batch, heads and tokens")
     gate = self.gate(x).sigmoid() if getattr(self, 'gate', None) is not None else None
-    q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
-    q, k = self.q_norm(q), self.k_norm(k)
-    if 'q' in tap.inject: q = _mix(q, tap.inject['q'], tap.heads, 'q')
-    if 'k' in tap.inject: k = _mix(k, tap.inject['k'], tap.heads, 'k')
-    if 'v' in tap.inject: v = _mix(v, tap.inject['v'], tap.heads, 'v')
-    for n_, t_ in (('q', q), ('k', k), ('v', v)):
-        if n_ in tap.record: tap.store[n_] = t_
-    if tap.record & {'logits', 'attn'} or 'attn' in tap.inject or not self.fused_attn:
-        logits = _logits(self, q, k, attn_mask, is_causal)
-        if 'logits' in tap.record: tap.store['logits'] = logits
-        attn = logits.softmax(dim=-1)
-        if 'attn' in tap.inject: attn = _mix(attn, tap.inject['attn'], tap.heads, 'attn')
-        if 'attn' in tap.record: tap.store['attn'] = attn
+    own_qk = new is None or heads is not None or bool(rec & {'q', 'k', 'logits', 'qk'})
+    if own_qk:
+        q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if 'q' in inj: q = _mix(q, inj['q'], heads, 'q')
+        if 'k' in inj: k = _mix(k, inj['k'], heads, 'k')
+    else:   # the map comes whole from outside: only the v slice of qkv runs
+        a = self.qkv.weight.shape[0] // 3
+        w, b = self.qkv.weight[2 * a:], None if self.qkv.bias is None else self.qkv.bias[2 * a:]
+        v = rearrange(F.linear(x, w, b), 'b n (h d) -> b h n d', h=self.num_heads)
+    if 'v' in inj: v = _mix(v, inj['v'], heads, 'v')
+    if own_qk:
+        tap.save('q', q); tap.save('k', k); tap.save('qk', QK(q, k, self.scale, attn_mask, is_causal))
+    tap.save('v', v)
+    p = self.attn_drop.p if self.training else 0.
+    fuse_new = isinstance(new, QK) and new.q.shape[-1] == v.shape[-1] and (heads is None or (
+        new.q.shape == q.shape and new.k.shape == k.shape and new.scale == self.scale
+        and _same_mask(new.attn_mask, attn_mask) and new.is_causal == is_causal))
+    if rec & {'logits', 'attn'} or not self.fused_attn or (new is not None and not fuse_new):
+        if own_qk:
+            logits = _logits(q, k, self.scale, attn_mask, is_causal)
+            tap.save('logits', logits)
+            attn = logits.softmax(-1) if attn_mask is None else _safe_softmax(logits)   # only a mask can empty a row
+        if new is not None:
+            m = new.probs() if isinstance(new, QK) else new
+            attn = _mix(attn, m, heads, 'attn') if own_qk else m.to(v.dtype)
+        tap.save('attn', attn)
         o = self.attn_drop(attn) @ v
+    elif new is not None:   # fused copy: the injected map is softmax(q' k'^T) per head, with the teacher's q, k in `heads`
+        nq, nk = new.q.to(v.dtype), new.k.to(v.dtype)
+        if heads is not None: nq, nk = _mix(q, nq, heads, 'q'), _mix(k, nk, heads, 'k')
+        o = F.scaled_dot_product_attention(nq, nk, v, attn_mask=new.attn_mask, is_causal=new.is_causal,
+                                           dropout_p=p, scale=new.scale)
     else:
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.attn_drop.p if self.training else 0.)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p)
     o = self.norm(rearrange(o, 'b h n d -> b n (h d)'))
     if gate is not None: o = o * gate
     return self.proj_drop(self.proj(o))
@@ -123,9 +186,9 @@ def taps(model:nn.Module, # a timm ViT (see `attention_layers`)
     "One `AttentionTap` per block of `model`, installed on first use."
     out = []
     for a in attention_layers(model):
-        if getattr(a, '_at_tap', None) is None:
+        if type(a) is not TappedAttention:
             a._at_tap = AttentionTap(a.num_heads)
-            a.forward = types.MethodType(_tapped_forward, a)
+            a.__class__ = TappedAttention
         out.append(a._at_tap)
     return out
 
@@ -138,6 +201,10 @@ def _layer_ids(ts:list, layers) -> list[int]:
         raise ValueError(f"layers {layers} out of range for a model with {len(ts)} blocks")
     return layers
 
+def _remove(stack:list, entry):
+    "Remove `entry` (by identity) from `stack`, wherever it is: contexts may close out of order."
+    del stack[next(j for j, e in enumerate(stack) if e is entry)]
+
 @contextmanager
 def recording(model:nn.Module, # a timm ViT
               what=('attn',), # quantities from `RECORDABLE`
@@ -146,26 +213,29 @@ def recording(model:nn.Module, # a timm ViT
     "Record `what` in `layers` of `model` within the block; yields {layer: {name: tensor}}."
     ts = taps(model)
     ids = _layer_ids(ts, layers)
-    saved = [(ts[i].record, ts[i].store) for i in ids]
-    for i in ids: ts[i].set(record=ts[i].record | set(what), inject=ts[i].inject, heads=ts[i].heads); ts[i].store = {}
-    try: yield {i: ts[i].store for i in ids}
+    for i in ids: ts[i].check(record=what)
+    entries = {i: (frozenset(what), {}) for i in ids}
+    for i in ids: ts[i].recorders.append(entries[i])
+    try: yield {i: e[1] for i, e in entries.items()}
     finally:
-        for i, (rec, store) in zip(ids, saved): ts[i].record, ts[i].store = rec, store
+        for i in ids: _remove(ts[i].recorders, entries[i])
 
 @contextmanager
 def injecting(model:nn.Module, # a timm ViT
-              values:dict, # {layer: {name from `INJECTABLE`: tensor}}
+              values:dict, # {layer: {name from `INJECTABLE`: tensor `b h n n` / `QK` ('attn') or `b h n d`}}
               heads=None, # heads that receive the injection; None: all
               record=(), # quantities to record meanwhile in the same layers
              ):
-    "Inject `values` into `model`'s layers within the block; yields {layer: {name: tensor}} of what was recorded."
+    "Inject `values` into `model`'s layers within the block (the innermost injection wins); yields {layer: {name: tensor}} of what was recorded."
     ts = taps(model)
     ids = _layer_ids(ts, values)
-    saved = [(ts[i].record, ts[i].inject, ts[i].heads, ts[i].store) for i in ids]
-    for i in ids: ts[i].set(record=ts[i].record | set(record), inject=values[i], heads=heads); ts[i].store = {}
-    try: yield {i: ts[i].store for i in ids}
+    hs = {i: ts[i].check(record, values[i], heads) for i in ids}
+    entries = {i: (dict(values[i]), hs[i]) for i in ids}
+    for i in ids: ts[i].injections.append(entries[i])
+    try:
+        with recording(model, record, ids) as rec: yield rec
     finally:
-        for i, (rec, inj, hs, store) in zip(ids, saved): ts[i].record, ts[i].inject, ts[i].heads, ts[i].store = rec, inj, hs, store
+        for i in ids: _remove(ts[i].injections, entries[i])
 
 # %% ../nbs/01_attention.ipynb #6227cdca
 def forward_blocks(model:nn.Module, # a timm ViT
@@ -181,11 +251,13 @@ def forward_blocks(model:nn.Module, # a timm ViT
     return x
 
 @torch.no_grad()
-def attention_maps(model:nn.Module, # a timm ViT
+def attention_maps(model:nn.Module, # a timm ViT, or a teacher–student pair (`AttentionCopy`, `AttentionDistill`)
                    x:torch.Tensor, # images `b c h w`
                    layers=None, # block indices; None: all
                   ) -> list[torch.Tensor]:
-    "The attention probabilities `b h n n` of each of `layers` of `model` on `x`."
-    ids = _layer_ids(taps(model), layers)
-    with recording(model, ('attn',), ids) as rec: forward_blocks(model, x, ids[-1])
+    "The attention probabilities `b h n n` of each of `layers` of `model` on `x`; for a pair, those its student uses."
+    student = getattr(model, 'student', model)
+    ids = _layer_ids(taps(student), layers)
+    ctx = model.student_context(x) if hasattr(model, 'student_context') else nullcontext()
+    with ctx, recording(student, ('attn',), ids) as rec: forward_blocks(student, x, ids[-1])
     return [rec[i]['attn'] for i in ids]

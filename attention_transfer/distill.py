@@ -5,29 +5,127 @@
 # %% ../nbs/03_distill.ipynb #217917ea
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
-from .attention import recording
+from .attention import recording, QK, _logits, _safe_softmax
 from .transfer import AttentionTransfer, TARGETS
 
 # %% auto #0
-__all__ = ['transfer_loss', 'AttentionDistill']
+__all__ = ['transfer_loss', 'AttentionLSE', 'TeacherAttention', 'AttentionDistill']
 
 # %% ../nbs/03_distill.ipynb #28f0b88d
-def transfer_loss(teacher:torch.Tensor, # the teacher's pre-softmax logits `b h n n` ('attn') or q/k/v `b h n d`
-                  student:torch.Tensor, # the student's, same shape
+def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
+               s:torch.Tensor, # student logits, same shape
+              ) -> torch.Tensor:
+    "Mean over rows of CE(softmax(t), softmax(s)), with 0·log 0 = 0: a fully masked row gives 0."
+    ce = F.cross_entropy(s.flatten(0, -2), t.softmax(-1).flatten(0, -2), reduction='none')
+    if not ce.isnan().any(): return ce.mean()   # no masked logits: the plain cross-entropy (NaN only comes from a -inf logit)
+    dead = (t == float('-inf')).all(-1) | (s == float('-inf')).all(-1)
+    s = s.masked_fill(s == float('-inf'), torch.finfo(s.dtype).min)    # a finite log-prob, so that 0·log p is 0, not NaN
+    ce = F.cross_entropy(s.flatten(0, -2), _safe_softmax(t).flatten(0, -2), reduction='none')
+    return ce.view(dead.shape).masked_fill(dead, 0.).mean()
+
+def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `QK` ('attn'), or q/k/v `b h n d`
+                  student, # the student's, of the same kind and shape
                   target:str='attn', # 'attn': cross-entropy of the attention distributions; 'q'/'k'/'v': MSE
                   heads=None, # heads that enter the loss; None: all
                  ) -> torch.Tensor:
-    "The unweighted distillation loss of one layer, in fp32."
+    "The unweighted distillation loss of one layer, in fp32; a fully masked query row contributes 0."
     if target not in TARGETS: raise ValueError(f"target={target!r}: use one of {TARGETS}")
     if teacher.shape != student.shape:
         what = 'attention logits (b h n n)' if target == 'attn' else f'{target} (b h n d)'
         raise ValueError(f"teacher {what} has shape {tuple(teacher.shape)} but the student's is {tuple(student.shape)}: "
                          "teacher and student must agree in batch, heads, tokens (and head width for q/k/v)")
-    if heads is not None: teacher, student = teacher[:, heads], student[:, heads]
-    with torch.autocast(student.device.type, enabled=False):
+    fused = isinstance(teacher, QK)
+    if fused != isinstance(student, QK) or (fused and target != 'attn'):
+        raise TypeError(f"give teacher and student both as QK (target 'attn' only) or both as tensors, not "
+                        f"{type(teacher).__name__} and {type(student).__name__}")
+    if fused: teacher, student = teacher.select(heads), student.select(heads)
+    elif heads is not None: teacher, student = teacher[:, heads], student[:, heads]
+    with torch.autocast((student.q if fused else student).device.type, enabled=False):
+        if fused: return _qk_ce(teacher, student)
         t, s = teacher.detach().float(), student.float()
-        if target != 'attn': return F.mse_loss(s, t)
-        return F.cross_entropy(s.flatten(0, -2), t.softmax(-1).flatten(0, -2))
+        return F.mse_loss(s, t) if target != 'attn' else _logits_ce(t, s)
+
+# %% ../nbs/03_distill.ipynb #ece29f93
+def _float_mask(m, dtype):
+    "timm's mask as an additive float mask (-inf where a bool mask is False)."
+    if m is None or m.dtype != torch.bool: return m
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float('-inf'))
+
+class AttentionLSE(torch.autograd.Function):
+    "Row log-sum-exp `b h n` of the attention logits q·scale kᵀ (masked like timm masks), with its exact gradient; keeps no `b h n m` tensor."
+    @staticmethod
+    def forward(ctx, q, k, # `b h n d`, `b h m d`
+                scale:float, attn_mask=None, is_causal:bool=False):
+        ctx.scale, ctx.is_causal, ctx.cpu = scale, is_causal, q.device.type == 'cpu'
+        if ctx.cpu:   # PyTorch's flash kernel returns the LSE (and softmax(s)·k, recomputed in backward rather than kept)
+            m = _float_mask(attn_mask, q.dtype)
+            lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=is_causal, attn_mask=m, scale=scale)[1]
+            ctx.save_for_backward(q, k, lse, m)
+            return lse
+        ctx.save_for_backward(q, k, attn_mask)
+        if q.device.type == 'cuda' and attn_mask is None and q.shape[-1] % 8 == 0:   # the memory-efficient kernel's LSE (rows padded)
+            return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, is_causal=is_causal, scale=scale)[1][..., :q.shape[-2]]
+        with torch.no_grad(): return _logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
+
+    @staticmethod
+    def backward(ctx, g):                                          # g: b h n
+        sg = g[..., None] * ctx.scale
+        if ctx.cpu:   # two flash forward passes: softmax(s)·k, and softmax(s)ᵀ(g∘q) as an attention of k over q with bias −LSE
+            q, k, lse, m = ctx.saved_tensors
+            o = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, is_causal=ctx.is_causal, attn_mask=m, scale=ctx.scale)[0]
+            bias = -lse[..., None, :]                                            # b h 1 n: weights exp(s_ij − LSE_i) = softmax(s)_ij
+            if m is not None: bias = bias + m.transpose(-2, -1)
+            if ctx.is_causal: bias = bias.masked_fill(torch.ones(k.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device).tril(-1), float('-inf'))
+            o2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(k, q, (sg * q).to(q.dtype), attn_mask=bias, scale=ctx.scale)
+            return sg * o, o2 * lse2.exp()[..., None], None, None, None   # the normaliser exp(LSE2) ≤ n undoes the softmax over i
+        q, k, mask = ctx.saved_tensors
+        with torch.enable_grad():
+            kv = k.detach().requires_grad_()
+            o = F.scaled_dot_product_attention(q.detach(), k.detach(), kv, attn_mask=mask, is_causal=ctx.is_causal, scale=ctx.scale)
+            gk, = torch.autograd.grad(o, kv, sg * q)               # scale·softmax(s)ᵀ(g∘q): the value gradient
+        return sg * o.detach(), gk, None, None, None               # scale·g·softmax(s)k
+
+# %% ../nbs/03_distill.ipynb #0b526bcf
+def _dead_rows(m:torch.Tensor|None):
+    "Query rows (broadcastable to `b h n`) whose keys a bool mask hides entirely; None without one."
+    return None if m is None else ~m.any(-1)
+
+class TeacherAttention(torch.autograd.Function):
+    "`softmax(q_T·scale k_Tᵀ + mask)·v` `b h n e` for a frozen teacher's q, k on the CPU: differentiable in `v` only, keeps q, k and the LSE."
+    @staticmethod
+    def forward(ctx, q, k, v, scale:float, attn_mask=None, is_causal:bool=False):
+        m = _float_mask(attn_mask, q.dtype)
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=is_causal, attn_mask=m, scale=scale)
+        ctx.save_for_backward(q, k, lse, m); ctx.scale, ctx.is_causal = scale, is_causal
+        return o
+
+    @staticmethod
+    def backward(ctx, go):   # the value gradient softmax(s)ᵀ·go, as one forward pass of k over q with bias −LSE
+        q, k, lse, m = ctx.saved_tensors
+        bias = -lse[..., None, :]
+        if m is not None: bias = bias + m.transpose(-2, -1)
+        if ctx.is_causal: bias = bias.masked_fill(torch.ones(k.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device).tril(-1), float('-inf'))
+        o2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(k, q, go.to(q.dtype).contiguous(), attn_mask=bias, scale=ctx.scale)
+        return None, None, o2 * lse2.exp()[..., None], None, None, None
+
+def _teacher_keys(t:QK, ks:torch.Tensor) -> torch.Tensor:
+    "The teacher's attention applied to the student's keys, `P_T K_S` `b h n d`."
+    if ks.device.type == 'cpu' and t.q.shape[-1] == ks.shape[-1]:
+        return TeacherAttention.apply(t.q, t.k, ks, t.scale, t.attn_mask, t.is_causal)
+    return F.scaled_dot_product_attention(t.q, t.k, ks, attn_mask=t.attn_mask, is_causal=t.is_causal, scale=t.scale)
+
+def _qk_ce(t:QK, # the teacher's attention
+           s:QK, # the student's
+          ) -> torch.Tensor:
+    "Mean over rows of CE(teacher map, student map) from q and k: LSE(s) − scale·q_S·(P_T K_S); no `b h n m` tensor is kept."
+    if any(a.attn_mask is not None and a.attn_mask.dtype != torch.bool for a in (t, s)):   # additive float mask: needs the map
+        return _logits_ce(t.logits().detach().float(), s.logits().float())
+    t = QK(t.q.detach().float(), t.k.detach().float(), t.scale, t.attn_mask, t.is_causal)
+    qs, ks = s.q.float(), s.k.float()
+    row = AttentionLSE.apply(qs, ks, s.scale, s.attn_mask, s.is_causal) - s.scale * (qs * _teacher_keys(t, ks)).sum(-1)
+    for dead in (_dead_rows(t.attn_mask), _dead_rows(s.attn_mask)):
+        if dead is not None: row = row.masked_fill(dead, 0.)
+    return row.mean()
 
 # %% ../nbs/03_distill.ipynb #5e76bf7a
 class AttentionDistill(AttentionTransfer):
@@ -39,7 +137,7 @@ class AttentionDistill(AttentionTransfer):
         "Train mode: (student logits, unweighted transfer loss summed over layers); eval mode: student logits, no teacher."
         self._check_student()
         if not self.training: return self.student(x)
-        what = 'logits' if self.target == 'attn' else self.target
+        what = ('qk' if self.fused else 'logits') if self.target == 'attn' else self.target
         with self._drop_path():
             tv = self.teacher_values(x, (what,))
             with recording(self.student, (what,), self.layers) as sv: out = self.student(x)

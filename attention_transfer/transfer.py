@@ -4,16 +4,17 @@
 
 # %% ../nbs/02_copy.ipynb #e7a04965
 from __future__ import annotations
-import operator
+import functools, operator
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath
-from .attention import attention_layers, taps, recording, injecting, forward_blocks
+from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK
 from .models import save_timm_checkpoint
 
 # %% auto #0
-__all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'AttentionTransfer',
-           'AttentionCopy', 'AttentionDistill']
+__all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'checkpointed_blocks',
+           'AttentionTransfer', 'AttentionCopy', 'AttentionDistill']
 
 # %% ../nbs/02_copy.ipynb #88dd9c49
 def transfer_layers(depth:int, # number of blocks of teacher and student
@@ -103,6 +104,40 @@ def shared_drop_path(teacher:nn.Module, # ViT run in eval mode; receives the stu
     finally:
         for h in hs: h.remove()
 
+# %% ../nbs/02_copy.ipynb #521587a6
+def _checkpointed_forward(blk:nn.Module, masks:dict|None, teacher:nn.Module|None, student:nn.Module, *args, **kwargs):
+    "`blk`'s forward under non-reentrant activation checkpointing; its recomputation sees the taps (and drop-path `masks`) of this call."
+    tap = blk.attn._at_tap
+    recs, injs = [(names, {}) for names, _ in tap.recorders], list(tap.injections)   # same paths; recomputed values go nowhere
+    @contextmanager
+    def replay():
+        old, (tap.recorders, tap.injections) = (tap.recorders, tap.injections), (recs, injs)
+        try:
+            with (nullcontext() if masks is None else shared_drop_path(teacher, student, masks)): yield
+        finally: tap.recorders, tap.injections = old
+    return checkpoint(type(blk).forward, blk, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), replay()), **kwargs)
+
+@contextmanager
+def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens unless its `grad_checkpointing` is on
+                        masks:dict|None=None, # shared drop-path masks to replay (see `shared_drop_path`)
+                        teacher:nn.Module|None=None, # the teacher the masks are shared with
+                       ):
+    "Within the block, a gradient-checkpointing `student`'s blocks are checkpointed so that recomputation replays their taps."
+    if not (getattr(student, 'grad_checkpointing', False) and torch.is_grad_enabled()):
+        yield; return
+    student.grad_checkpointing = False     # timm's own checkpointing off; ours on, per block
+    for blk in student.blocks: blk.forward = functools.partial(_checkpointed_forward, blk, masks, teacher, student)
+    try: yield
+    finally:
+        for blk in student.blocks: del blk.forward
+        student.grad_checkpointing = True
+
+# %% ../nbs/02_copy.ipynb #71238ccd
+def _compact(v):
+    "A recorded teacher value with its own storage: a view of the `qkv` output would keep all of q, k and v alive."
+    if isinstance(v, QK): return QK(v.q.contiguous(), v.k.contiguous(), v.scale, v.attn_mask, v.is_causal)
+    return v.contiguous()
+
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
     "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads` (base of copy and distillation)."
@@ -114,13 +149,14 @@ class AttentionTransfer(nn.Module):
                  heads=None, # head indices transferred in every layer; None: all
                  target:str='attn', # 'attn' (the attention map), 'q', 'k' or 'v'
                  share_drop_path:bool=False, # share the student's drop-path masks with the teacher, like the reference code
+                 fused:bool=True, # target 'attn': hand the teacher's map over as its q and k (fused kernels); False: as `b h n n` maps
                 ):
         super().__init__()
         check_pair(teacher, student, target)
         shape = vit_shape(student)
         self.layers = transfer_layers(shape['depth'], end_layer, layers)
         self.heads = transfer_heads(shape['heads'][0], heads)
-        self.target, self.share_drop_path = target, share_drop_path
+        self.target, self.share_drop_path, self.fused = target, share_drop_path, fused
         self.teacher, self.student = teacher.requires_grad_(False).eval(), student
         taps(self.teacher); taps(self.student)
 
@@ -131,21 +167,31 @@ class AttentionTransfer(nn.Module):
         return self
 
     def _check_student(self):
-        if getattr(self.student, 'grad_checkpointing', False):
-            raise RuntimeError("the student uses gradient checkpointing, whose recomputation bypasses the attention taps: "
-                               "turn it off (student.set_grad_checkpointing(False))")
         if self.teacher.training: self.teacher.eval()
 
     @torch.no_grad()
     def teacher_values(self, x:torch.Tensor, # images `b c h w`
                        what=('attn',), # quantities to record (see `attention_transfer.attention.RECORDABLE`)
                       ) -> dict:
-        "{layer: {name: tensor}} recorded from the teacher on `x`, running only up to the last transferred block."
+        "{layer: {name: tensor or `QK`}} recorded from the teacher on `x`, running only up to the last transferred block."
         with recording(self.teacher, what, self.layers) as rec: forward_blocks(self.teacher, x, self.layers[-1])
-        return {i: dict(r) for i, r in rec.items()}
+        return {i: {k: _compact(v) for k, v in r.items()} for i, r in rec.items()}
 
+    @contextmanager
     def _drop_path(self):
-        return shared_drop_path(self.teacher, self.student) if self.share_drop_path else nullcontext()
+        "Shared drop-path masks if asked for; the student's blocks checkpointed (replaying taps and masks) if it uses gradient checkpointing."
+        with (shared_drop_path(self.teacher, self.student) if self.share_drop_path else nullcontext()) as masks:
+            with checkpointed_blocks(self.student, masks if self.share_drop_path else None, self.teacher): yield
+
+    @property
+    def _teacher_what(self) -> str:
+        "What the teacher records: its q and k (`QK`) for a fused 'attn' target, else the target itself."
+        return 'qk' if self.target == 'attn' and self.fused else self.target
+
+    def student_context(self, x:torch.Tensor, # images `b c h w`
+                       ):
+        "Context in which the student's forward on `x` computes what it does in this pair (`attention_maps` uses it)."
+        return nullcontext()
 
     def student_state_dict(self) -> dict:
         "The student's own `state_dict`: timm's keys, loadable into a fresh timm model of the same architecture."
@@ -161,14 +207,18 @@ class AttentionTransfer(nn.Module):
 # %% ../nbs/02_copy.ipynb #79eb481a
 class AttentionCopy(AttentionTransfer):
     "The student uses the frozen teacher's attention (or q, k, v) in the transferred layers and heads; `forward(x)` -> logits."
+    @contextmanager
+    def student_context(self, x:torch.Tensor, # images `b c h w`
+                       ):
+        "Within the block, the student's forward receives the teacher's `target` on `x` in the transferred layers and heads."
+        vals, what = self.teacher_values(x, (self._teacher_what,)), self._teacher_what
+        with injecting(self.student, {i: {self.target: vals[i][what]} for i in self.layers}, heads=self.heads): yield
+
     def forward(self, x:torch.Tensor, # images `b c h w`
                ) -> torch.Tensor:
         "Student logits `b classes`, with the teacher's `target` injected; the teacher runs in train and eval mode."
         self._check_student()
-        with self._drop_path():
-            vals = self.teacher_values(x, (self.target,))
-            with injecting(self.student, {i: {self.target: vals[i][self.target]} for i in self.layers}, heads=self.heads):
-                return self.student(x)
+        with self._drop_path(), self.student_context(x): return self.student(x)
 
 # %% ../nbs/02_copy.ipynb #06858774
 _all_ = ['AttentionDistill']
