@@ -407,7 +407,7 @@ def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
     p = _parser(at_bench, 'at_bench')
     p.error = lambda msg: _fail('at_bench', msg, 2)
     args = vars(p.parse_args(sys.argv[1:] if argv is None else argv))
-    try: return at_bench(**args)
+    try: at_bench(**args)  # no return value: the console script's sys.exit(main()) would print it and exit 1
     except (BenchError, ModelError) as e: _fail('at_bench', e, 1)
 
 if __name__ == '__main__' and '__file__' in globals(): main()  # `python -m attention_transfer.benchmark`, not the notebook

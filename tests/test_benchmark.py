@@ -113,3 +113,12 @@ def test_existing_output_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / 'old.json'; out.write_text('{"earlier": 1}')
     with pytest.raises(SystemExit) as e: main([*TINY, '--output', str(out)])
     assert e.value.code == 1 and 'never overwritten' in capsys.readouterr().err and out.read_text() == '{"earlier": 1}'
+
+
+def test_console_script_exits_zero(tmp_path):
+    "The installed `at_bench` (`sys.exit(main())`) ends with status 0 and prints the table, not the result dict, on success."
+    out = tmp_path/'c.json'
+    r = subprocess.run([str(Path(sys.executable).parent/'at_bench'), *TINY, '--rounds', '1', '--output', str(out)],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
+    assert r.stderr.strip() == '' and "'summary'" not in r.stdout, r.stderr[-2000:]
