@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_demo.ipynb #11e03831
 from __future__ import annotations
-import json, math, os, shutil, sys, time, warnings, multiprocessing as mp
+import json, math, os, shutil, sys, tempfile, time, warnings, multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
@@ -561,10 +561,21 @@ def run_demo(cfg:DemoConfig, # the run's settings
     created = next((d for d in reversed([out_dir, *out_dir.parents]) if not d.exists()), None)  # the topmost folder this run makes
     if workers is not None and workers < 0: raise TrainError(f"--workers must be 0 (everything in this process) or more, not {workers}")
     if out_dir.exists() and not out_dir.is_dir(): raise TrainError(f"--output_dir: {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise TrainError(f"--output_dir: {out_dir} is not empty (an earlier run?): earlier results are never overwritten, choose a new folder")
+    _check_writable(out_dir)
     try: return _run_demo(cfg, out_dir, workers, n_images, write)
     except BaseException:
         if created is not None: shutil.rmtree(created, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
         raise
+
+def _check_writable(out_dir:Path):
+    "Refuse (one line) an output folder that cannot be created or written, before any work."
+    top = next(d for d in [out_dir, *out_dir.parents] if d.exists())  # the nearest folder that exists
+    if not top.is_dir(): raise TrainError(f"--output_dir: cannot create {out_dir}: {top} is a file")
+    try: fd, probe = tempfile.mkstemp(dir=top, prefix='.at_demo.', suffix='.probe')
+    except OSError as e: raise TrainError(f"--output_dir: cannot write in {top} ({e.strerror})") from None
+    os.close(fd); os.unlink(probe)
 
 def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, write) -> dict:
     "`run_demo`'s work, writing into `out_dir`."
@@ -630,7 +641,16 @@ def config_from_flags(flags:dict) -> DemoConfig:
     for k in ('output_dir', 'workers'): f.pop(k, None)
     for k in ('epochs', 'pretrain_epochs', 'batch_size', 'pretrain_batch_size'):
         if k in f and f[k] < 1: raise TrainError(f"--{k} must be at least 1, not {f[k]}")
-    if f.get('n_labelled') is not None and f['n_labelled'] < 1: raise TrainError(f"--n_labelled must be at least 1")
+    if f.get('n_labelled') is not None and f['n_labelled'] < 1: raise TrainError(f"--n_labelled must be at least 1, not {f['n_labelled']}")
+    for m in METHODS:
+        if not rec[m]['lr'] > 0: raise TrainError(f"--lr_{m} must be positive, not {rec[m]['lr']}")
+        if not 0 < rec[m]['layer_decay'] <= 1: raise TrainError(f"--layer_decay_{m} must be in (0, 1], not {rec[m]['layer_decay']}")
+    for k, lo, hi in (('drop_path', 0, 1), ('mask_ratio', 0, 1)):
+        if k in f and not lo <= f[k] < hi: raise TrainError(f"--{k} must be in [{lo}, {hi}), not {f[k]}")
+    if f.get('atd_weight', 0) < 0: raise TrainError(f"--atd_weight must be 0 or more, not {f['atd_weight']}")
+    if f.get('holdout', 0) < 0: raise TrainError(f"--holdout must be 0 (the test split) or more, not {f['holdout']}")
+    for k in ('depth', 'embed_dim', 'num_heads'):
+        if k in arch and arch[k] < 1: raise TrainError(f"--{k} must be at least 1, not {arch[k]}")
     if len(set(f.get('seeds', [0]))) != len(f.get('seeds', [0])): raise TrainError(f"--seeds repeats a seed: {f['seeds']}")
     return replace(cfg, recipes=rec, arch=arch, **f)
 
