@@ -82,7 +82,10 @@ def test_every_mode_writes_checkpoint_and_log(runs, data, mode):
     assert spec['mode'] == mode and spec['nb_classes'] == (10 if data == 'digits' else 3)
     if mode == 'copy': assert spec['finetune'].endswith('mae_teacher.pth') and spec['teacher'] == 'vit_nano_patch4_32'
     m = timm.create_model('vit_nano_patch4_32', num_classes=spec['nb_classes'], global_pool='avg')
-    m.load_state_dict(torch.load(d/'model.pth', weights_only=True))  # a plain timm checkpoint
+    m.load_state_dict(torch.load(d/'model.pth', weights_only=True)['model'])  # timm's layout: {'model': weights, 'meta': description}
+    meta = torch.load(d/'model.pth', weights_only=True)['meta']
+    assert (meta['method'], meta['model'], meta['model_args']['num_classes'], len(meta['classes'])) == (mode, 'vit_nano_patch4_32', spec['nb_classes'], spec['nb_classes'])
+    assert (meta['teacher'] is not None) == (mode in ('copy', 'distill')) and ck['meta'] == {**meta, 'teacher': ck['meta']['teacher']}
     assert (d/'model_ema.pth').is_file() and (d/'curves.png').is_file()
 
 
