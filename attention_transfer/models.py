@@ -285,7 +285,8 @@ def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoi
                    ) -> dict|None:
     "The description stored in checkpoint `path` (its `meta`), or None when it has none; `CheckpointError` if unreadable."
     p = Path(path)
-    if not p.is_file(): raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.exists(): raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.is_file(): raise CheckpointError(f"checkpoint is not a file: {p}")
     if p.stat().st_size and _format(p) == 'safetensors':
         try:
             with safetensors.safe_open(str(p), 'pt') as f: md = f.metadata() or {}

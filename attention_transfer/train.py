@@ -842,19 +842,17 @@ def _default_norm(meta:dict):
     return dict(mean=cfg.mean, std=cfg.std) if cfg is not None else None
 
 def _data_of(meta:dict, data, data_path, input_size, path) -> dict:
-    "The evaluation data of one checkpoint: its recorded data, or the flags for one that records none; flags may not contradict it."
+    "The evaluation data of one checkpoint: as recorded, on other images (`--data`/`--data_path`, made the same way), or from the flags."
     src = data or data_path or None
+    name = None if src is None else src if src in BUILTIN else str(Path(src).resolve())
     d = meta.get('data')
     if d is None:
         if not src: raise TrainError(f"{path} does not say which data it was trained on: give --data NAME or --data_path FOLDER")
-        name = src if src in BUILTIN else str(Path(src).resolve())
         return dict(name=name, split='val', holdout=0, input_size=input_size, mean=None, std=None, pipeline='timm')
-    same = lambda a, b: a == b or (a not in BUILTIN and b not in BUILTIN and Path(a).resolve() == Path(b).resolve())
-    if src and not same(src, d['name']):
-        raise TrainError(f"--{'data' if data else 'data_path'} {src} contradicts {path}, evaluated on {d['name']}: drop the flag")
     if input_size and d.get('input_size') and input_size != d['input_size']:
-        raise TrainError(f"--input_size {input_size} contradicts {path}, evaluated at {d['input_size']}px: drop the flag")
-    return d
+        raise TrainError(f"--input_size {input_size} contradicts {path}, trained and evaluated at {d['input_size']}px: drop the flag")
+    if name is None or name == d['name']: return d
+    return {**d, 'name': name, 'split': 'val' if d.get('pipeline') == 'timm' else 'test', 'holdout': 0}  # other images, same classes (checked)
 
 def _describe_data(d:dict) -> str:
     return f"{d['name']} {d.get('split')}{' (holdout ' + str(d['holdout']) + ')' if d.get('holdout') else ''}, {d.get('input_size')}px, {d.get('pipeline')}"
@@ -896,7 +894,8 @@ def at_eval(
                                              + ', '.join(f"{c}: {h}" for c, h in zip(checkpoints, heads)))
     val_ds, names = eval_data(dict(nets[0][1], data=specs[0]), num_workers)
     if classes and list(next(iter(classes))) != [str(c) for c in names]:
-        raise TrainError(f"{checkpoints[0]} was trained on classes {list(next(iter(classes)))[:4]}..., the data has {names[:4]}...")
+        who = f"--{'data' if data else 'data_path'} {data or data_path}" if (data or data_path) else f"the data {specs[0]['name']}"
+        raise TrainError(f"{who} has the classes {[str(c) for c in names][:5]}..., not those {checkpoints[0]} was trained on, {list(next(iter(classes)))[:5]}...")
     if heads[0] is not None and heads[0] < len(names):
         raise TrainError(f"{checkpoints[0]} has {heads[0]} outputs for the {len(names)} classes of {specs[0]['name']}")
     dl = build_loader(val_ds, batch_size, False, 0 if specs[0].get('pipeline') == 'tensor' else num_workers)  # tensors need no workers

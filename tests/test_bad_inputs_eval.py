@@ -5,6 +5,7 @@ same descriptions that at_demo and at_train write; `tests/test_demo.py` has the 
 import shutil
 from pathlib import Path
 import pytest, torch
+from PIL import Image
 from _bad_inputs import assert_refused, run
 from attention_transfer.models import create_model, create_teacher, save_timm_checkpoint, model_meta
 from attention_transfer.transfer import AttentionCopy
@@ -43,6 +44,10 @@ def ck(tmp_path_factory):
     c['plain'] = root/'other'/'plain.pth'
     (root/'other'/'trunc.pth').write_bytes(c['scratch'].read_bytes()[:3000]); c['trunc'] = root/'other'/'trunc.pth'
     (root/'prev').mkdir(); (root/'prev'/'eval.json').write_text('{"earlier": "result"}\n'); c['prev'] = root/'prev'
+    for split in ('train', 'val'):                                  # other images with other classes
+        for cls in ('ant', 'bee'):
+            (root/'abfolder'/split/cls).mkdir(parents=True)
+            Image.new('RGB', (28, 28)).save(root/'abfolder'/split/cls/'0.png')
     c['root'] = root
     return c
 
@@ -86,7 +91,6 @@ def test_output_location(ck, where, names):
     (['--how', 'x'], ['--how', 'prob'], 1), (['--amp', 'fp8'], ['--amp'], 1), (['--input_size', '0'], ['--input_size'], 1),
     (['--batch_size', 'ten'], ['--batch_size'], 2), (['--bogus'], ['--bogus'], 2),
     (['--model', 'vit_nano_patch4_32'], ['--model', MODEL], 1),      # contradicts the file
-    (['--data', 'mnist5k'], ['--data', 'digits'], 1),               # contradicts the file
     (['--input_size', '32'], ['--input_size'], 1),                  # contradicts the file
     (['--data', 'digits', '--data_path', 'x'], ['--data'], 1),
     (['--ema'], ['EMA'], 1),                                         # a model file holds no EMA weights
@@ -96,8 +100,14 @@ def test_bad_flags(ck, args, names, code):
     assert_refused('at_eval', ck['scratch'], *args, '--output', out, names=names, code=code, absent=[out])
 
 
+def test_other_images_with_other_classes(ck):
+    "--data_path evaluates on other images only when they have the checkpoint's classes."
+    assert_refused('at_eval', ck['scratch'], '--data_path', ck['root']/'abfolder', names=['--data_path', 'ant', "'0'"], code=1)
+
+
 def test_bad_checkpoints(ck):
     assert_refused('at_eval', ck['root']/'none.pth', names=['none.pth', 'not found'], code=1)
+    assert_refused('at_eval', ck['root']/'prev', names=['prev', 'not a file'], code=1)
     assert_refused('at_eval', ck['trunc'], names=['trunc.pth'], code=1)
     assert_refused('at_eval', ck['plain'], names=['--model', 'plain.pth'], code=1)                  # no description
     assert_refused('at_eval', ck['plain'], '--model', MODEL, names=['--data'], code=1)              # no data recorded
