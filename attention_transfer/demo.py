@@ -27,9 +27,9 @@ from .transfer import transfer_layers, AttentionTransfer
 __all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
            'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data',
            'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
-           'gap_recovered', 'paired', 'results_table', 'plot_results', 'attention_agreement', 'distinct_examples',
-           'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of', 'config_from_flags',
-           'at_demo', 'main']
+           'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
+           'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of',
+           'config_from_flags', 'at_demo', 'main']
 
 # %% ../nbs/09_demo.ipynb #13090c18
 def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
@@ -395,6 +395,16 @@ def gap_recovered(acc:dict, # from `summarise`
     s, f, m = (float(np.mean(acc[k])) for k in ('scratch', 'finetune', method))
     return (m - s) / (f - s) if f > s else None
 
+def environment() -> dict:
+    "Where numbers were measured: CPU model, cores, Python, torch and timm versions, torch's threads (printed and saved beside every result)."
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f: cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+    except OSError: pass
+    return dict(cpu=cpu, cores=_cores(), python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                threads=torch.get_num_threads())
+
 def paired(acc:dict, # from `summarise`
            a:str, # the method expected to be better, e.g. 'distill'
            b:str, # the method it is compared with, on the same seeds, e.g. 'scratch'
@@ -598,8 +608,10 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     results = dict(seeds=list(cfg.seeds), wall_seconds=wall, accuracy=acc)
     if all(k in acc for k in ('scratch', 'finetune')):
         results['gap_recovered'] = {m: gap_recovered(acc, m) for m in ('distill', 'copy') if m in acc}
+    results['environment'] = env = environment()  # floating-point results are bit-identical only on the same CPU and versions
     write_atomic(json.dumps(results, indent=1) + '\n', out_dir/'results.json')
     write(results_table(acc, cfg.seeds, 'validation' if cfg.holdout else 'test'))
+    write(f"measured on {env['cpu']} ({env['cores']} cores), torch {env['torch']}, timm {env['timm']}, python {env['python']}")
     fig = plot_results(acc, f"{cfg.model} on {cfg.data}: {len(data['x'])} labels, {cfg.epochs} epochs, {len(cfg.seeds)} seeds")
     save_figure(fig, out_dir/'results.png', 120); plt.close(fig)
     extra = {}

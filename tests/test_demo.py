@@ -2,7 +2,7 @@
 it writes (results.json's exact shape, the figures), reusing a teacher, an ImageFolder, and one-line failures."""
 import json, os, subprocess, sys
 from pathlib import Path
-import numpy as np, pytest
+import numpy as np, pytest, torch
 from PIL import Image
 
 BIN = Path(sys.executable).parent
@@ -28,7 +28,8 @@ def run(tmp_path_factory):
 def test_results_json_shape(run):
     out, _ = run
     res = json.loads((out/'results.json').read_text())
-    assert list(res) == ['seeds', 'wall_seconds', 'accuracy', 'gap_recovered'] and res['seeds'] == [0, 1]
+    assert list(res) == ['seeds', 'wall_seconds', 'accuracy', 'gap_recovered', 'environment'] and res['seeds'] == [0, 1]
+    assert set(res['environment']) == {'cpu', 'cores', 'python', 'torch', 'timm', 'threads'} and res['environment']['torch'] == torch.__version__
     assert isinstance(res['wall_seconds'], float) and res['wall_seconds'] > 0
     assert list(res['accuracy']) == KEYS
     for k, v in res['accuracy'].items():
