@@ -669,7 +669,7 @@ def config_from_flags(flags:dict) -> DemoConfig:
 @call_parse
 def at_demo(
     data:str='mnist5k', # built-in dataset (mnist5k, digits) or an ImageFolder root with train/<class>/* and val/<class>/*
-    output_dir:str='demo_output', # where results.json, results.png, attention.png, run.json, teacher/ and students/ go
+    output_dir:str='demo_output', # a new or empty folder for results.json, results.png, attention.png, run.json, teacher/, students/
     seeds:Param("seeds: one student of each method per seed", int, nargs='+')=None,
     epochs:int=None, # student epochs, the same for every method (default 40)
     pretrain_epochs:int=None, # MAE pre-training epochs of the teacher (default 60)
