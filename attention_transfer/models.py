@@ -14,8 +14,8 @@ import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_n
 
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
-           'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'file_sha256', 'model_args',
-           'model_meta', 'save_timm_checkpoint', 'checkpoint_meta']
+           'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint',
+           'file_sha256', 'model_args', 'model_meta', 'checkpoint_meta']
 
 # %% ../nbs/06_models.ipynb #98af3ef7
 class ModelError(Exception):
@@ -202,6 +202,21 @@ def atomic_write(path:str|Path, # destination; missing parent folders are create
         raise
     return path
 
+# %% ../nbs/06_models.ipynb #737293f5
+def save_timm_checkpoint(model:nn.Module|dict, # a timm model (possibly wrapped by DDP or torch.compile), or its state dict
+                         path:str|Path, # destination (.pth, or .safetensors)
+                         meta:dict|None=None, # what the model is (`model_meta`), stored in the file itself
+                        ) -> Path:
+    "Atomically write `model`'s plain state dict (and `meta`) to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
+    sd = model if isinstance(model, dict) else model.state_dict()
+    sd = clean_state_dict({k: v.detach().cpu() for k, v in sd.items()})
+    if meta is not None: meta = json.loads(json.dumps(_placed(meta, Path(path).parent)))
+    if Path(path).suffix == '.safetensors':
+        data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()},
+                                      metadata=None if meta is None else {META_KEY: json.dumps(meta)})
+        return atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: torch.save(sd if meta is None else {'model': sd, 'meta': meta}, f))
+
 # %% ../nbs/06_models.ipynb #13d59dc8
 import hashlib, json, os
 
@@ -264,21 +279,6 @@ def _placed(meta:dict, folder:Path) -> dict:
     try: rel = os.path.relpath(t['abs_path'], Path(folder).resolve())
     except ValueError: rel = None  # another drive (Windows): only the absolute path is kept
     return {**meta, 'teacher': {**t, 'path': rel}}
-
-# %% ../nbs/06_models.ipynb #737293f5
-def save_timm_checkpoint(model:nn.Module|dict, # a timm model (possibly wrapped by DDP or torch.compile), or its state dict
-                         path:str|Path, # destination (.pth, or .safetensors)
-                         meta:dict|None=None, # what the model is (`model_meta`), stored in the file itself
-                        ) -> Path:
-    "Atomically write `model`'s plain state dict (and `meta`) to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
-    sd = model if isinstance(model, dict) else model.state_dict()
-    sd = clean_state_dict({k: v.detach().cpu() for k, v in sd.items()})
-    if meta is not None: meta = json.loads(json.dumps(_placed(meta, Path(path).parent)))
-    if Path(path).suffix == '.safetensors':
-        data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()},
-                                      metadata=None if meta is None else {META_KEY: json.dumps(meta)})
-        return atomic_write(path, lambda f: f.write(data))
-    return atomic_write(path, lambda f: torch.save(sd if meta is None else {'model': sd, 'meta': meta}, f))
 
 # %% ../nbs/06_models.ipynb #54dc565a
 def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoint`, a training checkpoint, or any other
