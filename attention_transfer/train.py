@@ -810,13 +810,13 @@ def load_for_eval(path:str|Path, # a checkpoint (at_train's, at_demo's, save_stu
 
 # %% ../nbs/07_train.ipynb #fcd43c00
 def check_output_file(path:str, flag:str='--output'):
-    "Refuse (one line) an output file that exists, whose folder is missing, or where nothing can be written — before any work."
+    "Refuse (one line), before any work, an output file that exists or that cannot be written (missing folders are made when it is)."
     p = Path(path)
     if p.exists() or p.is_symlink(): raise TrainError(f"{flag} {p} exists: earlier results are never overwritten, choose another file")
-    folder = p.parent
-    if not folder.is_dir(): raise TrainError(f"{flag} {p}: folder {folder} does not exist" + (" (it is a file)" if folder.exists() else ""))
-    try: fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{p.name}.', suffix='.probe')
-    except OSError as e: raise TrainError(f"{flag} {p}: cannot write in {folder} ({e.strerror})") from None
+    top = next(d for d in p.parents if d.exists())  # the nearest folder that exists: the file, and any folders above it, go there
+    if not top.is_dir(): raise TrainError(f"{flag} {p}: cannot create it, {top} is a file")
+    try: fd, tmp = tempfile.mkstemp(dir=top, prefix=f'.{p.name}.', suffix='.probe')
+    except OSError as e: raise TrainError(f"{flag} {p}: cannot write in {top} ({e.strerror})") from None
     os.close(fd); os.unlink(tmp)
 
 def eval_data(meta:dict, # a checkpoint's description (its `data`)
@@ -871,7 +871,7 @@ def at_eval(
     device:str=None, # default: cuda when available
     amp:str='auto', # autocast: auto (bf16 on CUDA), bf16, fp16, off
     how:str='prob', # ensemble by averaging probabilities (prob) or logits (logit)
-    output:str=None, # also write the results to this JSON file (a new file; its folder must exist)
+    output:str=None, # also write the results to this JSON file (a new file; missing folders are made)
 ):
     "Evaluate checkpoints exactly as they were trained (copy students with their teacher) and the ensemble of their predictions."
     if batch_size < 1: raise TrainError(f"--batch_size must be at least 1, not {batch_size}")

@@ -54,8 +54,8 @@ def ck(tmp_path_factory):
 
 def test_good_inputs_work(ck):
     "The fixtures are sound: the same checkpoints evaluate when nothing is wrong (also the moved-teacher case with --teacher)."
-    r = run('at_eval', ck['copy'], ck['scratch'], '--output', ck['root']/'ok.json')
-    assert r.returncode == 0 and 'ensemble (prob): top1' in r.stdout and (ck['root']/'ok.json').is_file(), r.stderr[-2000:]
+    r = run('at_eval', ck['copy'], ck['scratch'], '--output', ck['root']/'new'/'ok.json')   # a missing folder is made
+    assert r.returncode == 0 and 'ensemble (prob): top1' in r.stdout and (ck['root']/'new'/'ok.json').is_file(), r.stderr[-2000:]
     r = run('at_eval', ck['lost'], '--teacher', ck['root']/'run'/'teacher'/'encoder.pth')  # the same weights: seed 0 in both runs
     assert r.returncode == 0, r.stderr[-2000:]
     r = run('at_eval', ck['plain'], '--model', MODEL, '--data', 'digits', '--input_size', '28', '--num_workers', '0')
@@ -75,8 +75,8 @@ def test_copy_student_with_another_teacher(ck):
 
 @pytest.mark.parametrize('where, names', [
     ('prev/eval.json', ['--output', 'exists']),              # an earlier result: never overwritten
-    ('missing/eval.json', ['--output', 'does not exist']),   # its folder is missing
-    ('prev/eval.json/x.json', ['--output']),                 # under a file
+    ('prev/eval.json/x.json', ['--output', 'is a file']),    # under a file
+    ('prev/eval.json/sub/x.json', ['--output', 'is a file']),
     ('/sys/at_eval.json', ['--output', 'cannot write']),     # a folder nobody may write in (root included)
 ])
 def test_output_location(ck, where, names):
