@@ -123,7 +123,7 @@ def test_resume_is_bit_exact(files, tmp_path):
     assert not (tmp_path/'split'/'model.pth').exists() and len(log(tmp_path/'split')) == 1
     at(*flags, '--output_dir', tmp_path/'split', '--resume', 'allow')
     for name in ('model.pth', 'model_ema.pth'):
-        a, b = (torch.load(tmp_path/r/name, weights_only=True) for r in ('whole', 'split'))
+        a, b = (torch.load(tmp_path/r/name, weights_only=True)['model'] for r in ('whole', 'split'))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert [r['train_loss'] for r in log(tmp_path/'whole')] == [r['train_loss'] for r in log(tmp_path/'split')]
 
