@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_demo.ipynb #11e03831
 from __future__ import annotations
-import json, math, os, shutil, sys, time, warnings, multiprocessing as mp
+import json, math, os, shutil, sys, tempfile, time, warnings, multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
@@ -16,19 +16,20 @@ import matplotlib.pyplot as plt
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .vit import show_attention
 from .attention import attention_maps
-from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion
-from .models import create_model, create_teacher, create_student, CheckpointNote
-from .train import Trainer, TrainError, make_method, split_output, seed_all, save_atomic, write_atomic, save_figure, run_script
+from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion, build_loader
+from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta, save_timm_checkpoint
+from .train import Trainer, TrainError, make_method, seed_all, write_atomic, save_figure, run_script, progress_shown
 from .pretrain import create_mae, MAETrainer, save_encoder
-from .ensemble import combine
-from .transfer import transfer_layers
+from .ensemble import predict, score
+from .transfer import transfer_layers, AttentionTransfer
 
 # %% auto #0
-__all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'load_split', 'labelled_subset', 'holdout_split', 'translate', 'TensorLoader',
-           'default_recipes', 'DemoConfig', 'prepare_data', 'pretrain_teacher', 'build_student', 'predict',
-           'train_student', 'run_jobs', 'summarise', 'gap_recovered', 'paired', 'results_table', 'plot_results',
-           'attention_agreement', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
-           'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
+__all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
+           'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data',
+           'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
+           'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
+           'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of',
+           'config_from_flags', 'at_demo', 'main']
 
 # %% ../nbs/09_demo.ipynb #13090c18
 def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
@@ -172,10 +173,28 @@ def _arch(cfg:DemoConfig) -> dict:
     "Keyword arguments that build the configured architecture at the configured image size."
     return dict(cfg.arch, **({'img_size': cfg.size} if cfg.size else {}))
 
+def class_names(data:str, # built-in name or ImageFolder root
+               ) -> list: # class names in label order
+    "The class names of `data`: '0'..'9' for the built-in digits, the sub-folders of `train/` for a folder (ImageFolder's order)."
+    if data in BUILTIN: return [str(i) for i in range(BUILTIN[data]['classes'])]
+    return sorted(e.name for e in os.scandir(Path(data)/'train') if e.is_dir())
+
+def eval_split(data:str, # built-in name or ImageFolder root
+               size:int, mean:tuple, std:tuple, # image side and normalisation
+               holdout:int=0, # >0: the images held out of the training split (`holdout_split`) instead of the test split
+               num_workers:int=0, # DataLoader workers for reading an ImageFolder
+              ) -> tuple: # (`n 3 h w` images, `n` labels, class names)
+    "The demo's evaluation images and labels: the test split, or the held-out training images; `at_eval` rebuilds them with this."
+    if holdout:
+        x, y, _ = load_split(data, True, size, mean, std, num_workers)
+        va = holdout_split(y, holdout)[1]; x, y = x[va], y[va]
+    else: x, y, _ = load_split(data, False, size, mean, std, num_workers)
+    return x, y, class_names(data)
+
 def prepare_data(cfg:DemoConfig, # the run's settings
                  num_workers:int=0, # DataLoader workers for an ImageFolder
                 ) -> tuple: # (data dict, completed cfg)
-    "The run's tensors ({'x_all', 'x', 'y', 'x_eval', 'y_eval', 'classes', 'fill'}) and the cfg with size/pad/hflip resolved."
+    "The run's tensors ({'x_all', 'x', 'y', 'x_eval', 'y_eval', 'classes', 'class_names', 'fill', 'mean', 'std'}) and the cfg with size/pad/hflip resolved."
     if not timm.is_model(cfg.model): raise TrainError(f"--model: unknown model {cfg.model!r} (not in timm's registry)")
     pc = timm.models.get_pretrained_cfg(cfg.model)
     size = cfg.size or (pc.input_size[-1] if pc is not None else 224)
@@ -183,11 +202,11 @@ def prepare_data(cfg:DemoConfig, # the run's settings
     builtin = cfg.data in BUILTIN
     cfg = replace(cfg, size=size, pad=size // 14 if cfg.pad is None else cfg.pad, hflip=(0. if builtin else .5) if cfg.hflip is None else cfg.hflip)
     x, y, nc = load_split(cfg.data, True, size, mean, std, num_workers)
-    if cfg.holdout: (tr, va) = holdout_split(y, cfg.holdout); x_eval, y_eval, x, y = x[va], y[va], x[tr], y[tr]
-    else: x_eval, y_eval, _ = load_split(cfg.data, False, size, mean, std, num_workers)
+    if cfg.holdout: x, y = x[holdout_split(y, cfg.holdout)[0]], y[holdout_split(y, cfg.holdout)[0]]
+    x_eval, y_eval, names = eval_split(cfg.data, size, mean, std, cfg.holdout, num_workers)
     lab = labelled_subset(y, cfg.n_labelled)
     fill = float((0 - mean[0]) / std[0]) if builtin else None  # digits: black comes in; photos: the border is repeated
-    return dict(x_all=x, x=x[lab], y=y[lab], x_eval=x_eval, y_eval=y_eval, classes=nc, fill=fill, mean=mean, std=std), cfg
+    return dict(x_all=x, x=x[lab], y=y[lab], x_eval=x_eval, y_eval=y_eval, classes=nc, class_names=names, fill=fill, mean=mean, std=std), cfg
 
 # %% ../nbs/09_demo.ipynb #de2687e5
 def _epochs(trainer:Trainer, report=None) -> list:
@@ -235,14 +254,19 @@ def build_student(method:str, # 'scratch', 'finetune', 'copy' or 'distill'
     student = create_student(teacher, drop_path=cfg.drop_path)
     return student, make_method(method, teacher, end_layer=cfg.recipes[method].get('end_layer', 0))
 
-@torch.no_grad()
-def predict(net:nn.Module, # a student, or a copy pair (which runs its teacher)
-            dl, # yields (images, labels)
-           ) -> tuple: # (`n classes` log-probabilities, `n` labels)
-    "Log-probabilities of `net` in eval mode over `dl`, and the labels."
-    net.eval(); lps, ys = [], []
-    for x, y in dl: lps.append(split_output(net(x))[0].float().log_softmax(-1)); ys.append(y)
-    return torch.cat(lps), torch.cat(ys)
+EVAL_BATCH = 128  # at_eval's default batch size: the same batches give bit-identical logits
+
+def eval_loader(data:dict, # from `prepare_data`
+               ) -> torch.utils.data.DataLoader:
+    "The evaluation images in batches of `EVAL_BATCH`, in order, as `at_eval` reads them."
+    return build_loader(torch.utils.data.TensorDataset(data['x_eval'], data['y_eval']), EVAL_BATCH, False, distributed=False)
+
+def eval_spec(cfg:DemoConfig, # the run's settings (resolved by `prepare_data`)
+              data:dict, # from `prepare_data`
+             ) -> dict:
+    "How the demo makes its evaluation images, as a checkpoint's description records it (`models.model_meta`'s `data`)."
+    return dict(name=cfg.data if cfg.data in BUILTIN else str(Path(cfg.data).resolve()), split='holdout' if cfg.holdout else 'test',
+                holdout=cfg.holdout, input_size=cfg.size, mean=list(data['mean']), std=list(data['std']), pipeline='tensor')
 
 def train_student(data:dict, # from `prepare_data`
                   cfg:DemoConfig, # the run's settings
@@ -250,8 +274,8 @@ def train_student(data:dict, # from `prepare_data`
                   seed:int, # student initialisation, data order, augmentation, drop path
                   teacher_path:str|Path|None=None, # the MAE encoder (all methods but scratch)
                   report=None, # called after each epoch
-                 ) -> dict: # method, seed, acc, logp (`n classes` log-probabilities), state_dict, history, seconds, cpu_seconds
-    "Train one student with `method`'s recipe and the shared budget; its accuracy (%) and probabilities on the evaluation images."
+                 ) -> dict: # method, seed, acc, logits (`n classes`), state_dict, meta, history, seconds, cpu_seconds
+    "Train one student with `method`'s recipe and the shared budget; its accuracy (%), logits and description (`model_meta`)."
     t0, c0 = time.perf_counter(), time.process_time()
     seed_all(seed)
     student, method_fn = build_student(method, cfg, data['classes'], teacher_path)
@@ -261,9 +285,13 @@ def train_student(data:dict, # from `prepare_data`
                  weight_decay=cfg.weight_decay, layer_decay=r.get('layer_decay', 1.), beta2=cfg.beta2, atd_weight=cfg.atd_weight,
                  criterion=build_criterion(None, cfg.smoothing), amp='off', device='cpu')
     hist = _epochs(tr, report)
-    logp, y = predict(tr.net, TensorLoader(data['x_eval'], data['y_eval'], 500, False))
-    acc = 100 * int((logp.argmax(-1) == y).sum()) / len(y)
-    return dict(method=method, seed=seed, acc=acc, logp=logp, state_dict=student.state_dict(), history=hist, **_usage(t0, c0))
+    logits, y = predict({method: tr.net}, eval_loader(data))  # a copy pair runs its teacher
+    acc = score(logits, y)[method]['top1']
+    pair = tr.net if isinstance(tr.net, AttentionTransfer) else None
+    meta = model_meta(student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads) if pair else None,
+                      pair.teacher if pair else None, teacher_path if pair else None, data['class_names'], eval_spec(cfg, data))
+    return dict(method=method, seed=seed, acc=acc, logits=logits[method], state_dict=student.state_dict(), meta=meta,
+                history=hist, **_usage(t0, c0))
 
 # %% ../nbs/09_demo.ipynb #e652cf18
 _W = {}  # per worker process: the data and the progress queue
@@ -299,19 +327,27 @@ def run_jobs(data:dict, # from `prepare_data`
              for m in ('copy', 'distill', 'finetune') if m in cfg.methods for s in cfg.seeds]
     if not pretrain: first, later = first + later, []
     total = (cfg.pretrain_epochs if pretrain else 0) + cfg.epochs * (len(first) + len(later) - pretrain)
-    pb = progress_bar(range(total)); pb.update(0); done, out = [0], {'teacher': None}
-    def tick(n=1): done[0] += n; pb.update(min(done[0], total))
+    pb = progress_bar(range(total)) if progress_shown() else None  # drawn only where it is seen: a piped log gets the lines alone
+    if pb is not None: pb.update(0)
+    done, out = [0], {'teacher': None}
+    def tick(n=1):
+        done[0] += n
+        if pb is not None: pb.update(min(done[0], total))
+    def say(line):
+        if pb is not None and not _in_notebook(): print('\r\033[K', end='', flush=True)  # clear the bar's line: the result gets its own
+        write(line)
+        if pb is not None: pb.update(min(done[0], total))
     def finish(kind, kw, res):
         if kind == 'pretrain':
             out['teacher'] = res
-            write(f"teacher: MAE loss {res['history'][-1]['train_loss']:.3f} after {len(res['history'])} epochs ({res['seconds']:.0f} s)")
+            say(f"teacher: MAE loss {res['history'][-1]['train_loss']:.3f} after {len(res['history'])} epochs ({res['seconds']:.0f} s)")
         else:
             out[(kw['method'], kw['seed'])] = res
-            write(f"seed {kw['seed']} {kw['method']}: {res['acc']:.2f} % ({res['seconds']:.0f} s)")
+            say(f"seed {kw['seed']} {kw['method']}: {res['acc']:.2f} % ({res['seconds']:.0f} s)")
     if workers == 0:
         for kind, kw in first + later:
             finish(kind, kw, (pretrain_teacher if kind == 'pretrain' else train_student)(data, report=tick, **kw))
-        print(); return out
+        _end(pb, total); return out
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     threads = max(1, _cores() // workers)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, q, data)) as ex:
@@ -327,8 +363,18 @@ def run_jobs(data:dict, # from `prepare_data`
         except BaseException:
             for f in pending: f.cancel()
             raise
-    pb.update(total); print()
+    _end(pb, total)
     return out
+
+def _in_notebook() -> bool:
+    import fastprogress.fastprogress as fp
+    return bool(fp.IN_NOTEBOOK)
+
+def _end(pb, total:int):
+    "Complete the bar and end its line (a terminal's bar has no newline of its own)."
+    if pb is None: return
+    pb.update(total)
+    if not _in_notebook(): print()
 
 # %% ../nbs/09_demo.ipynb #d462ac44
 def summarise(res:dict, # from `run_jobs`
@@ -338,18 +384,26 @@ def summarise(res:dict, # from `run_jobs`
     "Accuracy (%) per seed of every method and of the ensembles whose members were trained."
     acc = {m: [res[(m, s)]['acc'] for s in cfg.seeds] for m in METHODS if m in cfg.methods}
     for name, members in ENSEMBLES.items():
-        if all(m in cfg.methods for m in members):
-            acc[name] = []
-            for s in cfg.seeds:
-                scores = combine([res[(m, s)]['logp'] for m in members])
-                acc[name].append(100 * int((scores.argmax(-1) == y).sum()) / len(y))
+        if all(m in cfg.methods for m in members):  # `ensemble.score`, the function at_eval uses, on the members' saved logits
+            acc[name] = [score({m: res[(m, s)]['logits'] for m in members}, y)['ensemble']['top1'] for s in cfg.seeds]
     return acc
 
 def gap_recovered(acc:dict, # from `summarise`
                   method:str='distill', # 'distill' or 'copy'
-                 ) -> list: # fraction per seed
-    "How much of the scratch -> fine-tune gap `method` closes, per seed: (method - scratch) / (finetune - scratch)."
-    return [(m - s) / (f - s) if f != s else float('nan') for m, s, f in zip(acc[method], acc['scratch'], acc['finetune'])]
+                 ) -> float|None: # a fraction (1 = all of the gap), or None: undefined
+    "The fraction of the scratch -> fine-tune gap that `method` closes, from the means over seeds; None when fine-tune does not beat scratch."
+    s, f, m = (float(np.mean(acc[k])) for k in ('scratch', 'finetune', method))
+    return (m - s) / (f - s) if f > s else None
+
+def environment() -> dict:
+    "Where numbers were measured: CPU model, cores, Python, torch and timm versions, torch's threads (printed and saved beside every result)."
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f: cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+    except OSError: pass
+    return dict(cpu=cpu, cores=_cores(), python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                threads=torch.get_num_threads())
 
 def paired(acc:dict, # from `summarise`
            a:str, # the method expected to be better, e.g. 'distill'
@@ -391,9 +445,9 @@ def results_table(acc:dict, # from `summarise`
     if all(k in acc for k in ('scratch', 'finetune', 'distill')):
         for m in ('distill', 'copy'):
             if m in acc:
-                g = gap_recovered(acc, m)
-                lines.append(f"{m} recovers {100 * np.mean(g):.0f} % of the scratch -> fine-tune gap on average "
-                             f"(per seed: {', '.join(f'{100 * x:.0f} %' for x in g)}; paper: {'100' if m == 'distill' else '78'} %)")
+                g, paper = gap_recovered(acc, m), '100' if m == 'distill' else '78'
+                lines.append(f"{m} recovers {100 * g:.0f} % of the scratch -> fine-tune gap (from the means over seeds; paper: {paper} %)" if g is not None
+                             else f"{m}: gap recovered undefined, fine-tune does not beat scratch on average (paper: {paper} %)")
         lines.append(_paired_line(acc))
         ok = all(s < d_ < f for s, d_, f in zip(acc['scratch'], acc['distill'], acc['finetune']))
         lines.append(f"scratch < distill < fine-tune in every seed: {'yes' if ok else 'no'}")
@@ -517,10 +571,21 @@ def run_demo(cfg:DemoConfig, # the run's settings
     created = next((d for d in reversed([out_dir, *out_dir.parents]) if not d.exists()), None)  # the topmost folder this run makes
     if workers is not None and workers < 0: raise TrainError(f"--workers must be 0 (everything in this process) or more, not {workers}")
     if out_dir.exists() and not out_dir.is_dir(): raise TrainError(f"--output_dir: {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise TrainError(f"--output_dir: {out_dir} is not empty (an earlier run?): earlier results are never overwritten, choose a new folder")
+    _check_writable(out_dir)
     try: return _run_demo(cfg, out_dir, workers, n_images, write)
     except BaseException:
         if created is not None: shutil.rmtree(created, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
         raise
+
+def _check_writable(out_dir:Path):
+    "Refuse (one line) an output folder that cannot be created or written, before any work."
+    top = next(d for d in [out_dir, *out_dir.parents] if d.exists())  # the nearest folder that exists
+    if not top.is_dir(): raise TrainError(f"--output_dir: cannot create {out_dir}: {top} is a file")
+    try: fd, probe = tempfile.mkstemp(dir=top, prefix='.at_demo.', suffix='.probe')
+    except OSError as e: raise TrainError(f"--output_dir: cannot write in {top} ({e.strerror})") from None
+    os.close(fd); os.unlink(probe)
 
 def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, write) -> dict:
     "`run_demo`'s work, writing into `out_dir`."
@@ -541,8 +606,12 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     acc = summarise(res, cfg, data['y_eval'])
     wall = time.perf_counter() - t0
     results = dict(seeds=list(cfg.seeds), wall_seconds=wall, accuracy=acc)
+    if all(k in acc for k in ('scratch', 'finetune')):
+        results['gap_recovered'] = {m: gap_recovered(acc, m) for m in ('distill', 'copy') if m in acc}
+    results['environment'] = env = environment()  # floating-point results are bit-identical only on the same CPU and versions
     write_atomic(json.dumps(results, indent=1) + '\n', out_dir/'results.json')
     write(results_table(acc, cfg.seeds, 'validation' if cfg.holdout else 'test'))
+    write(f"measured on {env['cpu']} ({env['cores']} cores), torch {env['torch']}, timm {env['timm']}, python {env['python']}")
     fig = plot_results(acc, f"{cfg.model} on {cfg.data}: {len(data['x'])} labels, {cfg.epochs} epochs, {len(cfg.seeds)} seeds")
     save_figure(fig, out_dir/'results.png', 120); plt.close(fig)
     extra = {}
@@ -556,7 +625,8 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
         extra['attention_kl'] = {k: attention_agreement(teacher, m, data['x_eval'][:256]) for k, m in models.items() if k != 'teacher (MAE)'}
         write("attention KL(teacher || student) per block, seed %d: " % cfg.seeds[0]
               + '; '.join(f"{k} " + ' '.join(f'{v:.2f}' for v in kl) for k, kl in extra['attention_kl'].items()))
-    for (m, s), r in ((k, v) for k, v in res.items() if k != 'teacher'): save_atomic(r['state_dict'], out_dir/'students'/f'{m}_seed{s}.pth')
+    for (m, s), r in ((k, v) for k, v in res.items() if k != 'teacher'):  # weights and description (`at_eval` reproduces the numbers)
+        save_timm_checkpoint(r['state_dict'], out_dir/'students'/f'{m}_seed{s}.pth', r['meta'])
     jobs = {f"{k[0]}_seed{k[1]}": dict(acc=v['acc'], seconds=v['seconds'], cpu_seconds=v['cpu_seconds'], history=v['history'])
             for k, v in res.items() if k != 'teacher'}
     if res['teacher']: jobs['teacher'] = {k: res['teacher'][k] for k in ('seconds', 'cpu_seconds', 'history')}
@@ -583,14 +653,23 @@ def config_from_flags(flags:dict) -> DemoConfig:
     for k in ('output_dir', 'workers'): f.pop(k, None)
     for k in ('epochs', 'pretrain_epochs', 'batch_size', 'pretrain_batch_size'):
         if k in f and f[k] < 1: raise TrainError(f"--{k} must be at least 1, not {f[k]}")
-    if f.get('n_labelled') is not None and f['n_labelled'] < 1: raise TrainError(f"--n_labelled must be at least 1")
+    if f.get('n_labelled') is not None and f['n_labelled'] < 1: raise TrainError(f"--n_labelled must be at least 1, not {f['n_labelled']}")
+    for m in METHODS:
+        if not rec[m]['lr'] > 0: raise TrainError(f"--lr_{m} must be positive, not {rec[m]['lr']}")
+        if not 0 < rec[m]['layer_decay'] <= 1: raise TrainError(f"--layer_decay_{m} must be in (0, 1], not {rec[m]['layer_decay']}")
+    for k, lo, hi in (('drop_path', 0, 1), ('mask_ratio', 0, 1)):
+        if k in f and not lo <= f[k] < hi: raise TrainError(f"--{k} must be in [{lo}, {hi}), not {f[k]}")
+    if f.get('atd_weight', 0) < 0: raise TrainError(f"--atd_weight must be 0 or more, not {f['atd_weight']}")
+    if f.get('holdout', 0) < 0: raise TrainError(f"--holdout must be 0 (the test split) or more, not {f['holdout']}")
+    for k in ('depth', 'embed_dim', 'num_heads'):
+        if k in arch and arch[k] < 1: raise TrainError(f"--{k} must be at least 1, not {arch[k]}")
     if len(set(f.get('seeds', [0]))) != len(f.get('seeds', [0])): raise TrainError(f"--seeds repeats a seed: {f['seeds']}")
     return replace(cfg, recipes=rec, arch=arch, **f)
 
 @call_parse
 def at_demo(
     data:str='mnist5k', # built-in dataset (mnist5k, digits) or an ImageFolder root with train/<class>/* and val/<class>/*
-    output_dir:str='demo_output', # where results.json, results.png, attention.png, run.json, teacher/ and students/ go
+    output_dir:str='demo_output', # a new or empty folder for results.json, results.png, attention.png, run.json, teacher/, students/
     seeds:Param("seeds: one student of each method per seed", int, nargs='+')=None,
     epochs:int=None, # student epochs, the same for every method (default 40)
     pretrain_epochs:int=None, # MAE pre-training epochs of the teacher (default 60)

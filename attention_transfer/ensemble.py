@@ -5,11 +5,10 @@
 # %% ../nbs/04_ensemble.ipynb #4a41ac6d
 from __future__ import annotations
 from contextlib import nullcontext
-import torch, torch.nn as nn
-from timm.utils import accuracy
+import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 
 # %% auto #0
-__all__ = ['COMBINE', 'combine', 'Ensemble', 'evaluate']
+__all__ = ['COMBINE', 'combine', 'Ensemble', 'predict', 'score', 'evaluate']
 
 # %% ../nbs/04_ensemble.ipynb #fb03ac74
 COMBINE = ('prob', 'logit')
@@ -52,33 +51,71 @@ class Ensemble(nn.Module):
         return combine(list(self.member_logits(x).values()), self.how)
 
 # %% ../nbs/04_ensemble.ipynb #4f1a66c5
+def _members(models) -> Ensemble:
+    return models if isinstance(models, Ensemble) else Ensemble(models if isinstance(models, (list, dict)) else {'model': models})
+
 @torch.no_grad()
-def evaluate(models, # an `Ensemble`, a list of modules, or {name: module}
-             loader, # yields (images, integer labels)
+def predict(models, # a module, a list of modules, {name: module}, or an `Ensemble`
+            loader, # yields (images, integer labels): this process's shard
+            device=None, # where to run; default: the device of the first parameter found
+            amp_dtype=None, # e.g. torch.bfloat16 to run the members under autocast
+           ) -> tuple: # ({name: `n classes` fp32 logits on the CPU}, `n` labels)
+    "Every member's logits over `loader`, in eval mode, one forward pass per member and batch."
+    ens = _members(models)
+    if device is None: device = next((p.device for p in ens.parameters()), torch.device('cpu'))
+    device = torch.device(device)
+    modes = {n: m.training for n, m in ens.members.items()}
+    ens.eval(); outs, ys = {n: [] for n in ens.members}, []
+    try:
+        for x, y in loader:
+            if y.ndim != 1: raise ValueError(f"labels must be class indices `b`, got shape {tuple(y.shape)}")
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
+                lg = ens.member_logits(x.to(device))
+            for n, l in lg.items(): outs[n].append(l.float().cpu())
+            ys.append(y.cpu())
+    finally:
+        for n, m in ens.members.items(): m.train(modes[n])
+    if not ys: return {n: torch.zeros(0, 0) for n in outs}, torch.zeros(0, dtype=torch.long)  # an empty shard
+    return {n: torch.cat(l) for n, l in outs.items()}, torch.cat(ys)
+
+def _all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
+    "Sum `t` over all processes (NCCL reduces on the GPU); `t` itself outside torch.distributed."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else t.device
+    r = t.to(dev, copy=True); dist.all_reduce(r); return r.to(t.device)
+
+def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
+          y:torch.Tensor, # `n` labels
+          how:str='prob', # how the ensemble combines its members: 'prob' or 'logit'
+          topk=(1, 5), # accuracies to report
+         ) -> dict: # {name: {'top1': %, 'top5': %, 'loss': mean cross-entropy, 'n': images}} (+ 'ensemble')
+    "Top-k accuracy (%), cross-entropy and image count of each member and (with two or more) their ensemble, over all processes."
+    if how not in COMBINE: raise ValueError(f"how={how!r}: use one of {COMBINE}")
+    outs = dict(logits)
+    if len(outs) > 1 and len(y): outs['ensemble'] = combine(list(outs.values()), how)
+    names = list(logits) + (['ensemble'] if len(logits) > 1 else [])
+    s = torch.zeros(len(names), len(topk) + 2, dtype=torch.float64)  # per name: correct@k..., summed loss, images
+    for i, nm in enumerate(names):
+        if not len(y): continue
+        z = outs[nm].float()
+        if z.shape[0] != len(y): raise ValueError(f"{nm}: {z.shape[0]} predictions for {len(y)} labels")
+        top = z.topk(min(max(topk), z.shape[1]), -1).indices == y[:, None]  # n k: label at rank j
+        s[i, :len(topk)] = torch.tensor([top[:, :k].any(-1).sum().item() for k in topk], dtype=torch.float64)
+        s[i, -2:] = torch.tensor([F.cross_entropy(z, y, reduction='sum').item(), len(y)], dtype=torch.float64)
+    s = _all_reduce_sum(s)
+    n = int(s[0, -1])
+    if n == 0: raise ValueError("the loader yielded no samples")
+    return {nm: {**{f'top{k}': 100 * s[i, j].item() / n for j, k in enumerate(topk)}, 'loss': s[i, -2].item() / n, 'n': n}
+            for i, nm in enumerate(names)}
+
+def evaluate(models, # an `Ensemble`, a module, a list of modules, or {name: module}
+             loader, # yields (images, integer labels): this process's shard
              how:str='prob', # how the ensemble combines its members: 'prob' or 'logit' (an `Ensemble` keeps its own)
              topk=(1, 5), # accuracies to report
              device=None, # where to run; default: the device of the first parameter found
              amp_dtype=None, # e.g. torch.bfloat16 to run the members under autocast
             ) -> dict:
-    "Top-k accuracy (%) of every member and of the ensemble on `loader`: {name: {'top1': .., 'top5': ..}, 'ensemble': {..}}."
-    ens = models if isinstance(models, Ensemble) else Ensemble(models, how)
-    if device is None: device = next((p.device for p in ens.parameters()), torch.device('cpu'))
-    device = torch.device(device)
-    modes = {n: m.training for n, m in ens.members.items()}
-    ens.eval()
-    names = list(ens.members) + ['ensemble']
-    correct, n = {nm: [0.] * len(topk) for nm in names}, 0
-    try:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if y.ndim != 1: raise ValueError(f"labels must be class indices `b`, got shape {tuple(y.shape)}")
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
-                outs = ens.member_logits(x)
-            outs['ensemble'] = combine(list(outs.values()), ens.how)
-            for nm in names:
-                for j, acc in enumerate(accuracy(outs[nm].float(), y, topk=topk)): correct[nm][j] += round(acc.item() * len(y) / 100)
-            n += len(y)
-    finally:
-        for nm, m in ens.members.items(): m.train(modes[nm])
-    if n == 0: raise ValueError("the loader yielded no samples")
-    return {nm: {f'top{k}': 100 * c / n for k, c in zip(topk, correct[nm])} for nm in names}
+    "`score(*predict(models, loader))`: {name: {'top1', 'top5', 'loss', 'n'}} of every member and the ensemble, over all processes."
+    if how not in COMBINE: raise ValueError(f"how={how!r}: use one of {COMBINE}")
+    ens = _members(models)
+    return score(*predict(ens, loader, device, amp_dtype), ens.how if isinstance(models, Ensemble) else how, topk)

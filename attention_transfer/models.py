@@ -13,8 +13,9 @@ from timm.models import clean_state_dict
 import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_nano_*) in timm's registry
 
 # %% auto #0
-__all__ = ['ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights', 'create_model', 'freeze',
-           'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint']
+__all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
+           'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint',
+           'file_sha256', 'model_args', 'model_meta', 'checkpoint_meta']
 
 # %% ../nbs/06_models.ipynb #98af3ef7
 class ModelError(Exception):
@@ -284,12 +285,97 @@ def atomic_write(path:str|Path, # destination; missing parent folders are create
     return path
 
 # %% ../nbs/06_models.ipynb #737293f5
-def save_timm_checkpoint(model:nn.Module, # a timm model, possibly wrapped by DDP or torch.compile
+def save_timm_checkpoint(model:nn.Module|dict, # a timm model (possibly wrapped by DDP or torch.compile), or its state dict
                          path:str|Path, # destination (.pth, or .safetensors)
+                         meta:dict|None=None, # what the model is (`model_meta`), stored in the file itself
                         ) -> Path:
-    "Atomically write `model`'s plain state dict to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
-    sd = clean_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    "Atomically write `model`'s plain state dict (and `meta`) to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
+    sd = model if isinstance(model, dict) else model.state_dict()
+    sd = clean_state_dict({k: v.detach().cpu() for k, v in sd.items()})
+    if meta is not None: meta = json.loads(json.dumps(_placed(meta, Path(path).parent)))
     if Path(path).suffix == '.safetensors':
-        data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()})
+        data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()},
+                                      metadata=None if meta is None else {META_KEY: json.dumps(meta)})
         return atomic_write(path, lambda f: f.write(data))
-    return atomic_write(path, lambda f: torch.save(sd, f))
+    return atomic_write(path, lambda f: torch.save(sd if meta is None else {'model': sd, 'meta': meta}, f))
+
+# %% ../nbs/06_models.ipynb #13d59dc8
+import hashlib, json, os
+
+META_FORMAT, META_KEY = 1, 'attention_transfer'
+
+def file_sha256(path:str|Path) -> str:
+    "The SHA-256 of a file, as hex (read in 1 MiB chunks)."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def _unwrap(model:nn.Module) -> nn.Module:
+    for attr in ('_orig_mod', 'module'):
+        while isinstance(getattr(model, attr, None), nn.Module): model = getattr(model, attr)
+    return model
+
+def _plain(v): return list(v) if isinstance(v, tuple) else v
+
+def model_args(model:nn.Module, # a timm model (from `create_model`, or a timm VisionTransformer)
+              ) -> tuple: # (timm name, `timm.create_model` keyword arguments)
+    "The registry name and creation arguments that rebuild `model`'s architecture."
+    model = _unwrap(model)
+    if hasattr(model, 'at_spec'):
+        spec = dict(model.at_spec)
+        return spec.pop('name'), {k: _plain(v) for k, v in spec.items()}
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    if name is None: raise ModelError(f"cannot tell the architecture of a {type(model).__name__}: build it with create_model")
+    pe, blocks = getattr(model, 'patch_embed', None), getattr(model, 'blocks', None)
+    args = dict(num_classes=getattr(model, 'num_classes', None), global_pool=getattr(model, 'global_pool', None),
+                img_size=_plain(pe.img_size) if pe is not None else None, patch_size=_plain(pe.patch_size) if pe is not None else None,
+                embed_dim=getattr(model, 'embed_dim', None), depth=len(blocks) if blocks is not None else None,
+                num_heads=getattr(blocks[0].attn, 'num_heads', None) if blocks else None)
+    return name, {k: v for k, v in args.items() if v is not None}
+
+def model_meta(model:nn.Module, # the timm model the checkpoint holds
+               method:str|None=None, # 'scratch', 'finetune', 'copy' or 'distill' (None: not recorded)
+               transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads'}
+               teacher:nn.Module|None=None, # copy/distill: the teacher (its architecture is recorded)
+               teacher_path:str|Path|None=None, # the teacher's weights: absolute path and SHA-256 recorded
+               classes:list|None=None, # class names in label order
+               data:dict|None=None, # how the evaluation images are made (see the table above)
+              ) -> dict:
+    "The description of a checkpoint (JSON-able): architecture, method, transfer, teacher, classes, evaluation data."
+    name, args = model_args(model)
+    t = None
+    if teacher is not None or teacher_path is not None:
+        t = dict(zip(('model', 'model_args'), model_args(teacher))) if teacher is not None else {}
+        if teacher_path is not None:
+            p = Path(teacher_path).resolve()
+            t.update(abs_path=str(p), sha256=file_sha256(p))
+    meta = dict(format=META_FORMAT, model=name, model_args=args, method=method, transfer=transfer, teacher=t,
+                classes=None if classes is None else [str(c) for c in classes], data=data)
+    return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
+
+def _placed(meta:dict, folder:Path) -> dict:
+    "`meta` with the teacher's path also given relative to `folder` (where the checkpoint is written)."
+    t = meta.get('teacher') or {}
+    if not t.get('abs_path'): return meta
+    try: rel = os.path.relpath(t['abs_path'], Path(folder).resolve())
+    except ValueError: rel = None  # another drive (Windows): only the absolute path is kept
+    return {**meta, 'teacher': {**t, 'path': rel}}
+
+# %% ../nbs/06_models.ipynb #54dc565a
+def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoint`, a training checkpoint, or any other
+                   ) -> dict|None:
+    "The description stored in checkpoint `path` (its `meta`), or None when it has none; `CheckpointError` if unreadable."
+    p = Path(path)
+    if not p.exists(): raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.is_file(): raise CheckpointError(f"checkpoint is not a file: {p}")
+    if p.stat().st_size and _format(p) == 'safetensors':
+        try:
+            with safetensors.safe_open(str(p), 'pt') as f: md = f.metadata() or {}
+        except Exception as e: raise CheckpointError(f"cannot read checkpoint {p}: corrupt or truncated safetensors file ({_one_line(e)})") from None
+        try: return json.loads(md[META_KEY]) if META_KEY in md else None
+        except ValueError: raise CheckpointError(f"{p}: its {META_KEY} metadata is not valid JSON") from None
+    try: ck = torch.load(p, map_location='cpu', weights_only=True, mmap=True)  # reads only what is touched
+    except Exception: ck = _read(p, 'cpu')  # legacy or damaged files: `_read`'s messages
+    m = ck.get('meta') if isinstance(ck, dict) else None
+    return m if isinstance(m, dict) else None

@@ -27,10 +27,10 @@ __all__ = ['MODES', 'LAYER_DECAY_RULES', 'AMP', 'MODEL_KEYS', 'OFFICIAL_MODELS',
            'make_method', 'split_output', 'compute_loss', 'layer_ids', 'build_optimizer', 'effective_lr',
            'build_scheduler', 'amp_dtype', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state',
            'seed_all', 'load_checkpoint', 'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate',
-           'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state', 'read_log', 'plot_log', 'timm_name',
-           'parse_mode', 'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256', 'check_resume', 'at_train',
-           'preset_args', 'expand_preset', 'preset_command', 'run_script', 'main', 'load_for_eval', 'at_eval',
-           'eval_main']
+           'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state', 'read_log', 'plot_log',
+           'progress_shown', 'timm_name', 'parse_mode', 'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256',
+           'check_resume', 'at_train', 'preset_args', 'expand_preset', 'preset_command', 'run_script', 'main',
+           'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data', 'at_eval', 'eval_main']
 
 # %% ../nbs/07_train.ipynb #b6c81e65
 class TrainError(Exception):
@@ -223,23 +223,14 @@ def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
 def _autocast(device:torch.device, dtype:torch.dtype|None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-@torch.no_grad()
 def evaluate(net:nn.Module, # network (in eval mode it returns logits)
              dl, # this process's shard of the validation data
              device:torch.device|str='cpu',
              amp:torch.dtype|None=None, # autocast dtype (see `amp_dtype`)
             ) -> dict: # acc1, acc5 (in %), loss, n (images over all processes)
-    "Top-1 / top-5 accuracy and cross-entropy of `net` over `dl`, summed over all processes."
-    device = torch.device(device); net.eval()
-    s = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, summed loss, images
-    for x, y in dl:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp): logits = split_output(net(x))[0].float()
-        a1, a5 = accuracy(logits, y, topk=(1, min(5, logits.shape[1])))
-        b = len(y)
-        s += torch.tensor([round(a1.item() * b / 100), round(a5.item() * b / 100), F.cross_entropy(logits, y, reduction='sum').item(), b], dtype=torch.float64)
-    c1, c5, loss, n = all_reduce_sum(s).tolist()
-    return dict(acc1=100 * c1 / max(n, 1), acc5=100 * c5 / max(n, 1), loss=loss / max(n, 1), n=int(n))
+    "Top-1 / top-5 accuracy and cross-entropy of `net` over `dl`, summed over all processes (`ensemble.evaluate`)."
+    r = ens.evaluate({'model': net}, dl, device=torch.device(device), amp_dtype=amp)['model']
+    return dict(acc1=r['top1'], acc5=r['top5'], loss=r['loss'], n=r['n'])
 
 # %% ../nbs/07_train.ipynb #3f6983a0
 def unused_parameters(net:nn.Module, # network from a method
@@ -369,6 +360,35 @@ def validate(self:Trainer) -> dict:
         out.update({f'ema_{k}': v for k, v in evaluate(self._ema_net, self.val_dl, self.device, self.amp).items()})
     return out
 
+# %% ../nbs/07_train.ipynb #70bd1876
+from .models import model_meta, checkpoint_meta, save_timm_checkpoint, file_sha256, _placed
+from .data import BUILTIN
+
+def _normalisation(ds) -> tuple:
+    "(mean, std) of the `Normalize` in a dataset's transform, or (None, None)."
+    for t in getattr(getattr(ds, 'transform', None), 'transforms', []):
+        if hasattr(t, 'mean') and hasattr(t, 'std'): return [float(v) for v in t.mean], [float(v) for v in t.std]
+    return None, None
+
+@patch
+def describe(self:Trainer, folder:str|Path|None=None, # where the checkpoint goes: the teacher's path is also given relative to it
+            ) -> dict|None:
+    "What the student is (`models.model_meta`), from the network and the run's flags; None when `create_model` did not build it."
+    if getattr(self, '_description', None) is None:
+        import attention_transfer.transfer as at
+        f, net = self.meta, self.net
+        ds = getattr(self.val_dl, 'dataset', None) or getattr(self.train_dl, 'dataset', None)
+        pair = isinstance(net, at.AttentionTransfer)
+        method = 'copy' if isinstance(net, at.AttentionCopy) else 'distill' if pair else f.get('mode')
+        src = f.get('data') or f.get('data_path')
+        mean, std = _normalisation(ds)
+        data = dict(name=src, split='val', holdout=0, input_size=f.get('input_size'), mean=mean, std=std, pipeline='timm') if src else None
+        try: self._description = model_meta(self.student, method, dict(target=net.target, layers=net.layers, heads=net.heads) if pair else None,
+                                            net.teacher if pair else None, f.get('finetune') or None if pair else None,
+                                            getattr(ds, 'classes', None), data)
+        except ModelError: return None  # e.g. an MAE being pre-trained
+    return _placed(self._description, folder) if folder is not None else self._description
+
 # %% ../nbs/07_train.ipynb #29698c13
 def load_exact(model:nn.Module, # the model the run trains (or its EMA)
                state_dict:dict, # from a training checkpoint of the same run
@@ -411,7 +431,8 @@ def state_dict(self:Trainer) -> dict:
     rng = dict(rng_state(), loader={k: g.get_state() for k, g in _generators(self.train_dl).items()})
     return dict(model=self.student.state_dict(), model_ema=None if self.ema is None else self.ema.module.state_dict(),
                 optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
-                epoch=self.epoch - 1, step=self.step, rng=_gather(rng), args=self.meta, history=self.history)
+                epoch=self.epoch - 1, step=self.step, rng=_gather(rng), args=self.meta, history=self.history,
+                meta=self.describe(self.output_dir))
 
 @patch
 def load_state_dict(self:Trainer, ck:dict, # from `load_checkpoint`
@@ -461,10 +482,10 @@ MODEL_KEYS = ('mode', 'model', 'teacher', 'finetune', 'nb_classes', 'input_size'
 
 @patch
 def export(self:Trainer):
-    "Save the final student as plain timm `state_dict`s with `model.json` (and for copy the teacher's name and path); rank 0."
+    "Save the final student (and EMA) as timm checkpoints that carry their description, and `model.json`; rank 0."
     if self.output_dir is None or rank() != 0: return
-    save_atomic(self.student.state_dict(), self.output_dir/'model.pth')
-    if self.ema is not None: save_atomic(self.ema.module.state_dict(), self.output_dir/'model_ema.pth')
+    save_timm_checkpoint(self.student, self.output_dir/'model.pth', self.describe())
+    if self.ema is not None: save_timm_checkpoint(self.ema.module, self.output_dir/'model_ema.pth', self.describe())
     write_atomic(json.dumps({k: self.meta.get(k) for k in MODEL_KEYS}, indent=1) + '\n', self.output_dir/'model.json')
     if self.history:
         fig = plot_log(self.history)
@@ -493,13 +514,22 @@ def plot_log(log:str|Path|list, # a run's folder, its log.jsonl, or the records
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_train.ipynb #23b834e6
+def progress_shown() -> bool:
+    "Whether progress bars are drawn: in a notebook, or when standard output is a terminal."
+    import fastprogress.fastprogress as fp
+    if fp.NO_BAR: return False
+    if fp.IN_NOTEBOOK: return True
+    try: return sys.stdout.isatty()
+    except (AttributeError, ValueError): return False
+
 # %% ../nbs/07_train.ipynb #d1023f47
 @patch
 def fit(self:Trainer, stop_epoch:int|None=None, # stop after this many epochs (the schedule still spans `epochs`)
        ) -> list: # the epoch records
     "Train the remaining epochs: each one trained, evaluated (model and EMA), logged and checkpointed."
     end = self.epochs if stop_epoch is None else min(stop_epoch, self.epochs)
-    mb = master_bar(range(self.epoch, end)) if rank() == 0 else None
+    mb = master_bar(range(self.epoch, end)) if rank() == 0 and progress_shown() else None
     for _ in (mb if mb is not None else range(self.epoch, end)):
         t0 = time.perf_counter()
         rec = dict(epoch=self.epoch, **self.train_epoch(mb))
@@ -873,61 +903,174 @@ def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
     run_script(at_train, 'at_train', argv)
 
 # %% ../nbs/07_train.ipynb #b07f67e4
-def _spec(path:Path, model:str|None) -> dict:
-    "The settings that rebuild the model in `path`: its run's model.json or checkpoint args, or `--model`."
-    if model: return dict(mode='scratch', model=timm_name(model))
-    if (path.parent/'model.json').is_file(): return json.loads((path.parent/'model.json').read_text())
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception: ck = None
-    if isinstance(ck, dict) and isinstance(ck.get('args'), dict) and 'model' in ck['args']: return ck['args']
-    if not path.is_file(): raise CheckpointError(f"checkpoint not found: {path}")
-    raise TrainError(f"cannot tell which model {path} holds (no model.json beside it, no run settings inside): pass --model NAME")
+def _legacy_meta(path:Path) -> dict|None:
+    "A description made from the run settings of an older checkpoint (`model.json` beside it, or its `args`)."
+    a = None
+    if (path.parent/'model.json').is_file():
+        try: a = json.loads((path.parent/'model.json').read_text())
+        except ValueError: a = None
+    if a is None:
+        try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except Exception: ck = None
+        a = ck.get('args') if isinstance(ck, dict) else None
+    if not isinstance(a, dict) or not a.get('model') or a.get('mode') == 'pretrain': return None
+    kw = {k: a[k2] for k, k2 in (('num_classes', 'nb_classes'), ('img_size', 'input_size'), ('global_pool', 'global_pool')) if a.get(k2) is not None}
+    copy = a.get('mode') == 'copy'
+    return dict(format=0, model=timm_name(a['model']), model_args=kw, method=a.get('mode'),
+                transfer=dict(target=a.get('target') or 'attn', layers=a.get('layers'), heads=a.get('heads'), end_layer=a.get('end_layer') or 0) if copy else None,
+                teacher=dict(model=timm_name(a.get('teacher') or a['model']), model_args=kw, abs_path=a.get('finetune')) if copy else None,
+                classes=None, data=dict(name=a.get('data') or a.get('data_path'), split='val', holdout=0, input_size=a.get('input_size'),
+                                        mean=None, std=None, pipeline='timm') if (a.get('data') or a.get('data_path')) else None)
 
-def load_for_eval(path:str|Path, # model.pth / model_ema.pth / checkpoint.pth of a run, or a timm checkpoint with `model`
-                  model:str|None=None, # timm model name, for checkpoints that are not from a run
+def eval_meta(path:str|Path, # a checkpoint
+              model:str|None=None, # --model: the timm name, for a checkpoint without a description
+             ) -> dict:
+    "The description of checkpoint `path` (`checkpoint_meta`, else an older run's settings, else `--model`); one-line errors."
+    path = Path(path)
+    meta = checkpoint_meta(path) or _legacy_meta(path)
+    if meta is None:
+        if not model: raise TrainError(f"cannot tell which model {path} holds (it carries no description): pass --model NAME (and the data flags)")
+        return dict(format=0, model=timm_name(model), model_args={}, method=None, transfer=None, teacher=None, classes=None, data=None)
+    if model and timm_name(model) != meta['model']:
+        raise TrainError(f"--model {model} contradicts {path}, which holds a {meta['model']}: drop --model")
+    return meta
+
+def find_teacher(meta:dict, # a copy checkpoint's description
+                 checkpoint:str|Path, # the checkpoint (its recorded teacher path is relative to its folder)
+                 teacher:str|None=None, # --teacher: a path given on the command line
+                ) -> Path:
+    "The teacher weights of an attention-copy checkpoint: `teacher`, or the recorded path (relative, then absolute), checked against the recorded SHA-256."
+    t, checkpoint = meta.get('teacher') or {}, Path(checkpoint)
+    if teacher:
+        p = Path(teacher)
+        if not p.is_file(): raise TrainError(f"--teacher: checkpoint not found: {p}")
+        if t.get('sha256') and file_sha256(p) != t['sha256']:
+            raise TrainError(f"--teacher {p} is not the teacher {checkpoint} was trained with (its SHA-256 differs)")
+        return p
+    cands = [Path(os.path.normpath(checkpoint.parent/t['path'])) if t.get('path') else None, Path(t['abs_path']) if t.get('abs_path') else None]
+    cands = list(dict.fromkeys(p for p in cands if p is not None))
+    for p in cands:
+        if not p.is_file(): continue
+        if t.get('sha256') and file_sha256(p) != t['sha256']:
+            raise TrainError(f"{checkpoint} is an attention-copy student, and its teacher {p} has changed since it was trained "
+                             f"(SHA-256 differs): pass --teacher PATH with the original teacher")
+        return p
+    where = ' or '.join(map(str, cands)) or 'no recorded path'
+    raise TrainError(f"{checkpoint} is an attention-copy student and runs its teacher, which is not found ({where}): pass --teacher PATH")
+
+def load_for_eval(path:str|Path, # a checkpoint (at_train's, at_demo's, save_student's, or a timm checkpoint with `model`)
+                  model:str|None=None, # --model: timm name, for checkpoints without a description
                   use_ema:bool=False, # from a training checkpoint, take the EMA weights
-                 ) -> tuple: # (network for evaluation, settings dict)
-    "A network ready to evaluate (for copy: the teacher and the student), and the settings of its run."
-    path = Path(path); spec = _spec(path, model)
-    kw = {k: spec.get(k2) for k, k2 in (('num_classes', 'nb_classes'), ('img_size', 'input_size'), ('global_pool', 'global_pool'))}
-    student = create_model(spec['model'], path, use_ema=use_ema, **kw)
-    if spec.get('mode') != 'copy': return student.eval(), spec
-    teacher = create_teacher(spec['teacher'], spec['finetune'], **kw)
-    t = dict(end_layer=spec.get('end_layer', 0), layers=spec.get('layers'), heads=spec.get('heads'), target=spec.get('target', 'attn'))
-    return make_method('copy', teacher, **t)(student).eval(), spec
+                  teacher:str|None=None, # --teacher: the teacher of a copy checkpoint, instead of the recorded one
+                 ) -> tuple: # (network for evaluation, description)
+    "A network ready to evaluate, exactly as it was trained (for copy: the teacher and the student), and its description."
+    path = Path(path); meta = eval_meta(path, model)
+    student = create_model(meta['model'], path, use_ema=use_ema, **meta['model_args'])
+    if meta.get('method') != 'copy': return student.eval(), meta
+    t, tr = meta.get('teacher') or {}, meta.get('transfer') or {}
+    tpath = find_teacher(meta, path, teacher)
+    tnet = create_teacher(t.get('model') or meta['model'], tpath, **(t.get('model_args') or meta['model_args']))
+    kw = dict(layers=tr['layers']) if tr.get('layers') is not None else dict(end_layer=tr.get('end_layer', 0))
+    return make_method('copy', tnet, heads=tr.get('heads'), target=tr.get('target', 'attn'), **kw)(student).eval(), meta
 
 # %% ../nbs/07_train.ipynb #fcd43c00
+def check_output_file(path:str, flag:str='--output'):
+    "Refuse (one line), before any work, an output file that exists or that cannot be written (missing folders are made when it is)."
+    p = Path(path)
+    if p.exists() or p.is_symlink(): raise TrainError(f"{flag} {p} exists: earlier results are never overwritten, choose another file")
+    top = next(d for d in p.parents if d.exists())  # the nearest folder that exists: the file, and any folders above it, go there
+    if not top.is_dir(): raise TrainError(f"{flag} {p}: cannot create it, {top} is a file")
+    try: fd, tmp = tempfile.mkstemp(dir=top, prefix=f'.{p.name}.', suffix='.probe')
+    except OSError as e: raise TrainError(f"{flag} {p}: cannot write in {top} ({e.strerror})") from None
+    os.close(fd); os.unlink(tmp)
+
+def eval_data(meta:dict, # a checkpoint's description (its `data`)
+              num_workers:int=0, # DataLoader workers that read an image folder
+             ) -> tuple: # (dataset of (image, label), class names)
+    "The evaluation images a checkpoint was scored on, made exactly as its run made them."
+    d = meta['data']
+    if d.get('pipeline') == 'tensor':  # at_demo's in-memory tensors
+        from attention_transfer.demo import eval_split
+        x, y, classes = eval_split(d['name'], d['input_size'], tuple(d['mean']), tuple(d['std']), d.get('holdout') or 0, num_workers)
+        return torch.utils.data.TensorDataset(x, y), classes
+    size = d.get('input_size') or (meta['model_args'].get('img_size') or _default_size(meta['model']))
+    norm = dict(mean=tuple(d['mean']), std=tuple(d['std'])) if d.get('mean') else dict(model=_default_norm(meta))
+    ds, _ = build_dataset(d['name'], False, size, **norm)
+    return ds, list(ds.classes)
+
+def _default_size(name:str) -> int:
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.input_size[-1] if cfg is not None else 224
+
+def _default_norm(meta:dict):
+    cfg = timm.models.get_pretrained_cfg((meta.get('teacher') or {}).get('model') or meta['model'])
+    return dict(mean=cfg.mean, std=cfg.std) if cfg is not None else None
+
+def _data_of(meta:dict, data, data_path, input_size, path) -> dict:
+    "The evaluation data of one checkpoint: as recorded, on other images (`--data`/`--data_path`, made the same way), or from the flags."
+    src = data or data_path or None
+    name = None if src is None else src if src in BUILTIN else str(Path(src).resolve())
+    d = meta.get('data')
+    if d is None:
+        if not src: raise TrainError(f"{path} does not say which data it was trained on: give --data NAME or --data_path FOLDER")
+        return dict(name=name, split='val', holdout=0, input_size=input_size, mean=None, std=None, pipeline='timm')
+    if input_size and d.get('input_size') and input_size != d['input_size']:
+        raise TrainError(f"--input_size {input_size} contradicts {path}, trained and evaluated at {d['input_size']}px: drop the flag")
+    if name is None or name == d['name']: return d
+    return {**d, 'name': name, 'split': 'val' if d.get('pipeline') == 'timm' else 'test', 'holdout': 0}  # other images, same classes (checked)
+
+def _describe_data(d:dict) -> str:
+    return f"{d['name']} {d.get('split')}{' (holdout ' + str(d['holdout']) + ')' if d.get('holdout') else ''}, {d.get('input_size')}px, {d.get('pipeline')}"
+
 @call_parse
 def at_eval(
-    checkpoints:Param("checkpoints: model.pth / model_ema.pth / checkpoint.pth of runs, or timm checkpoints with --model", str, nargs='+'),
-    model:str=None, # timm model name, for checkpoints that are not from an at_train run
+    checkpoints:Param("checkpoints: at_train's model.pth / model_ema.pth / checkpoint.pth, at_demo's students, or timm checkpoints with --model", str, nargs='+'),
+    model:str=None, # timm model name, for checkpoints that carry no description
+    teacher:str=None, # teacher weights of attention-copy checkpoints (default: the path recorded in the checkpoint)
     ema:store_true=False, # from training checkpoints (checkpoint.pth), evaluate the EMA weights
-    data:str=None, # built-in dataset (default: the first run's)
-    data_path:str='', # ImageFolder root with val/ (default: the first run's)
-    input_size:int=None, # image side (default: the first run's, else the model's)
-    batch_size:int=128,
-    num_workers:int=4,
+    data:str=None, # built-in dataset, for checkpoints that do not record theirs
+    data_path:str='', # ImageFolder root with train/ and val/, for checkpoints that do not record theirs
+    input_size:int=None, # image side, for checkpoints that do not record theirs (default: the model's)
+    batch_size:int=128, # images per process and batch (at_demo scores with 128 too)
+    num_workers:int=4, # DataLoader worker processes per process
     device:str=None, # default: cuda when available
     amp:str='auto', # autocast: auto (bf16 on CUDA), bf16, fp16, off
     how:str='prob', # ensemble by averaging probabilities (prob) or logits (logit)
-    output:str=None, # also write the results to this JSON file
+    output:str=None, # also write the results to this JSON file (a new file; missing folders are made)
 ):
-    "Evaluate checkpoints (copy checkpoints with their teacher) and the ensemble of their predictions."
+    "Evaluate checkpoints exactly as they were trained (copy students with their teacher) and the ensemble of their predictions."
+    if batch_size < 1: raise TrainError(f"--batch_size must be at least 1, not {batch_size}")
+    if num_workers < 0: raise TrainError(f"--num_workers must be 0 or more, not {num_workers}")
+    if how not in ens.COMBINE: raise TrainError(f"--how must be one of {', '.join(ens.COMBINE)}, not {how!r}")
+    if data and data_path: raise TrainError("give the data once: --data NAME or --data_path FOLDER")
+    if input_size is not None and input_size < 1: raise TrainError(f"--input_size must be at least 1, not {input_size}")
+    amp_dtype(amp, 'cpu')  # checks the name
+    if output: check_output_file(output)
     device = init_distributed(device)[0]
-    nets = [load_for_eval(c, model, ema) for c in checkpoints]
-    spec = nets[0][1]
-    src = data or data_path or spec.get('data') or spec.get('data_path')
-    if not src: raise TrainError("give the data: --data NAME or --data_path FOLDER")
-    size = input_size or spec.get('input_size') or timm.models.get_pretrained_cfg(spec['model']).input_size[-1]
-    cfg = timm.models.get_pretrained_cfg(spec.get('teacher') or spec['model'])
-    val_ds, nb = build_dataset(src, False, size, model=dict(mean=cfg.mean, std=cfg.std) if cfg else None)
-    dl = build_loader(val_ds, batch_size, False, num_workers)
-    try: r = ens.evaluate([n.to(device) for n, _ in nets], dl, how, topk=(1, min(5, nb)), device=device, amp_dtype=amp_dtype(amp, device))
-    except ValueError as e: raise TrainError(f"cannot ensemble these checkpoints: {e}") from None
+    nets = [load_for_eval(c, model, ema, teacher) for c in checkpoints]
+    specs = [_data_of(m, data, data_path, input_size, c) for c, (_, m) in zip(checkpoints, nets)]
+    if any(s != specs[0] for s in specs[1:]):
+        raise TrainError("the checkpoints were evaluated on different images and cannot be ensembled: "
+                         + '; '.join(f"{c}: {_describe_data(s)}" for c, s in zip(checkpoints, specs)))
+    classes = {tuple(m['classes']) for _, m in nets if m.get('classes')}
+    if len(classes) > 1: raise TrainError(f"the checkpoints disagree on their class names and cannot be ensembled: {' vs '.join(str(list(c)[:4]) + '...' for c in classes)}")
+    heads = [getattr(getattr(n, 'student', n), 'num_classes', None) for n, _ in nets]
+    if len(set(heads)) > 1: raise TrainError("the checkpoints disagree on their number of classes and cannot be ensembled: "
+                                             + ', '.join(f"{c}: {h}" for c, h in zip(checkpoints, heads)))
+    val_ds, names = eval_data(dict(nets[0][1], data=specs[0]), num_workers)
+    if classes and list(next(iter(classes))) != [str(c) for c in names]:
+        who = f"--{'data' if data else 'data_path'} {data or data_path}" if (data or data_path) else f"the data {specs[0]['name']}"
+        raise TrainError(f"{who} has the classes {[str(c) for c in names][:5]}..., not those {checkpoints[0]} was trained on, {list(next(iter(classes)))[:5]}...")
+    if heads[0] is not None and heads[0] < len(names):
+        raise TrainError(f"{checkpoints[0]} has {heads[0]} outputs for the {len(names)} classes of {specs[0]['name']}")
+    dl = build_loader(val_ds, batch_size, False, 0 if specs[0].get('pipeline') == 'tensor' else num_workers)  # tensors need no workers
+    r = ens.evaluate({f'model{i}': n.to(device) for i, (n, _) in enumerate(nets)}, dl, how, topk=(1, min(5, heads[0] or 5)),
+                     device=device, amp_dtype=amp_dtype(amp, device))
     res = {str(c): r[f'model{i}'] for i, c in enumerate(checkpoints)}
     if len(nets) > 1: res[f'ensemble ({how})'] = r['ensemble']
-    for k, v in res.items(): print(f"{k}: " + '  '.join(f"{m} {a:.2f}" for m, a in v.items()))
-    if output: write_atomic(json.dumps(res, indent=1) + '\n', output)
+    if rank() == 0:
+        for k, v in res.items(): print(f"{k}: " + '  '.join(f"{m} {a:.2f}" for m, a in v.items() if m.startswith('top')) + f"  ({v['n']} images)")
+        if output: write_atomic(json.dumps(res, indent=1) + '\n', output)
     return res
 
 def eval_main(argv:list|None=None):

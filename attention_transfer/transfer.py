@@ -198,9 +198,17 @@ class AttentionTransfer(nn.Module):
         return self.student.state_dict()
 
     def save_student(self, path, # `.pth`/`.pt` (torch.save) or `.safetensors`
+                     teacher_path=None, # the teacher's weights: recorded relative to `path` (and absolute, with its SHA-256)
+                     classes=None, # class names in label order
+                     data:dict|None=None, # how the evaluation images are made (see `models.model_meta`)
                     ):
-        "Save the student alone as a plain timm checkpoint, atomically (nothing half-written on failure)."
-        return save_timm_checkpoint(self.student, path)
+        "Save the student as a timm checkpoint that says what it is (method, target, layers, heads, teacher), atomically."
+        from attention_transfer.models import model_meta, ModelError
+        method = next((m for c in type(self).__mro__ for n, m in (('AttentionCopy', 'copy'), ('AttentionDistill', 'distill')) if c.__name__ == n), None)
+        try: meta = model_meta(self.student, method, dict(target=self.target, layers=self.layers, heads=self.heads), self.teacher, teacher_path, classes, data)
+        except ModelError as e:  # not a timm model: the weights alone
+            import warnings; warnings.warn(f"{path}: saved without a description ({e})"); meta = None
+        return save_timm_checkpoint(self.student, path, meta)
 
     def extra_repr(self): return f"target={self.target!r}, layers={self.layers}, heads={self.heads}, share_drop_path={self.share_drop_path}"
 

@@ -78,11 +78,6 @@ def check_reason(line:str, kind:str):
     if kind.startswith('unsafe'): assert 'refusing to load' in line and 'unsafe unpickling' in line and 'weights_only=False' in line, line
 
 
-def xfail_for(owner:str, kinds:dict):
-    "Mark the cases in `kinds` ({kind: reason}) as known failures of code `owner` owns (strict: the lead removes them)."
-    return lambda kind: pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=f'{owner}: {kinds[kind]}')) if kind in kinds else kind
-
-
 @pytest.mark.parametrize('kind', list(CKPTS))
 def test_train_finetune_refuses(env, kind):
     p, retry = env/'ck'/CKPTS[kind][0], env/'good'/'retry'
@@ -117,12 +112,7 @@ def test_eval_refuses_in_run_folder(env, kind, tmp_path):
     check_reason(line, kind)
 
 
-_H3 = xfail_for('H3 (07_train at_eval/_spec)', {
-    k: "without --model or model.json, _spec's bare torch.load hides the file's fault behind 'cannot tell which model'"
-       for k in ('truncated', 'unsafe_os_system')} | {'directory': "a directory is reported as 'checkpoint not found'"})
-
-
-@pytest.mark.parametrize('kind', [_H3(k) for k in ('missing', 'truncated', 'unsafe_os_system', 'directory')])
+@pytest.mark.parametrize('kind', ['missing', 'truncated', 'unsafe_os_system', 'directory'])
 def test_eval_without_model_says_what_is_wrong(env, kind):
     "`at_eval CHECKPOINT` alone: the file's own fault comes first, not a request for --model."
     p, out = env/'ck'/CKPTS[kind][0], env/'good'/'eval.json'

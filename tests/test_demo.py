@@ -2,7 +2,7 @@
 it writes (results.json's exact shape, the figures), reusing a teacher, an ImageFolder, and one-line failures."""
 import json, os, subprocess, sys
 from pathlib import Path
-import numpy as np, pytest
+import numpy as np, pytest, torch
 from PIL import Image
 
 BIN = Path(sys.executable).parent
@@ -28,13 +28,19 @@ def run(tmp_path_factory):
 def test_results_json_shape(run):
     out, _ = run
     res = json.loads((out/'results.json').read_text())
-    assert list(res) == ['seeds', 'wall_seconds', 'accuracy'] and res['seeds'] == [0, 1]
+    assert list(res) == ['seeds', 'wall_seconds', 'accuracy', 'gap_recovered', 'environment'] and res['seeds'] == [0, 1]
+    assert set(res['environment']) == {'cpu', 'cores', 'python', 'torch', 'timm', 'threads'} and res['environment']['torch'] == torch.__version__
     assert isinstance(res['wall_seconds'], float) and res['wall_seconds'] > 0
     assert list(res['accuracy']) == KEYS
     for k, v in res['accuracy'].items():
         assert len(v) == 2 and all(isinstance(a, float) and 0 <= a <= 100 for a in v), (k, v)
         # accuracies are exact percentages of the 540 test digits
         assert all(abs(a * 540 / 100 - round(a * 540 / 100)) < 1e-6 for a in v), (k, v)
+    # gap recovered: one definition, the ratio of the means over seeds; undefined (null) when fine-tune <= scratch
+    m = {k: np.mean(v) for k, v in res['accuracy'].items()}
+    for k in ('distill', 'copy'):
+        want = (m[k] - m['scratch']) / (m['finetune'] - m['scratch']) if m['finetune'] > m['scratch'] else None
+        assert res['gap_recovered'][k] == pytest.approx(want) if want is not None else res['gap_recovered'][k] is None
 
 
 def test_files_and_output(run):
@@ -47,7 +53,8 @@ def test_files_and_output(run):
     assert set(run_['jobs']) == {f'{m}_seed{s}' for m in KEYS[:4] for s in (0, 1)} | {'teacher'}
     assert 'scratch < distill < fine-tune in every seed' in r.stdout and 'paper, ImageNet' in r.stdout
     assert 'paired by seed: distill - scratch = ' in r.stdout and '(> 0 in ' in r.stdout
-    assert '100.00% [' in r.stdout  # the fastprogress bar ran to the end
+    assert '\r' not in r.stdout and '%' + ' [' not in r.stdout  # piped: no progress-bar frames, only lines
+    assert all(l.startswith(('seed ', 'teacher: ')) for l in r.stdout.splitlines()[1:10])  # each job's line on its own
 
 
 def test_reuse_teacher_and_methods(run, tmp_path):

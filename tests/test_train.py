@@ -82,7 +82,10 @@ def test_every_mode_writes_checkpoint_and_log(runs, data, mode):
     assert spec['mode'] == mode and spec['nb_classes'] == (10 if data == 'digits' else 3)
     if mode == 'copy': assert spec['finetune'].endswith('mae_teacher.pth') and spec['teacher'] == 'vit_nano_patch4_32'
     m = timm.create_model('vit_nano_patch4_32', num_classes=spec['nb_classes'], global_pool='avg')
-    m.load_state_dict(torch.load(d/'model.pth', weights_only=True))  # a plain timm checkpoint
+    m.load_state_dict(torch.load(d/'model.pth', weights_only=True)['model'])  # timm's layout: {'model': weights, 'meta': description}
+    meta = torch.load(d/'model.pth', weights_only=True)['meta']
+    assert (meta['method'], meta['model'], meta['model_args']['num_classes'], len(meta['classes'])) == (mode, 'vit_nano_patch4_32', spec['nb_classes'], spec['nb_classes'])
+    assert (meta['teacher'] is not None) == (mode in ('copy', 'distill')) and ck['meta'] == {**meta, 'teacher': ck['meta']['teacher']}
     assert (d/'model_ema.pth').is_file() and (d/'curves.png').is_file()
 
 
@@ -120,7 +123,7 @@ def test_resume_is_bit_exact(files, tmp_path):
     assert not (tmp_path/'split'/'model.pth').exists() and len(log(tmp_path/'split')) == 1
     at(*flags, '--output_dir', tmp_path/'split', '--resume', 'allow')
     for name in ('model.pth', 'model_ema.pth'):
-        a, b = (torch.load(tmp_path/r/name, weights_only=True) for r in ('whole', 'split'))
+        a, b = (torch.load(tmp_path/r/name, weights_only=True)['model'] for r in ('whole', 'split'))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert [r['train_loss'] for r in log(tmp_path/'whole')] == [r['train_loss'] for r in log(tmp_path/'split')]
 

@@ -50,3 +50,21 @@ def test_import_order(first):
         assert AttentionDistill is D and issubclass(D, attention_transfer.transfer.AttentionTransfer)
     """)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize('ext', ['pth', 'safetensors'])
+def test_save_student_says_what_it_is(tmp_path, ext):
+    "A copy student records its method, transfer and teacher (path relative to the file, SHA-256) in the file itself."
+    import hashlib
+    from attention_transfer.models import create_model, save_timm_checkpoint, checkpoint_meta
+    from attention_transfer.transfer import AttentionCopy
+    t = create_model('vit_tiny_patch16_224', None, **KW); s = create_model('vit_tiny_patch16_224', None, **KW)
+    save_timm_checkpoint(t, tmp_path/'teacher'/'t.pth')
+    AttentionCopy(t, s, end_layer=-1, heads=[1, 0]).save_student(tmp_path/'run'/f'student.{ext}', teacher_path=tmp_path/'teacher'/'t.pth',
+                                                                  classes=list('abcdefghij'))
+    m = checkpoint_meta(tmp_path/'run'/f'student.{ext}')
+    assert (m['method'], m['transfer'], m['model'], m['model_args']) == ('copy', dict(target='attn', layers=[0], heads=[0, 1]),
+                                                                         'vit_tiny_patch16_224', dict(num_classes=10, img_size=32, patch_size=8, depth=2))
+    assert m['teacher']['path'] == '../teacher/t.pth' and m['classes'] == list('abcdefghij')
+    assert m['teacher']['sha256'] == hashlib.sha256((tmp_path/'teacher'/'t.pth').read_bytes()).hexdigest()
+    assert AttentionDistill.__mro__ and checkpoint_meta(AttentionDistill(t, s).save_student(tmp_path/f'd.{ext}'))['method'] == 'distill'
