@@ -18,18 +18,18 @@ from .vit import show_attention
 from .attention import attention_maps
 from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion, build_loader
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta, save_timm_checkpoint
-from .train import Trainer, TrainError, make_method, seed_all, write_atomic, save_figure, run_script, progress_shown
-from .pretrain import create_mae, MAETrainer, save_encoder
+from .methods import TrainError, METHODS, get_method, build_task, TransferTask
+from .train import Trainer, Callback, seed_all, write_atomic, save_figure, run_script, progress_shown
+from .pretrain import create_mae, mae_trainer, save_encoder
 from .ensemble import predict, score
-from .transfer import transfer_layers, AttentionTransfer
+from .transfer import transfer_layers
 
 # %% auto #0
-__all__ = ['METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
-           'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data',
-           'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
-           'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
-           'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of',
-           'config_from_flags', 'at_demo', 'main']
+__all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'load_split', 'labelled_subset', 'holdout_split', 'translate', 'TensorLoader',
+           'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data', 'Report', 'pretrain_teacher',
+           'run_jobs', 'summarise', 'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results',
+           'attention_agreement', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
+           'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
 
 # %% ../nbs/11_demo.ipynb #13090c18
 def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
@@ -123,7 +123,7 @@ class TensorLoader:
             yield x, self.y[i]
 
 # %% ../nbs/11_demo.ipynb #fc0798ad
-METHODS = ('scratch', 'finetune', 'copy', 'distill')
+DEMO_METHODS = ('scratch', 'finetune', 'copy', 'distill')  # the paper's four, from the method table (`methods.METHODS`)
 ENSEMBLES = {'ensemble_finetune_distill': ('finetune', 'distill'), 'ensemble_finetune_scratch': ('finetune', 'scratch'),
              'ensemble_finetune_copy': ('finetune', 'copy')}
 PAPER = {'scratch': 83.0, 'finetune': 85.7, 'copy': 85.1, 'distill': 85.7, 'ensemble_finetune_distill': 86.3}  # ImageNet-1K, ViT-L/16
@@ -143,7 +143,7 @@ class DemoConfig:
     arch:dict=field(default_factory=dict) # overrides of the model's shape: depth, embed_dim, num_heads, ...
     size:int|None=None # image side (None: the model's)
     seeds:list=field(default_factory=lambda: [0, 1]) # one student of each method per seed
-    methods:list=field(default_factory=lambda: list(METHODS))
+    methods:list=field(default_factory=lambda: list(DEMO_METHODS)) # names in the method table; each needs a recipe
     epochs:int=40 # student epochs, the same for every method
     batch_size:int=64
     warmup_epochs:float=2.
@@ -209,13 +209,11 @@ def prepare_data(cfg:DemoConfig, # the run's settings
     return dict(x_all=x, x=x[lab], y=y[lab], x_eval=x_eval, y_eval=y_eval, classes=nc, class_names=names, fill=fill, mean=mean, std=std), cfg
 
 # %% ../nbs/11_demo.ipynb #de2687e5
-def _epochs(trainer:Trainer, report=None) -> list:
-    "Train `trainer` to the end of its schedule without a progress bar; `report()` after each epoch."
-    while trainer.epoch < trainer.epochs:
-        rec = dict(epoch=trainer.epoch, **trainer.train_epoch())
-        trainer.epoch += 1; trainer.history.append(rec)
-        if report is not None: report()
-    return trainer.history
+class Report(Callback):
+    "Call `report()` after each epoch (the demo's workers send a tick to the main process's progress bar)."
+    def __init__(self, report=None): self.report = report
+    def after_epoch(self, tr, rec):
+        if self.report is not None: self.report()
 
 def _usage(t0:float, c0:float) -> dict: return dict(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
@@ -230,68 +228,11 @@ def pretrain_teacher(data:dict, # from `prepare_data`
     mae = create_mae(cfg.model, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, mask_ratio=cfg.mask_ratio, **_arch(cfg))
     x = data['x_all']
     dl = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), min(cfg.pretrain_batch_size, len(x)), True, cfg.pad, data['fill'], cfg.hflip, seed=cfg.teacher_seed)
-    tr = MAETrainer(mae, dl, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_epochs=cfg.pretrain_warmup_epochs,
-                    amp='off', device='cpu')
-    hist = _epochs(tr, report)
+    tr = mae_trainer(mae, dl, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_epochs=cfg.pretrain_warmup_epochs,
+                     amp='off', device='cpu', callbacks=[Report(report)])
+    hist = tr.fit()
     save_encoder(mae, path)
     return dict(history=hist, path=str(path), **_usage(t0, c0))
-
-# %% ../nbs/11_demo.ipynb #9fb08308
-def build_student(method:str, # 'scratch', 'finetune', 'copy' or 'distill'
-                  cfg:DemoConfig, # the run's settings
-                  classes:int, # classes of the task
-                  teacher_path:str|Path|None=None, # the MAE encoder (all methods but scratch)
-                 ) -> tuple: # (student, network to train)
-    "The timm student for `method` and the network that trains it (the student itself, or a copy/distill pair with the frozen teacher)."
-    kw = dict(num_classes=classes, global_pool='avg', **_arch(cfg))
-    if method not in METHODS: raise TrainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
-    if method == 'scratch': return create_model(cfg.model, None, drop_path=cfg.drop_path, **kw), make_method('scratch')
-    if not teacher_path: raise TrainError(f"{method} needs a teacher checkpoint")
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', CheckpointNote)  # "global average pooling with a fresh fc_norm": expected
-        if method == 'finetune': return create_model(cfg.model, teacher_path, drop_path=cfg.drop_path, **kw), make_method('finetune')
-        teacher = create_teacher(cfg.model, teacher_path, **kw)
-    student = create_student(teacher, drop_path=cfg.drop_path)
-    return student, make_method(method, teacher, end_layer=cfg.recipes[method].get('end_layer', 0))
-
-EVAL_BATCH = 128  # at_eval's default batch size: the same batches give bit-identical logits
-
-def eval_loader(data:dict, # from `prepare_data`
-               ) -> torch.utils.data.DataLoader:
-    "The evaluation images in batches of `EVAL_BATCH`, in order, as `at_eval` reads them."
-    return build_loader(torch.utils.data.TensorDataset(data['x_eval'], data['y_eval']), EVAL_BATCH, False, distributed=False)
-
-def eval_spec(cfg:DemoConfig, # the run's settings (resolved by `prepare_data`)
-              data:dict, # from `prepare_data`
-             ) -> dict:
-    "How the demo makes its evaluation images, as a checkpoint's description records it (`models.model_meta`'s `data`)."
-    return dict(name=cfg.data if cfg.data in BUILTIN else str(Path(cfg.data).resolve()), split='holdout' if cfg.holdout else 'test',
-                holdout=cfg.holdout, input_size=cfg.size, mean=list(data['mean']), std=list(data['std']), pipeline='tensor')
-
-def train_student(data:dict, # from `prepare_data`
-                  cfg:DemoConfig, # the run's settings
-                  method:str, # 'scratch', 'finetune', 'copy' or 'distill'
-                  seed:int, # student initialisation, data order, augmentation, drop path
-                  teacher_path:str|Path|None=None, # the MAE encoder (all methods but scratch)
-                  report=None, # called after each epoch
-                 ) -> dict: # method, seed, acc, logits (`n classes`), state_dict, meta, history, seconds, cpu_seconds
-    "Train one student with `method`'s recipe and the shared budget; its accuracy (%), logits and description (`model_meta`)."
-    t0, c0 = time.perf_counter(), time.process_time()
-    seed_all(seed)
-    student, method_fn = build_student(method, cfg, data['classes'], teacher_path)
-    r = cfg.recipes[method]
-    dl = TensorLoader(data['x'], data['y'], cfg.batch_size, True, cfg.pad, data['fill'], cfg.hflip, seed=seed)
-    tr = Trainer(student, dl, None, method_fn, epochs=cfg.epochs, lr=r['lr'], min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
-                 weight_decay=cfg.weight_decay, layer_decay=r.get('layer_decay', 1.), beta2=cfg.beta2, atd_weight=cfg.atd_weight,
-                 criterion=build_criterion(None, cfg.smoothing), amp='off', device='cpu')
-    hist = _epochs(tr, report)
-    logits, y = predict({method: tr.net}, eval_loader(data))  # a copy pair runs its teacher
-    acc = score(logits, y)[method]['top1']
-    pair = tr.net if isinstance(tr.net, AttentionTransfer) else None
-    meta = model_meta(student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads) if pair else None,
-                      pair.teacher if pair else None, teacher_path if pair else None, data['class_names'], eval_spec(cfg, data))
-    return dict(method=method, seed=seed, acc=acc, logits=logits[method], state_dict=student.state_dict(), meta=meta,
-                history=hist, **_usage(t0, c0))
 
 # %% ../nbs/11_demo.ipynb #e652cf18
 _W = {}  # per worker process: the data and the progress queue
@@ -318,13 +259,13 @@ def run_jobs(data:dict, # from `prepare_data`
              write=print, # where to print one line per finished job
             ) -> dict: # {'teacher': pretraining result or None, (method, seed): student result}
     "Pre-train the teacher (unless given) and train every (method, seed) student, in parallel processes, with one progress bar."
-    need = [m for m in cfg.methods if m != 'scratch']
+    need = [m for m in cfg.methods if get_method(m).teacher != 'none']  # methods that use the pre-trained encoder
     pretrain = bool(need) and not cfg.teacher
     teacher_path = str(cfg.teacher or teacher_path)
     first = [('pretrain', dict(cfg=cfg, path=teacher_path))] if pretrain else []
-    first += [('student', dict(cfg=cfg, method='scratch', seed=s)) for s in cfg.seeds if 'scratch' in cfg.methods]
+    first += [('student', dict(cfg=cfg, method=m, seed=s)) for m in cfg.methods if m not in need for s in cfg.seeds]
     later = [('student', dict(cfg=cfg, method=m, seed=s, teacher_path=teacher_path))
-             for m in ('copy', 'distill', 'finetune') if m in cfg.methods for s in cfg.seeds]
+             for m in sorted(need, key=lambda m: ('copy', 'distill', 'finetune', m).index(m)) for s in cfg.seeds]  # the longest first
     if not pretrain: first, later = first + later, []
     total = (cfg.pretrain_epochs if pretrain else 0) + cfg.epochs * (len(first) + len(later) - pretrain)
     pb = progress_bar(range(total)) if progress_shown() else None  # drawn only where it is seen: a piped log gets the lines alone
@@ -382,7 +323,7 @@ def summarise(res:dict, # from `run_jobs`
               y:torch.Tensor, # labels of the evaluation images
              ) -> dict: # {name: [accuracy per seed]}
     "Accuracy (%) per seed of every method and of the ensembles whose members were trained."
-    acc = {m: [res[(m, s)]['acc'] for s in cfg.seeds] for m in METHODS if m in cfg.methods}
+    acc = {m: [res[(m, s)]['acc'] for s in cfg.seeds] for m in sorted(cfg.methods, key=lambda m: (*DEMO_METHODS, m).index(m))}
     for name, members in ENSEMBLES.items():
         if all(m in cfg.methods for m in members):  # `ensemble.score`, the function at_eval uses, on the members' saved logits
             acc[name] = [score({m: res[(m, s)]['logits'] for m in members}, y)['ensemble']['top1'] for s in cfg.seeds]
@@ -414,10 +355,10 @@ def paired(acc:dict, # from `summarise`
     return dict(mean=float(d.mean()), std=float(d.std(ddof=1)) if len(d) > 1 else float('nan'), wins=int((d > 0).sum()), n=len(d))
 
 # %% ../nbs/11_demo.ipynb #68515154
-_NAMES = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'attention copy', 'distill': 'attention distillation',
-          'ensemble_finetune_distill': 'ens. fine-tune + distill', 'ensemble_finetune_scratch': 'ens. fine-tune + scratch',
-          'ensemble_finetune_copy': 'ens. fine-tune + copy'}
-_SHORT = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'copy', 'distill': 'distill',
+_ENSEMBLE_NAMES = {'ensemble_finetune_distill': 'ens. fine-tune + distill', 'ensemble_finetune_scratch': 'ens. fine-tune + scratch',
+                   'ensemble_finetune_copy': 'ens. fine-tune + copy'}
+def _name(k:str) -> str: return _ENSEMBLE_NAMES.get(k) or get_method(k).label  # the method table's label
+_SHORT = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'copy', 'distill': 'distill',  # figure ticks; other methods: their name
           'ensemble_finetune_distill': 'ens. ft\n+ distill', 'ensemble_finetune_scratch': 'ens. ft\n+ scratch',
           'ensemble_finetune_copy': 'ens. ft\n+ copy'}
 
@@ -428,7 +369,7 @@ def _paired_line(acc:dict) -> str:
     out = []
     for a, b in (('distill', 'scratch'), ('finetune', 'distill'), ('ensemble_finetune_distill', 'ensemble_finetune_scratch')):
         if a not in acc or b not in acc: continue
-        p, name = paired(acc, a, b), ' - '.join(_SHORT[m].replace('\n', ' ') for m in (a, b))
+        p, name = paired(acc, a, b), ' - '.join(_SHORT.get(m, m).replace('\n', ' ') for m in (a, b))
         sd = f" ± {p['std']:.2f}" if p['n'] > 1 else ''
         out.append(f"{name} = {p['mean']:+.2f}{sd} (> 0 in {p['wins']} of {p['n']})")
     return 'paired by seed: ' + '; '.join(out)
@@ -440,7 +381,7 @@ def results_table(acc:dict, # from `summarise`
     "A text table: mean ± std (sample std over seeds) and per-seed accuracy of each method, beside the paper's ImageNet top-1."
     rows = [f"{'method':26s} {'mean ± std (%)':>15s}  {'per seed (' + ', '.join(map(str, seeds)) + ')':30s} {'paper, ImageNet ViT-L/16':>24s}"]
     for k, v in acc.items():
-        rows.append(f"{_NAMES[k]:26s} {_ms(v):>15s}  {' '.join(f'{a:.2f}' for a in v):30s} {PAPER[k] if k in PAPER else '–':>24}")
+        rows.append(f"{_name(k):26s} {_ms(v):>15s}  {' '.join(f'{a:.2f}' for a in v):30s} {PAPER[k] if k in PAPER else '–':>24}")
     lines = ['\n'.join(rows)]
     if all(k in acc for k in ('scratch', 'finetune', 'distill')):
         for m in ('distill', 'copy'):
@@ -469,12 +410,12 @@ def plot_results(acc:dict, # from `summarise`
         ax.text(i, means[i] + stds[i] + .15, f"{means[i]:.1f}", ha='center', fontsize=8)
     lo = min(min(v) for v in acc.values())
     ax.set_ylim(max(0, lo - 3), min(100, max(max(v) for v in acc.values()) + 1.5))
-    ax.set_xticks(range(len(names)), [_SHORT[k] for k in names], fontsize=8)
+    ax.set_xticks(range(len(names)), [_SHORT.get(k, k) for k in names], fontsize=8)
     ax.set_ylabel('top-1 accuracy (%)'); ax.set_title(title or 'this run', fontsize=10)
     pk = [k for k in names if k in PAPER]
     ax2.bar(range(len(pk)), [PAPER[k] for k in pk], color=[cols[names.index(k)] for k in pk], alpha=.8)
     for i, k in enumerate(pk): ax2.text(i, PAPER[k] + .1, f"{PAPER[k]:.1f}", ha='center', fontsize=8)
-    ax2.set_ylim(80, 87.5); ax2.set_xticks(range(len(pk)), [_SHORT[k] for k in pk], fontsize=8)
+    ax2.set_ylim(80, 87.5); ax2.set_xticks(range(len(pk)), [_SHORT.get(k, k) for k in pk], fontsize=8)
     ax2.set_title('paper: ImageNet-1K, ViT-L/16, MAE teacher', fontsize=10)
     fig.tight_layout()
     return fig
@@ -533,14 +474,15 @@ def check_config(cfg:DemoConfig):
     if not cfg.seeds: raise TrainError("--seeds: give at least one seed")
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad: raise TrainError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if bad := [m for m in cfg.methods if 'lr' not in cfg.recipes.get(m, {})]: raise TrainError(f"--methods: no recipe (lr) for {', '.join(bad)}")
     if cfg.teacher and not Path(cfg.teacher).is_file(): raise TrainError(f"--teacher: checkpoint not found: {cfg.teacher}")
     if not timm.is_model(cfg.model): raise TrainError(f"--model: unknown model {cfg.model!r} (not in timm's registry)")
     with warnings.catch_warnings():  # a given teacher is loaded now: a corrupt or mismatched one fails before any student trains
         warnings.simplefilter('ignore', CheckpointNote)
-        need = cfg.teacher if any(m != 'scratch' for m in cfg.methods) else ''
+        need = cfg.teacher if any(get_method(m).teacher != 'none' for m in cfg.methods) else ''
         depth = len((create_teacher(cfg.model, need, global_pool='avg', **_arch(cfg)) if need else create_model(cfg.model, None, **_arch(cfg))).blocks)
-    for m in ('copy', 'distill'):
-        if m not in cfg.methods: continue
+    for m in cfg.methods:
+        if 'end_layer' not in get_method(m).options: continue
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
         except ValueError as e: raise TrainError(f"--end_layer_{m}: {e}") from None
 
@@ -645,7 +587,7 @@ def config_from_flags(flags:dict) -> DemoConfig:
     f = {k: v for k, v in flags.items() if v is not None}
     cfg = DemoConfig()
     rec = {m: dict(r) for m, r in cfg.recipes.items()}
-    for m in METHODS:
+    for m in DEMO_METHODS:
         if f'lr_{m}' in f: rec[m]['lr'] = f.pop(f'lr_{m}')
         if f'layer_decay_{m}' in f: rec[m]['layer_decay'] = f.pop(f'layer_decay_{m}')
         if f'end_layer_{m}' in f: rec[m]['end_layer'] = f.pop(f'end_layer_{m}')
@@ -654,7 +596,7 @@ def config_from_flags(flags:dict) -> DemoConfig:
     for k in ('epochs', 'pretrain_epochs', 'batch_size', 'pretrain_batch_size'):
         if k in f and f[k] < 1: raise TrainError(f"--{k} must be at least 1, not {f[k]}")
     if f.get('n_labelled') is not None and f['n_labelled'] < 1: raise TrainError(f"--n_labelled must be at least 1, not {f['n_labelled']}")
-    for m in METHODS:
+    for m in DEMO_METHODS:
         if not rec[m]['lr'] > 0: raise TrainError(f"--lr_{m} must be positive, not {rec[m]['lr']}")
         if not 0 < rec[m]['layer_decay'] <= 1: raise TrainError(f"--layer_decay_{m} must be in (0, 1], not {rec[m]['layer_decay']}")
     for k, lo, hi in (('drop_path', 0, 1), ('mask_ratio', 0, 1)):

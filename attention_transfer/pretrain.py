@@ -16,7 +16,7 @@ from .data import build_dataset, build_loader, BUILTIN
 # %% auto #0
 __all__ = ['PRETRAIN_KEYS', 'patchify', 'unpatchify', 'random_masking', 'mae_loss', 'MaskedAutoencoder', 'create_mae',
            'encoder_state_dict', 'save_encoder', 'reconstruct', 'show_reconstructions', 'encoder_features',
-           'knn_accuracy', 'linear_probe_accuracy', 'probe_encoder', 'ReconstructionLoss', 'PassLoss', 'MAETrainer',
+           'knn_accuracy', 'linear_probe_accuracy', 'probe_encoder', 'MAETask', 'ExportEncoder', 'mae_trainer',
            'at_pretrain', 'main']
 
 # %% ../nbs/10_pretrain.ipynb #6236fdfa
@@ -271,41 +271,44 @@ def probe_encoder(model:VisionTransformer, # frozen encoder to score
             for pool in ('token', 'avg') if pool in ftr for m, fn in (('knn', lambda *a: knn_accuracy(*a, k=k)), ('linear', linear_probe_accuracy))}
 
 # %% ../nbs/10_pretrain.ipynb #29adfc4d
-from .train import Trainer, TrainError, rank, write_atomic, plot_log, save_figure
+from timm.task import TrainingTask
+from .train import Trainer, TrainError, Callback, ProgressBar, LogJSONL, SaveCheckpoint, rank, plot_log, save_figure
 
-class ReconstructionLoss(nn.Module):
-    "The network the Trainer trains: images -> MAE loss (the MAE's state_dict is the checkpoint's)."
-    def __init__(self, mae:MaskedAutoencoder): super().__init__(); self.mae = mae
-    def forward(self, x): return self.mae(x)[0]
-
-class PassLoss(nn.Module):
-    "A criterion for networks that return their loss: returns it, ignoring the labels."
-    def forward(self, loss, target): return loss
-
-class MAETrainer(Trainer):
-    "`attention_transfer.train.Trainer` for MAE pre-training; `export` writes the encoder (`encoder.pth`, MAE format)."
-    def __init__(self,
-                 mae:MaskedAutoencoder, # the model to pre-train (encoder and decoder are optimised and checkpointed)
-                 train_dl, # unlabeled training images (labels, if any, are ignored)
-                 *, weight_decay:float=0.05, beta2:float=0.95, min_lr:float=0., layer_decay:float=1., # MAE's defaults
-                 recon_images:torch.Tensor|None=None, # a few images for `reconstructions.png` at the end
-                 norm:tuple=((0.,), (1.,)), # (mean, std) of the images, to draw them
-                 **kw, # `Trainer` options: epochs, lr, warmup_epochs, accum_iter, clip_grad, amp, device, output_dir, meta, ...
+class MAETask(TrainingTask):
+    "MAE pre-training as a timm `TrainingTask`: `forward(x, y)` -> {'loss': reconstruction loss, 'output': None}; labels are ignored."
+    def __init__(self, mae:MaskedAutoencoder, # the model to pre-train (encoder and decoder are optimised and checkpointed)
                 ):
-        super().__init__(mae, train_dl, None, ReconstructionLoss, criterion=PassLoss(), weight_decay=weight_decay,
-                         beta2=beta2, min_lr=min_lr, layer_decay=layer_decay, **kw)
-        self.recon_images, self.norm = recon_images, norm
+        super().__init__(verbose=False); self.trainable_module = mae
+    def forward(self, input:torch.Tensor, target=None) -> dict: return {'loss': self.trainable_module(input)[0], 'output': None}
 
-    def export(self):
-        "Write `encoder.pth` ({'model': encoder state_dict}), `curves.png` and `reconstructions.png` (rank 0)."
-        if self.output_dir is None or rank() != 0: return
-        save_encoder(self.student, self.output_dir/'encoder.pth')
-        figs = {'curves.png': (lambda: plot_log(self.history)) if self.history else None,
-                'reconstructions.png': (lambda: show_reconstructions(self.student, self.recon_images.to(self.device), *self.norm))
+# %% ../nbs/10_pretrain.ipynb #c4801473
+class ExportEncoder(Callback):
+    "When the schedule is complete: `encoder.pth` ({'model': encoder state_dict}), `curves.png` and `reconstructions.png` (rank 0)."
+    order = 20
+    def __init__(self, recon_images:torch.Tensor|None=None, # a few images for `reconstructions.png`
+                 norm:tuple=((0.,), (1.,)), # (mean, std) of the images, to draw them
+                ): self.recon_images, self.norm = recon_images, norm
+    def after_fit(self, tr):
+        if tr.epoch < tr.epochs or tr.output_dir is None or rank() != 0: return
+        save_encoder(tr.student, tr.output_dir/'encoder.pth')
+        figs = {'curves.png': (lambda: plot_log(tr.history)) if tr.history else None,
+                'reconstructions.png': (lambda: show_reconstructions(tr.student, self.recon_images.to(tr.device), *self.norm))
                                        if self.recon_images is not None else None}
         for name, make in figs.items():
             if make is None: continue
-            fig = make(); save_figure(fig, self.output_dir/name, 100); plt.close(fig)
+            fig = make(); save_figure(fig, tr.output_dir/name, 100); plt.close(fig)
+
+def mae_trainer(mae:MaskedAutoencoder, # the model to pre-train
+                train_dl, # unlabeled training images (labels, if any, are ignored)
+                *, weight_decay:float=0.05, beta2:float=0.95, min_lr:float=0., layer_decay:float=1., # MAE's defaults
+                recon_images:torch.Tensor|None=None, norm:tuple=((0.,), (1.,)), # for `reconstructions.png` (see `ExportEncoder`)
+                callbacks:list|None=None, # None: progress, `log.jsonl`, checkpoints and `ExportEncoder`
+                **kw, # `Trainer` options: epochs, lr, warmup_epochs, accum_iter, clip_grad, amp, device, output_dir, meta, ...
+               ) -> Trainer:
+    "A `Trainer` for MAE pre-training: `MAETask`, MAE's optimizer defaults, and the encoder written at the end."
+    if callbacks is None: callbacks = [ProgressBar(), LogJSONL(), SaveCheckpoint(), ExportEncoder(recon_images, norm)]
+    return Trainer(MAETask(mae), train_dl, None, weight_decay=weight_decay, beta2=beta2, min_lr=min_lr, layer_decay=layer_decay,
+                   callbacks=callbacks, **kw)
 
 # %% ../nbs/10_pretrain.ipynb #0ada0533
 from fastcore.script import call_parse, Param, bool_arg
@@ -399,7 +402,7 @@ def at_pretrain(
     ds, _ = build_dataset(f['data'], True, f['input_size'], aa='none', reprob=0., scale=scale, hflip=f['hflip'], mean=mean, std=std)
     dl = build_loader(ds, f['batch_size'], True, f['num_workers'], seed=f['seed'], pin_memory=device.type == 'cuda')
     f['abs_lr'] = effective_lr(f['blr'], f['batch_size'], f['accum_iter'], world, f['lr'])
-    trainer = MAETrainer(mae, dl, epochs=f['epochs'], lr=f['abs_lr'], min_lr=f['min_lr'], warmup_epochs=f['warmup_epochs'],
+    trainer = mae_trainer(mae, dl, epochs=f['epochs'], lr=f['abs_lr'], min_lr=f['min_lr'], warmup_epochs=f['warmup_epochs'],
                          weight_decay=f['weight_decay'], beta2=f['beta2'], accum_iter=f['accum_iter'], clip_grad=f['clip_grad'],
                          amp=f['amp'], steps_per_epoch=f['steps_per_epoch'], device=device, output_dir=f['output_dir'], meta=f,
                          recon_images=torch.stack([ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 6))][:6]), norm=(mean, std))
