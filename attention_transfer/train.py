@@ -29,12 +29,12 @@ from .models import create_model, atomic_write, create_teacher, create_student, 
 __all__ = ['LAYER_DECAY_RULES', 'AMP', 'LOG_KEYS', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'as_task',
            'trained_model', 'layer_ids', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype',
            'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
-           'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'evaluate', 'unused_parameters', 'Trainer',
-           'load_exact', 'check_optimizer_state', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL',
-           'SaveCheckpoint', 'ExportModel', 'progress_shown', 'ProgressBar', 'default_callbacks', 'timm_name',
-           'parse_mode', 'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256', 'check_resume', 'at_train',
-           'preset_args', 'expand_preset', 'preset_command', 'run_script', 'main', 'eval_meta', 'find_teacher',
-           'load_for_eval', 'check_output_file', 'eval_data', 'at_eval', 'eval_main']
+           'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'unused_parameters', 'Trainer', 'load_exact',
+           'check_optimizer_state', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint',
+           'ExportModel', 'progress_shown', 'ProgressBar', 'default_callbacks', 'timm_name', 'parse_mode',
+           'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256', 'check_resume', 'at_train', 'preset_args',
+           'expand_preset', 'preset_command', 'run_script', 'main', 'eval_meta', 'find_teacher', 'load_for_eval',
+           'check_output_file', 'eval_data', 'at_eval', 'eval_main']
 
 # %% ../nbs/08_train.ipynb #ba5fa08a
 def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to train as classification
@@ -206,15 +206,6 @@ def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
 def _autocast(device:torch.device, dtype:torch.dtype|None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-def evaluate(net:nn.Module, # network (in eval mode it returns logits)
-             dl, # this process's shard of the validation data
-             device:torch.device|str='cpu',
-             amp:torch.dtype|None=None, # autocast dtype (see `amp_dtype`)
-            ) -> dict: # acc1, acc5 (in %), loss, n (images over all processes)
-    "Top-1 / top-5 accuracy and cross-entropy of `net` over `dl`, summed over all processes (`ensemble.evaluate`)."
-    r = ens.evaluate({'model': net}, dl, device=torch.device(device), amp_dtype=amp)['model']
-    return dict(acc1=r['top1'], acc5=r['top5'], loss=r['loss'], n=r['n'])
-
 # %% ../nbs/08_train.ipynb #3f6983a0
 def unused_parameters(net:nn.Module, # a task's trainable module (e.g. a copy pair)
                       student:nn.Module, # whose trainable parameters are checked
@@ -335,9 +326,9 @@ def eval_model(self:Trainer, ema:bool=False) -> nn.Module:
 def validate(self:Trainer) -> dict:
     "Evaluate the model (`test_*`) and its EMA (`ema_*`) on the validation data."
     if self.val_dl is None: return {}
-    out = {f'test_{k}': v for k, v in evaluate(self.eval_model(), self.val_dl, self.device, self.amp).items()}
-    if self.ema is not None: out.update({f'ema_{k}': v for k, v in evaluate(self.eval_model(ema=True), self.val_dl, self.device, self.amp).items()})
-    return out
+    nets = {'test': self.eval_model()} | ({'ema': self.eval_model(ema=True)} if self.ema is not None else {})
+    res = {k: ens.evaluate({k: net}, self.val_dl, device=self.device, amp_dtype=self.amp)[k] for k, net in nets.items()}
+    return {f'{k}_{m}': v for k, r in res.items() for m, v in r.items()}
 
 # %% ../nbs/08_train.ipynb #70bd1876
 from .models import model_meta, checkpoint_meta, save_timm_checkpoint, file_sha256, _placed
@@ -444,7 +435,7 @@ def save(self:Trainer, path:str|Path|None=None) -> Path|None:
     if path is None or rank() != 0: return None
     return save_atomic(ck, path)
 
-LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('test_acc1', 'acc1'), ('ema_acc1', 'ema acc1'), ('images_per_s', 'img/s'), ('seconds', 's')]
+LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('test_top1', 'top1'), ('ema_top1', 'ema top1'), ('images_per_s', 'img/s'), ('seconds', 's')]
 
 def log_line(rec:dict) -> str:
     "The printed summary of an epoch record."
@@ -479,7 +470,7 @@ def plot_log(log:str|Path|list, # a run's folder, its log.jsonl, or the records
     ep = [r['epoch'] for r in recs]
     fig, axs = plt.subplots(1, 3, figsize=(12, 3))
     series = [(0, 'train_loss', 'train loss'), (0, 'transfer_loss', 'transfer loss'), (0, 'test_loss', 'test loss'),
-              (1, 'test_acc1', 'model'), (1, 'ema_acc1', 'EMA'), (2, 'lr', 'lr (end of epoch)')]
+              (1, 'test_top1', 'model'), (1, 'ema_top1', 'EMA'), (2, 'lr', 'lr (end of epoch)')]
     for i, k, label in series:
         if any(r.get(k) is not None for r in recs): axs[i].plot(ep, [r.get(k, float('nan')) for r in recs], 'o-', label=label)
     for ax, t in zip(axs, ('loss', 'top-1 accuracy (%)', 'learning rate')):

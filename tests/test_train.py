@@ -75,7 +75,7 @@ def test_every_mode_writes_checkpoint_and_log(runs, data, mode):
     rec, = log(d)
     assert rec['epoch'] == 0 and rec['step'] == 2 and np.isfinite(rec['train_loss'])
     assert ('transfer_loss' in rec) == (mode == 'distill')
-    for k in ('test_acc1', 'test_acc5', 'ema_acc1', 'ema_acc5', 'lr', 'seconds', 'images_per_s'): assert k in rec
+    for k in ('test_top1', 'test_top5', 'ema_top1', 'ema_top5', 'lr', 'seconds', 'images_per_s'): assert k in rec
     ck = torch.load(d/'checkpoint.pth', weights_only=True)
     assert (ck['epoch'], ck['step'], ck['args']['mode']) == (0, 2, mode)
     spec = json.loads((d/'model.json').read_text())
@@ -95,7 +95,7 @@ def test_at_eval_runs_and_ensemble(runs):
     res = json.loads((runs['digits', 'copy'].parent/'eval.json').read_text())
     assert len(res) == 4 and 'ensemble (prob): top1' in r.stdout
     copy_acc = res[str(runs['digits', 'copy']/'model.pth')]['top1']
-    assert abs(copy_acc - log(runs['digits', 'copy'])[0]['test_acc1']) < 1e-6  # same network as in training: the copy net
+    assert abs(copy_acc - log(runs['digits', 'copy'])[0]['test_top1']) < 1e-6  # same network as in training: the copy net
 
 
 def test_two_processes_match_one(files, tmp_path):
@@ -108,7 +108,7 @@ def test_two_processes_match_one(files, tmp_path):
     assert two['first_loss'] == pytest.approx(one['first_loss'], rel=1e-5, abs=1e-6)
     assert two['train_loss'] == pytest.approx(one['train_loss'], rel=1e-4)   # after one synchronised update, too
     assert two['test_n'] == one['test_n'] == 540                              # evaluation shards cover the set once
-    assert two['test_acc1'] == pytest.approx(one['test_acc1'], abs=0.2)
+    assert two['test_top1'] == pytest.approx(one['test_top1'], abs=0.2)
     ck = torch.load(tmp_path/'two'/'checkpoint.pth', weights_only=True)
     assert len(ck['rng']) == 2 and ck['step'] == 2                            # both processes' RNG states saved
 
