@@ -47,8 +47,8 @@ def make_method(mode:str, # 'scratch', 'finetune', 'copy' or 'distill'
     if mode not in MODES: raise TrainError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode in ('scratch', 'finetune'): return _plain
     if teacher is None: raise TrainError(f"mode {mode!r} needs a teacher")
-    import attention_transfer.transfer as at
-    return functools.partial(at.AttentionCopy if mode == 'copy' else at.AttentionDistill, teacher, **transfer)
+    import attention_transfer.transfer as at, attention_transfer.distill as ad
+    return functools.partial(at.AttentionCopy if mode == 'copy' else ad.AttentionDistill, teacher, **transfer)
 
 def split_output(out) -> tuple:
     "`(logits, transfer_loss)` from a network's output; `transfer_loss` is None when the network returns logits only."
