@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 
 # %% auto #0
-__all__ = ['COMBINE', 'combine', 'Ensemble', 'predict', 'score', 'evaluate']
+__all__ = ['COMBINE', 'combine', 'Ensemble', 'rank', 'world_size', 'all_reduce_sum', 'predict', 'score', 'evaluate']
 
 # %% ../nbs/04_ensemble.ipynb #fb03ac74
 COMBINE = ('prob', 'logit')
@@ -50,6 +50,22 @@ class Ensemble(nn.Module):
         "The members' combined scores `b classes` on `x`."
         return combine(list(self.member_logits(x).values()), self.how)
 
+# %% ../nbs/04_ensemble.ipynb #ebfbdf71
+def rank() -> int:
+    "This process's rank (0 outside torch.distributed)."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+def world_size() -> int:
+    "Number of processes (1 outside torch.distributed)."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def all_reduce_sum(t:torch.Tensor, # this process's values (any device)
+                  ) -> torch.Tensor: # the sum over processes, on `t`'s device
+    "Sum `t` over all processes (a copy; `t` itself outside torch.distributed)."
+    if world_size() == 1: return t
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else t.device  # NCCL: GPU tensors only
+    r = t.to(dev, copy=True); dist.all_reduce(r); return r.to(t.device)
+
 # %% ../nbs/04_ensemble.ipynb #4f1a66c5
 def _members(models) -> Ensemble:
     return models if isinstance(models, Ensemble) else Ensemble(models if isinstance(models, (list, dict)) else {'model': models})
@@ -78,12 +94,6 @@ def predict(models, # a module, a list of modules, {name: module}, or an `Ensemb
     if not ys: return {n: torch.zeros(0, 0) for n in outs}, torch.zeros(0, dtype=torch.long)  # an empty shard
     return {n: torch.cat(l) for n, l in outs.items()}, torch.cat(ys)
 
-def _all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
-    "Sum `t` over all processes (NCCL reduces on the GPU); `t` itself outside torch.distributed."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
-    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else t.device
-    r = t.to(dev, copy=True); dist.all_reduce(r); return r.to(t.device)
-
 def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
           y:torch.Tensor, # `n` labels
           how:str='prob', # how the ensemble combines its members: 'prob' or 'logit'
@@ -102,7 +112,7 @@ def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
         top = z.topk(min(max(topk), z.shape[1]), -1).indices == y[:, None]  # n k: label at rank j
         s[i, :len(topk)] = torch.tensor([top[:, :k].any(-1).sum().item() for k in topk], dtype=torch.float64)
         s[i, -2:] = torch.tensor([F.cross_entropy(z, y, reduction='sum').item(), len(y)], dtype=torch.float64)
-    s = _all_reduce_sum(s)
+    s = all_reduce_sum(s)
     n = int(s[0, -1])
     if n == 0: raise ValueError("the loader yielded no samples")
     return {nm: {**{f'top{k}': 100 * s[i, j].item() / n for j, k in enumerate(topk)}, 'loss': s[i, -2].item() / n, 'n': n}

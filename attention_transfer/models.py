@@ -15,7 +15,7 @@ import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_n
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
            'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint',
-           'file_sha256', 'model_args', 'model_meta', 'checkpoint_meta']
+           'file_sha256', 'model_args', 'model_meta', 'checkpoint_meta', 'save_student']
 
 # %% ../nbs/06_models.ipynb #98af3ef7
 class ModelError(Exception):
@@ -379,3 +379,22 @@ def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoi
     except Exception: ck = _read(p, 'cpu')  # legacy or damaged files: `_read`'s messages
     m = ck.get('meta') if isinstance(ck, dict) else None
     return m if isinstance(m, dict) else None
+
+# %% ../nbs/06_models.ipynb #3066a062
+from .transfer import AttentionTransfer, AttentionCopy
+from .distill import AttentionDistill
+
+def save_student(pair:AttentionTransfer, # an `AttentionCopy` or `AttentionDistill` (any `AttentionTransfer`: method not recorded)
+                 path:str|Path, # `.pth`/`.pt` (torch.save) or `.safetensors`
+                 teacher_path:str|Path|None=None, # the teacher's weights: recorded relative to `path` (and absolute, with its SHA-256)
+                 classes:list|None=None, # class names in label order
+                 data:dict|None=None, # how the evaluation images are made (see `model_meta`)
+                ) -> Path:
+    "Save `pair`'s student as a timm checkpoint that says what it is (method, target, layers, heads, teacher), atomically."
+    if not isinstance(pair, AttentionTransfer):
+        raise TypeError(f"save_student takes a teacher–student pair, not a {type(pair).__name__}: save a single model with save_timm_checkpoint")
+    method = 'copy' if isinstance(pair, AttentionCopy) else 'distill' if isinstance(pair, AttentionDistill) else None
+    try: meta = model_meta(pair.student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads), pair.teacher, teacher_path, classes, data)
+    except ModelError as e:  # not a timm model: the weights alone
+        warnings.warn(f"{path}: saved without a description ({e})"); meta = None
+    return save_timm_checkpoint(pair.student, path, meta)

@@ -22,6 +22,7 @@ from timm.utils import unwrap_model
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_dataset, build_loader, build_mixup, build_criterion, DataError
 import attention_transfer.ensemble as ens
+from .ensemble import rank, world_size, all_reduce_sum
 from .methods import TrainError, build_task, split_output, TransferTask
 from .models import create_model, atomic_write, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
 
@@ -29,12 +30,12 @@ from .models import create_model, atomic_write, create_teacher, create_student, 
 __all__ = ['LAYER_DECAY_RULES', 'AMP', 'LOG_KEYS', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'as_task',
            'trained_model', 'layer_ids', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype',
            'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
-           'init_distributed', 'rank', 'world_size', 'all_reduce_sum', 'unused_parameters', 'Trainer', 'load_exact',
-           'check_optimizer_state', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint',
-           'ExportModel', 'progress_shown', 'ProgressBar', 'default_callbacks', 'timm_name', 'parse_mode',
-           'check_ranges', 'check_aa', 'check_output_dir', 'file_sha256', 'check_resume', 'at_train', 'preset_args',
-           'expand_preset', 'preset_command', 'run_script', 'main', 'eval_meta', 'find_teacher', 'load_for_eval',
-           'check_output_file', 'eval_data', 'at_eval', 'eval_main']
+           'init_distributed', 'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state', 'log_line',
+           'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint', 'ExportModel', 'progress_shown',
+           'ProgressBar', 'default_callbacks', 'timm_name', 'parse_mode', 'check_ranges', 'check_aa',
+           'check_output_dir', 'file_sha256', 'check_resume', 'at_train', 'preset_args', 'expand_preset',
+           'preset_command', 'run_script', 'main', 'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file',
+           'eval_data', 'at_eval', 'eval_main']
 
 # %% ../nbs/08_train.ipynb #ba5fa08a
 def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to train as classification
@@ -187,20 +188,6 @@ def init_distributed(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ...; None:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', **({'device_id': dev} if dev.type == 'cuda' else {}))
     return dev, rank(), world_size()
-
-def rank() -> int:
-    "This process's rank (0 outside torch.distributed)."
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-def world_size() -> int:
-    "Number of processes (1 outside torch.distributed)."
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
-    "Sum `t` over all processes (a copy; `t` itself outside torch.distributed)."
-    if world_size() == 1: return t
-    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else t.device  # NCCL: GPU tensors only
-    r = t.to(dev, copy=True); dist.all_reduce(r); return r.to(t.device)
 
 # %% ../nbs/08_train.ipynb #7c630bd7
 def _autocast(device:torch.device, dtype:torch.dtype|None):

@@ -10,11 +10,10 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath
 from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK
-from .models import save_timm_checkpoint
 
 # %% auto #0
 __all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'checkpointed_blocks',
-           'AttentionTransfer', 'AttentionCopy', 'AttentionDistill']
+           'AttentionTransfer', 'AttentionCopy']
 
 # %% ../nbs/02_copy.ipynb #88dd9c49
 def transfer_layers(depth:int, # number of blocks of teacher and student
@@ -197,19 +196,6 @@ class AttentionTransfer(nn.Module):
         "The student's own `state_dict`: timm's keys, loadable into a fresh timm model of the same architecture."
         return self.student.state_dict()
 
-    def save_student(self, path, # `.pth`/`.pt` (torch.save) or `.safetensors`
-                     teacher_path=None, # the teacher's weights: recorded relative to `path` (and absolute, with its SHA-256)
-                     classes=None, # class names in label order
-                     data:dict|None=None, # how the evaluation images are made (see `models.model_meta`)
-                    ):
-        "Save the student as a timm checkpoint that says what it is (method, target, layers, heads, teacher), atomically."
-        from attention_transfer.models import model_meta, ModelError
-        method = next((m for c in type(self).__mro__ for n, m in (('AttentionCopy', 'copy'), ('AttentionDistill', 'distill')) if c.__name__ == n), None)
-        try: meta = model_meta(self.student, method, dict(target=self.target, layers=self.layers, heads=self.heads), self.teacher, teacher_path, classes, data)
-        except ModelError as e:  # not a timm model: the weights alone
-            import warnings; warnings.warn(f"{path}: saved without a description ({e})"); meta = None
-        return save_timm_checkpoint(self.student, path, meta)
-
     def extra_repr(self): return f"target={self.target!r}, layers={self.layers}, heads={self.heads}, share_drop_path={self.share_drop_path}"
 
 # %% ../nbs/02_copy.ipynb #79eb481a
@@ -227,13 +213,3 @@ class AttentionCopy(AttentionTransfer):
         "Student logits `b classes`, with the teacher's `target` injected; the teacher runs in train and eval mode."
         self._check_student()
         with self._drop_path(), self.student_context(x): return self.student(x)
-
-# %% ../nbs/02_copy.ipynb #06858774
-_all_ = ['AttentionDistill']
-
-def __getattr__(name):
-    "Lazy re-export of `AttentionDistill` from `attention_transfer.distill`."
-    if name == 'AttentionDistill':
-        from attention_transfer.distill import AttentionDistill
-        return AttentionDistill
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

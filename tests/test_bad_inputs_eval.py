@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest, torch
 from PIL import Image
 from _bad_inputs import assert_refused, run
-from attention_transfer.models import create_model, create_teacher, save_timm_checkpoint, model_meta
+from attention_transfer.models import create_model, create_teacher, save_timm_checkpoint, model_meta, save_student
 from attention_transfer.transfer import AttentionCopy
 from attention_transfer.vit import MNIST_MEAN, MNIST_STD
 
@@ -26,7 +26,7 @@ def _copy_run(root:Path, seed:int=0) -> Path:
     "A run folder with teacher/encoder.pth and students/copy.pth, whose description points at the teacher."
     torch.manual_seed(seed)
     t = create_teacher(MODEL, None, **KW); save_timm_checkpoint(t, root/'teacher'/'encoder.pth')
-    AttentionCopy(t, create_model(MODEL, None, **KW), end_layer=-1).save_student(root/'students'/'copy.pth', root/'teacher'/'encoder.pth', CLASSES, DIGITS)
+    save_student(AttentionCopy(t, create_model(MODEL, None, **KW), end_layer=-1), root/'students'/'copy.pth', root/'teacher'/'encoder.pth', CLASSES, DIGITS)
     return root/'students'/'copy.pth'
 
 

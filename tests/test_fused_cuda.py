@@ -4,7 +4,8 @@ Skipped without CUDA (the CPU paths are tested in nbs/01-03)."""
 import pytest, torch, torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.deit import VisionTransformerDistilled
-from attention_transfer.transfer import AttentionCopy, AttentionDistill
+from attention_transfer.transfer import AttentionCopy
+from attention_transfer.distill import AttentionDistill
 from attention_transfer.distill import transfer_loss
 from attention_transfer.attention import QK
 

@@ -3,7 +3,8 @@ by DDP, every student parameter is used, and the teacher stays in eval mode and 
 import copy, pytest, torch, torch.nn.functional as F, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from timm.models.vision_transformer import VisionTransformer
-from attention_transfer.transfer import AttentionCopy, AttentionDistill
+from attention_transfer.transfer import AttentionCopy
+from attention_transfer.distill import AttentionDistill
 
 def vit(seed, **kw):
     torch.manual_seed(seed)

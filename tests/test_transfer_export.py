@@ -1,8 +1,9 @@
-"""A distilled student saved by `save_student` loads with plain timm in a process that never imports attention_transfer;
-`attention_transfer.transfer` re-exports `AttentionDistill` whatever the import order."""
+"""A distilled student saved by `models.save_student` loads with plain timm in a process that never imports attention_transfer;
+the pairs' modules (`transfer`, `distill`) do not depend on `models`, nor `transfer` on `distill`."""
 import subprocess, sys, textwrap
 import pytest, torch, torch.nn.functional as F, timm
-from attention_transfer.transfer import AttentionDistill
+from attention_transfer.distill import AttentionDistill
+from attention_transfer.models import save_student
 
 KW = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
 
@@ -19,7 +20,7 @@ def test_student_loads_in_plain_timm(tmp_path, ext):
     for _ in range(2):
         out, atd = ad(x); (F.cross_entropy(out, y) + 3.0 * atd).backward(); opt.step(); opt.zero_grad()
     ckpt = tmp_path / f'student.{ext}'
-    ad.save_student(ckpt)
+    save_student(ad, ckpt)
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.name]          # no temporary file left behind
     with torch.no_grad(): torch.save({'x': x, 'logits': ad.eval()(x)}, tmp_path / 'ref.pt')
     r = run(f"""
@@ -37,19 +38,18 @@ def test_student_loads_in_plain_timm(tmp_path, ext):
 def test_save_student_failure_leaves_nothing(tmp_path):
     t, s = timm.create_model('vit_tiny_patch16_224', **KW), timm.create_model('vit_tiny_patch16_224', **KW)
     blocker = tmp_path / 'blocker'; blocker.write_text('a file where the folder should be')
-    with pytest.raises(Exception): AttentionDistill(t, s).save_student(blocker / 'student.pth')
+    with pytest.raises(Exception): save_student(AttentionDistill(t, s), blocker / 'student.pth')
     assert list(tmp_path.iterdir()) == [blocker]
 
-@pytest.mark.parametrize('first', ['transfer', 'distill'])
-def test_import_order(first):
+@pytest.mark.parametrize('mod,later', [('transfer', ['distill', 'models']), ('distill', ['models'])])
+def test_lessons_depend_only_on_earlier_ones(mod, later):
+    "Lesson 02 (`transfer`) and 03 (`distill`) import nothing from the lessons after them."
     r = run(f"""
-        import attention_transfer.{first}
-        from attention_transfer.transfer import AttentionCopy, AttentionDistill
-        from attention_transfer.distill import AttentionDistill as D
-        from attention_transfer.transfer import *
-        assert AttentionDistill is D and issubclass(D, attention_transfer.transfer.AttentionTransfer)
+        import sys, attention_transfer.{mod}
+        print(sorted(m for m in sys.modules if m.startswith('attention_transfer.')))
+        assert not [m for m in {later!r} if 'attention_transfer.' + m in sys.modules]
     """)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('ext', ['pth', 'safetensors'])
@@ -60,11 +60,11 @@ def test_save_student_says_what_it_is(tmp_path, ext):
     from attention_transfer.transfer import AttentionCopy
     t = create_model('vit_tiny_patch16_224', None, **KW); s = create_model('vit_tiny_patch16_224', None, **KW)
     save_timm_checkpoint(t, tmp_path/'teacher'/'t.pth')
-    AttentionCopy(t, s, end_layer=-1, heads=[1, 0]).save_student(tmp_path/'run'/f'student.{ext}', teacher_path=tmp_path/'teacher'/'t.pth',
-                                                                  classes=list('abcdefghij'))
+    save_student(AttentionCopy(t, s, end_layer=-1, heads=[1, 0]), tmp_path/'run'/f'student.{ext}', teacher_path=tmp_path/'teacher'/'t.pth',
+                 classes=list('abcdefghij'))
     m = checkpoint_meta(tmp_path/'run'/f'student.{ext}')
     assert (m['method'], m['transfer'], m['model'], m['model_args']) == ('copy', dict(target='attn', layers=[0], heads=[0, 1]),
                                                                          'vit_tiny_patch16_224', dict(num_classes=10, img_size=32, patch_size=8, depth=2))
     assert m['teacher']['path'] == '../teacher/t.pth' and m['classes'] == list('abcdefghij')
     assert m['teacher']['sha256'] == hashlib.sha256((tmp_path/'teacher'/'t.pth').read_bytes()).hexdigest()
-    assert AttentionDistill.__mro__ and checkpoint_meta(AttentionDistill(t, s).save_student(tmp_path/f'd.{ext}'))['method'] == 'distill'
+    assert checkpoint_meta(save_student(AttentionDistill(t, s), tmp_path/f'd.{ext}'))['method'] == 'distill'

@@ -176,3 +176,29 @@ def test_requirements_satisfied(venv):
                        text=True, cwd=venv['cwd'])
     ours = [l for l in r.stdout.splitlines() if re.match(rf'{LIB}|{LIB.replace("_", "-")}', l, flags=re.I)]
     assert not ours, '\n'.join(ours)
+
+
+def _imported_top_level() -> set:
+    "Top-level names of every package that attention_transfer/*.py imports (module level or inside functions)."
+    import ast
+    names = set()
+    for f in (ROOT/LIB).glob('*.py'):
+        for node in ast.walk(ast.parse(f.read_text(encoding='utf-8'))):
+            if isinstance(node, ast.Import): names |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level: names.add(node.module.split('.')[0])
+    return names - set(sys.stdlib_module_names) - {LIB, '__future__'}
+
+
+def test_requirements_are_what_the_library_imports():
+    "settings.ini `requirements` names every distribution whose packages the library imports, and no other."
+    from importlib.metadata import packages_distributions
+    dists = packages_distributions()  # import name -> distributions providing it (PIL -> pillow, sklearn -> scikit-learn)
+    canon = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    imported = _imported_top_level()
+    unknown = sorted(m for m in imported if m not in dists)
+    assert not unknown, f'imported but not installed here, so not mappable to a distribution: {unknown}'
+    needed = {canon(dists[m][0]) for m in imported}
+    declared = {canon(Requirement(s).name) for s in C['requirements'].split()}
+    assert not needed - declared, f"imported by {LIB} but not in settings.ini requirements: {sorted(needed - declared)}"
+    assert not declared - needed, f"in settings.ini requirements but never imported by {LIB}: {sorted(declared - needed)}"
+    assert {'torch', 'torchvision', 'numpy', 'pillow', 'scikit-learn'} <= needed  # the mapping itself works
