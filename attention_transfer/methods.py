@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from timm.task import TrainingTask, ClassificationTask, LogitDistillationTask, FeatureDistillationTask, resolve_classification_loss
+from timm.task import TrainingTask, ClassificationTask, LogitDistillationTask, FeatureDistillationTask
 from timm.utils import ModelEmaV3, unwrap_model
 from .attention import taps, forward_blocks
 from .transfer import AttentionTransfer, AttentionCopy
 from .distill import AttentionDistill
 
 # %% auto #0
-__all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'TransferTask', 'Method',
+__all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'label_loss', 'TransferTask', 'Method',
            'register_method', 'get_method', 'build_task', 'FeatureDistill']
 
 # %% ../nbs/07_methods.ipynb #196caa70
@@ -28,17 +28,22 @@ def split_output(out) -> tuple:
     "`(logits, transfer_loss)` from a network's output; `transfer_loss` is None when the network returns logits only."
     return out if isinstance(out, tuple) else (out, None)
 
+def label_loss(criterion:nn.Module|None=None, # a classification loss
+              ) -> nn.Module:
+    "`criterion`, or plain cross-entropy when it is None (what timm's tasks default to)."
+    return criterion if criterion is not None else nn.CrossEntropyLoss()
+
 # %% ../nbs/07_methods.ipynb #72937820
 class TransferTask(TrainingTask):
     "A teacher–student pair as a timm `TrainingTask`: `forward(x, y)` -> {'loss', 'output', 'label_loss', 'transfer_loss', 'transfer_loss_<i>'}."
     def __init__(self,
                  pair:AttentionTransfer, # network to train: logits, or (logits, unweighted transfer loss) in training
-                 criterion:nn.Module|None=None, # label loss; None: timm's `create_classification_loss()`
+                 criterion:nn.Module|None=None, # label loss; None: cross-entropy
                  atd_weight:float=1., # weight of the transfer loss (the paper's distillation uses 3)
                  device:torch.device|None=None, verbose:bool=False):
         super().__init__(device=device, verbose=verbose)
         self.trainable_module, self.atd_weight = pair, atd_weight
-        self.criterion = resolve_classification_loss(criterion, self.device)
+        self.criterion = label_loss(criterion)
 
     @property
     def pair(self) -> AttentionTransfer: return unwrap_model(self.trainable_module)
@@ -138,7 +143,7 @@ def get_method(name:str) -> Method:
 def build_task(method:str|Method, # a name in `METHODS`, or an entry
                student:nn.Module, # the timm model to train
                teacher:nn.Module|None=None, # the frozen pre-trained model, for methods whose teacher is needed in training
-               criterion:nn.Module|None=None, # label loss; None: timm's default cross-entropy
+               criterion:nn.Module|None=None, # label loss; None: cross-entropy
                **options, # the method's settings (its `options`)
               ) -> TrainingTask:
     "The method's `TrainingTask` for `student`; `TrainError` when a teacher is missing or a setting does not apply."
@@ -151,7 +156,7 @@ def build_task(method:str|Method, # a name in `METHODS`, or an entry
     return task
 
 # %% ../nbs/07_methods.ipynb #4a820d5c
-def _classification(student, teacher, criterion): return ClassificationTask(student, criterion, verbose=False)
+def _classification(student, teacher, criterion): return ClassificationTask(student, label_loss(criterion), verbose=False)
 
 def _pair(cls):
     "A `build` for a teacher–student pair class: `TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)`."
@@ -167,10 +172,10 @@ register_method('distill', _pair(AttentionDistill), 'train', _PAIR + ('atd_weigh
 
 # %% ../nbs/07_methods.ipynb #c9907d95
 def _logit_kd(student, teacher, criterion, atd_weight:float=1.):
-    return LogitDistillationTask(student, teacher, criterion, distill_loss_weight=atd_weight, verbose=False)
+    return LogitDistillationTask(student, teacher, label_loss(criterion), distill_loss_weight=atd_weight, verbose=False)
 
 def _feature_kd(student, teacher, criterion, atd_weight:float=1.):
-    task = FeatureDistillationTask(student, teacher, criterion, distill_loss_weight=atd_weight, verbose=False)
+    task = FeatureDistillationTask(student, teacher, label_loss(criterion), distill_loss_weight=atd_weight, verbose=False)
     if task.trainable_module.projection is not None: raise TrainError("feature_kd: teacher and student need the same width")
     return task
 
