@@ -379,7 +379,7 @@ def at_bench(
     threads:int=None, # torch CPU threads (default: torch's own, from OMP_NUM_THREADS)
     budget:float=None, # seconds; configurations not started by then are skipped, a running one is stopped (default: none; --gpu: 240)
     gpu:bool=False, # the GPU preset (see the notebook): ViT-B/16 and ViT-L/16, bf16, eager and compiled
-    output:str=None, # JSON file for environment, flags, rows and summary (never overwritten) (default: none, nothing is written)
+    output:str=None, # JSON file for environment, flags, rows and summary, never overwritten (default: none, nothing is written)
 ):
     "Measure step time and memory of training methods (default: fine-tune, copy, distill) as ratios to fine-tune; print the table, write JSON."
     f = dict(locals()); preset = GPU_PRESET if gpu else DEFAULTS
