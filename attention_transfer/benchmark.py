@@ -7,72 +7,74 @@ from __future__ import annotations
 import argparse, gc, inspect, json, os, platform, signal, statistics, sys, threading, time, traceback, typing, weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 import timm
+from timm.task import TrainingTask
+from timm.utils import unwrap_model
 from .models import create_model, create_teacher, create_student, atomic_write, ModelError
-from .transfer import AttentionCopy
-from .distill import AttentionDistill
+from .methods import METHODS, TrainError, get_method, build_task
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'build_network', 'TrainStep', 'saved_activation_bytes',
-           'time_steps', 'BenchTimeout', 'time_limit', 'tokens', 'measure', 'summarize', 'markdown_table', 'bench',
-           'environment', 'env_line', 'at_bench', 'main']
+__all__ = ['DEFAULT_METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'trained_module', 'build_network', 'TrainStep',
+           'saved_activation_bytes', 'time_steps', 'BenchTimeout', 'time_limit', 'tokens', 'measure', 'timing_issue',
+           'summarize', 'markdown_table', 'bench', 'environment', 'env_line', 'at_bench', 'main']
 
 # %% ../nbs/12_benchmark.ipynb #5408eb6e
-METHODS = ('finetune', 'copy', 'distill')
+DEFAULT_METHODS = ('finetune', 'copy', 'distill')  # what `at_bench` measures unless --methods says otherwise
 
 class BenchError(ValueError):
     "A benchmark that cannot run as asked (bad flag, no GPU, output exists); the message is one line."
 
-def build_network(method:str, # 'finetune', 'copy' or 'distill'
+def trained_module(task:TrainingTask) -> nn.Module:
+    "The timm model that `task` trains: its trainable module, or that module's `student` (a teacher–student pair)."
+    m = unwrap_model(task.get_trainable_module())
+    return getattr(m, 'student', m)
+
+def build_network(method:str, # a name in the method table, `methods.METHODS`
                   name:str, # timm registry name of teacher and student
                   img_size:int|None=None, # image side in pixels; None: the model's default
-                  end_layer:int=-3, # copy/distill: transfer blocks [0, depth+end_layer)
+                  end_layer:int=-3, # methods that take it (copy, distill): transfer blocks [0, depth+end_layer)
+                  atd_weight:float=3., # methods that take it (distill, ...): weight of the transfer loss
                   device='cpu', # where the weights are created
-                 ) -> nn.Module:
-    "The network that `method` trains for timm model `name`, with random weights, in train mode on `device`."
-    if method not in METHODS: raise BenchError(f"unknown method {method!r}: use {', '.join(METHODS)}")
-    kw = {} if img_size is None else dict(img_size=img_size)
+                 ) -> TrainingTask:
+    "The `TrainingTask` that `method` trains for timm model `name` (`methods.build_task`), with random weights, in train mode on `device`."
+    if method not in METHODS: raise BenchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    m, kw = get_method(method), {} if img_size is None else dict(img_size=img_size)
+    options = {k: v for k, v in dict(end_layer=end_layer, atd_weight=atd_weight).items() if k in m.options}
     with torch.device(device):
-        if method == 'finetune': return create_model(name, **kw).train()
-        teacher = create_teacher(name, **kw)
-        cls = AttentionCopy if method == 'copy' else AttentionDistill
-        return cls(teacher, create_student(teacher), end_layer=end_layer).train()
+        teacher = create_teacher(name, **kw) if m.teacher in ('train', 'inference') else None
+        student = create_model(name, **kw) if teacher is None else create_student(teacher)
+        return build_task(m, student, teacher, **options).to(device).train()
 
 # %% ../nbs/12_benchmark.ipynb #8d4f5f69
-def _split(out): return out if isinstance(out, tuple) else (out, None)
-
 class TrainStep:
-    "One AdamW training step of `net` on a fixed random batch; `loss()` is its forward pass alone."
-    def __init__(self, net:nn.Module, # from `build_network`, in train mode
+    "One AdamW training step of `task` on a fixed random batch; `loss()` is its forward pass alone."
+    def __init__(self, task:TrainingTask, # from `build_network`, in train mode
                  batch:int, # images per step
-                 device='cpu', # where the batch lives (the network must be there already)
-                 amp:torch.dtype|None=None, # autocast dtype, e.g. torch.bfloat16; None: full precision
-                 atd_weight:float=3., # weight of the transfer loss (distillation)
-                 compile:bool=False, # run `torch.compile(net)` instead of `net`
+                 device='cpu', # where the batch lives (the task must be there already)
+                 amp:torch.dtype|None=None, # autocast dtype, e.g. torch.bfloat16; float16 adds a GradScaler; None: full precision
+                 compile:bool=False, # `task.compile(backend)`: torch.compile its trainable module (this changes `task`)
                  backend:str='inductor', # torch.compile backend
                  lr:float=1e-4):
-        model = getattr(net, 'student', net)
+        model = trained_module(task)
         size = model.patch_embed.img_size
         self.x = torch.randn(batch, model.patch_embed.proj.in_channels, *size, device=device)
         self.y = torch.randint(0, model.num_classes, (batch,), device=device)
-        self.net, self.device, self.amp, self.atd_weight = net, torch.device(device), amp, atd_weight
-        self.fwd = torch.compile(net, backend=backend) if compile else net
-        self.opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr)
+        self.task, self.device, self.amp = task, torch.device(device), amp
+        self.opt = torch.optim.AdamW([p for p in task.get_trainable_module().parameters() if p.requires_grad], lr=lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
+        if compile: task.compile(backend=backend)
 
     def loss(self) -> torch.Tensor:
-        "Forward pass and loss (a scalar with its autograd graph)."
-        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
-        with ctx:
-            logits, transfer = _split(self.fwd(self.x))
-            loss = F.cross_entropy(logits.float(), self.y)
-            return loss if transfer is None else loss + self.atd_weight * transfer
+        "Forward pass and loss (a scalar with its autograd graph): the task's own."
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+            return self.task(self.x, self.y)['loss']
 
     def __call__(self) -> torch.Tensor:
         "Forward, backward and optimizer step; returns the detached loss."
         loss = self.loss()
-        loss.backward()
-        self.opt.step(); self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt); self.scaler.update(); self.opt.zero_grad(set_to_none=True)
         return loss.detach()
 
 # %% ../nbs/12_benchmark.ipynb #0cea444e
@@ -159,16 +161,16 @@ def _timed_out(e:BaseException) -> bool:
         e = e.__cause__ or e.__context__
     return False
 
-def tokens(net:nn.Module) -> int:
-    "Tokens per image (patches + prefix tokens) of a network from `build_network`."
-    m = getattr(net, 'student', net)
+def tokens(task:TrainingTask) -> int:
+    "Tokens per image (patches + prefix tokens) of the model a task from `build_network` trains."
+    m = trained_module(task)
     return m.patch_embed.num_patches + getattr(m, 'num_prefix_tokens', 0)
 
 def measure(method:str, name:str, # see `build_network`
             img_size:int|None=None, batch:int=16, # image side; images per timed step
             batch_memory:int=2, # images for `saved_activation_bytes` (0: skip; always skipped when compiled)
             steps:int=10, warmup:int=2, # see `time_steps`
-            end_layer:int=-3, atd_weight:float=3., # see `build_network`, `TrainStep`
+            end_layer:int=-3, atd_weight:float=3., # see `build_network`
             device='cpu', amp:torch.dtype|None=None, compile:bool=False, backend:str='inductor', # see `TrainStep`
             seconds:float|None=None, # time budget of this configuration (`BenchTimeout` after it)
            ) -> dict:
@@ -181,14 +183,14 @@ def measure(method:str, name:str, # see `build_network`
         with time_limit(seconds):
             if cuda: gc.collect(); torch.cuda.empty_cache()
             if compile: torch._dynamo.reset()   # a fresh cache: compile time is this configuration's, no recompile limit hit
-            net = build_network(method, name, img_size, end_layer, device)
-            row.update(img_size=getattr(net, 'student', net).patch_embed.img_size[0], tokens=tokens(net))
+            net = build_network(method, name, img_size, end_layer, atd_weight, device)
+            row.update(img_size=trained_module(net).patch_embed.img_size[0], tokens=tokens(net))
             if cuda: torch.cuda.reset_peak_memory_stats(device)
-            step = TrainStep(net, batch, device, amp, atd_weight, compile, backend)
+            step = TrainStep(net, batch, device, amp, compile, backend)
             row.update(time_steps(step, steps, warmup, device))
             if cuda: row['peak_bytes'] = torch.cuda.max_memory_allocated(device)
             if batch_memory and not compile:
-                row['saved_bytes'] = saved_activation_bytes(TrainStep(net, batch_memory, device, amp, atd_weight).loss, exclude=net)
+                row['saved_bytes'] = saved_activation_bytes(TrainStep(net, batch_memory, device, amp).loss, exclude=net)
         row['status'] = 'ok'
     except Exception as e:   # recorded, not raised: one failed configuration must not lose a long run's other rows
         if _timed_out(e): row['status'] = 'stopped: time budget'
@@ -200,6 +202,13 @@ def measure(method:str, name:str, # see `build_network`
 
 # %% ../nbs/12_benchmark.ipynb #40848079
 def _median(xs): return statistics.median(xs) if xs else None
+
+def timing_issue(rows:list, # the `ok` rows of one (model, size, compile, method)
+                ) -> str|None:
+    "Why these rows' step times cannot be compared (no warm-up step, fewer than 2 timed steps in all), or None."
+    if any(r.get('first') is None for r in rows): return 'no warm-up step: the first, slow step was timed'
+    if sum(len(r['times']) for r in rows) < 2: return 'one timed step: no spread'
+    return None
 
 def summarize(rows:list, # from `measure`, any number of rounds
              ) -> list:
@@ -215,22 +224,24 @@ def summarize(rows:list, # from `measure`, any number of rounds
             t = _median([x for r in ok for x in r['times']])
             rec.update(step_s=t, images_per_s=rs[0]['batch'] / t, round_step_s=[_median(r['times']) for r in ok],
                        first_step_s=ok[0]['first'], saved_bytes=ok[0].get('saved_bytes'), peak_bytes=ok[0].get('peak_bytes'))
+            if note := timing_issue(ok): rec['time_note'] = note
         out.append(rec)
     ref = {(r['model'], r['img_size'], r['compile']): r for r in out if r['method'] == 'finetune' and r['status'] == 'ok'}
     for r in out:
         f = ref.get((r['model'], r['img_size'], r['compile']))
         if f is None or r['status'] != 'ok': continue
+        for k in ('saved_bytes', 'peak_bytes'):
+            if r.get(k) and f.get(k): r[k.replace('_bytes', '_ratio')] = r[k] / f[k]
+        if note := r.get('time_note') or f.get('time_note'): r['time_note'] = note; continue   # ratios stay unset: 'n/a' in the table
         r['time_ratio'] = r['step_s'] / f['step_s']
         n = min(len(r['round_step_s']), len(f['round_step_s']))
         rr = [a / b for a, b in zip(r['round_step_s'][:n], f['round_step_s'][:n])]
         r['time_ratio_range'] = [min(rr), max(rr)] if rr else None
-        for k in ('saved_bytes', 'peak_bytes'):
-            if r.get(k) and f.get(k): r[k.replace('_bytes', '_ratio')] = r[k] / f[k]
     return out
 
 # %% ../nbs/12_benchmark.ipynb #e07423b2
 def markdown_table(summary:list) -> str:
-    "The summary as a markdown table (columns that are empty everywhere are left out)."
+    "The summary as a markdown table (columns that are empty everywhere are left out; time ratios that cannot be compared: n/a)."
     cols = [('model', 'model', '{}'), ('img_size', 'px', '{}'), ('tokens', 'tokens', '{}'), ('compile', 'compile', '{}'),
             ('method', 'method', '{}'), ('batch', 'batch', '{}'), ('step_s', 'step ms', None), ('images_per_s', 'img/s', '{:.1f}'),
             ('time_ratio', '× fine-tune time', '{:.2f}'), ('time_ratio_range', 'per-round range', None),
@@ -239,12 +250,15 @@ def markdown_table(summary:list) -> str:
             ('status', 'status', '{}')]
     special = dict(step_s=lambda v: f'{v * 1e3:.1f}', time_ratio_range=lambda v: f'{v[0]:.2f}–{v[1]:.2f}',
                    saved_bytes=lambda v: f'{v / 2**20:.1f}', peak_bytes=lambda v: f'{v / 2**30:.2f}')
-    cols = [c for c in cols if any(r.get(c[0]) is not None for r in summary)]
+    na = lambda r, k: k in ('time_ratio', 'time_ratio_range') and r.get('time_note')
+    cols = [c for c in cols if any(r.get(c[0]) is not None or na(r, c[0]) for r in summary)]
     def cell(r, k, f):
         v = r.get(k)
-        return '–' if v is None else special[k](v) if k in special else f.format(v)
+        return 'n/a' if na(r, k) else '–' if v is None else special[k](v) if k in special else f.format(v)
     lines = ['| ' + ' | '.join(c[1] for c in cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(cell(r, k, f) for k, _, f in cols) + ' |' for r in summary]
+    notes = sorted({r['time_note'] for r in summary if r.get('time_note')})
+    if notes: lines.append(f"\nn/a: time ratios need a warm-up step (--warmup) and 2 timed steps or more (--steps × --rounds); here: {'; '.join(notes)}")
     return '\n'.join(lines)
 
 # %% ../nbs/12_benchmark.ipynb #82f926bc
@@ -253,7 +267,7 @@ def _label(r): return f"{r['model']} {r['img_size']}px {'compiled' if r['compile
 def bench(models=('vit_tiny_patch16_224',), # timm names
           img_sizes=(224, 448), # image sides in pixels
           batches=(16,), # images per timed step: one per model, or one for all
-          methods=METHODS, # fine-tune, the reference, is always measured first
+          methods=DEFAULT_METHODS, # names in `methods.METHODS`; fine-tune, the reference, is always measured first
           *, batch_memory:int=2, steps:int=10, warmup:int=2, # see `measure`
           rounds:int=3, # interleaved rounds over the methods
           compiles=(False,), # compile modes; eager ones run first
@@ -309,7 +323,7 @@ DEFAULTS = dict(model=['vit_tiny_patch16_224'], img_size=[224, 448], batch_time=
                 rounds=3, device='cpu', amp='auto', compile='off', budget=None)
 GPU_PRESET = dict(model=['vit_base_patch16_224', 'vit_large_patch16_224'], img_size=[224], batch_time=[128, 64], batch_memory=0,
                   steps=15, warmup=3, rounds=1, device='cuda', amp='auto', compile='both', budget=240.)
-_AMP = dict(auto=None, bf16=torch.bfloat16, off=None)
+_AMP = dict(auto=None, bf16=torch.bfloat16, fp16=torch.float16, off=None)
 _COMPILE = dict(off=(False,), on=(True,), both=(False, True))
 
 # %% ../nbs/12_benchmark.ipynb #b5aa0aca
@@ -324,7 +338,7 @@ def _check(f:dict):
     if len(f['batch_time']) not in (1, len(f['model'])):
         raise BenchError(f"--batch_time: give one batch size, or one per --model ({len(f['model'])}), not {len(f['batch_time'])}")
     bad = [m for m in f['methods'] if m not in METHODS]
-    if bad: raise BenchError(f"--methods: unknown {bad}; use {', '.join(METHODS)}")
+    if bad: raise BenchError(f"--methods: unknown {' '.join(bad)}; choose from the method table: {', '.join(METHODS)}")
     if f['amp'] not in _AMP: raise BenchError(f"--amp must be one of {', '.join(_AMP)}, not {f['amp']!r}")
     if f['compile'] not in _COMPILE: raise BenchError(f"--compile must be one of {', '.join(_COMPILE)}, not {f['compile']!r}")
     try: dev = torch.device(f['device'])
@@ -336,8 +350,13 @@ def _check(f:dict):
         for size in f['img_size']:
             for m in ['finetune'] + f['methods']:
                 try:
-                    build_network(m, name, size, f['end_layer'], 'meta').eval()(torch.empty(1, 3, size, size, device='meta'))
-                except (ModelError, ValueError, TypeError, RuntimeError, AssertionError) as e:
+                    task = build_network(m, name, size, f['end_layer'], f['atd_weight'], 'meta')
+                    ps = trained_module(task).patch_embed.patch_size
+                    if any(size % p for p in ps):
+                        raise BenchError(f"--img_size {size} is not a multiple of {name}'s patch size {ps[0]}: pixels would be dropped")
+                    unwrap_model(task.get_eval_model()).eval()(torch.empty(1, 3, size, size, device='meta'))
+                except BenchError: raise
+                except (ModelError, TrainError, ValueError, TypeError, RuntimeError, AssertionError) as e:
                     msg = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
                     raise BenchError(f"--model {name} --img_size {size} --end_layer {f['end_layer']}: {m} cannot run: {msg}") from None
 
@@ -350,19 +369,19 @@ def at_bench(
     steps:int=None, # timed steps per round (default: 10; --gpu: 15)
     warmup:int=None, # untimed steps first; the first one's time is reported (compilation) (default: 2; --gpu: 3)
     rounds:int=None, # interleaved rounds over the methods; per-round ratios give the spread (default: 3; --gpu: 1)
-    end_layer:int=-3, # copy/distill transfer blocks [0, depth+end_layer)
-    atd_weight:float=3., # weight of the distillation loss
-    methods:list[str]=['finetune', 'copy', 'distill'], # methods to measure; fine-tune, the reference, always is
+    end_layer:int=-3, # methods that take it (copy, distill): transfer blocks [0, depth+end_layer); -3, not at_train's 0 (all blocks), is issue 12's setting and the copy recipe's, which the recorded measurements use
+    atd_weight:float=3., # weight of the transfer loss, for methods that take it (distill, ...); it does not change the cost
+    methods:list[str]=list(DEFAULT_METHODS), # names in the method table (attention_transfer.methods.METHODS; all can be measured: weights are random, which step time and memory do not depend on); fine-tune, the reference, always is
     device:str=None, # cpu, cuda or cuda:N (default: cpu; --gpu: cuda)
-    amp:str=None, # autocast: auto (bf16 on CUDA, off on CPU), bf16 or off (default: auto)
+    amp:str=None, # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a GradScaler, as at_train) or off (default: auto)
     compile:str=None, # torch.compile the training network: off, on or both (default: off; --gpu: both)
     backend:str='inductor', # torch.compile backend
     threads:int=None, # torch CPU threads (default: torch's own, from OMP_NUM_THREADS)
-    budget:float=None, # seconds; configurations not started by then are skipped, a running one is stopped (--gpu: 240)
+    budget:float=None, # seconds; configurations not started by then are skipped, a running one is stopped (default: none; --gpu: 240)
     gpu:bool=False, # the GPU preset (see the notebook): ViT-B/16 and ViT-L/16, bf16, eager and compiled
-    output:str=None, # JSON file for environment, flags, rows and summary (never overwritten)
+    output:str=None, # JSON file for environment, flags, rows and summary, never overwritten (default: none, nothing is written)
 ):
-    "Measure step time and memory of fine-tune, copy and distill as ratios to fine-tune; print the table, write JSON."
+    "Measure step time and memory of training methods (default: fine-tune, copy, distill) as ratios to fine-tune; print the table, write JSON."
     f = dict(locals()); preset = GPU_PRESET if gpu else DEFAULTS
     f.update({k: v for k, v in preset.items() if f[k] is None})
     _check(f)
@@ -391,7 +410,8 @@ def _parser(func, prog:str) -> argparse.ArgumentParser:
     except ImportError: helps = {}
     p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
     for k, t in typing.get_type_hints(func).items():
-        d, h = inspect.signature(func).parameters[k].default, helps.get(k)
+        d, h = inspect.signature(func).parameters[k].default, helps.get(k) or ''
+        if 'default' not in h: h += f" (default: {'off' if t is bool else ' '.join(map(str, d)) if isinstance(d, list) else d})"
         if t is bool: p.add_argument(f'--{k}', action='store_true', help=h)
         elif typing.get_origin(t) is list: p.add_argument(f'--{k}', type=typing.get_args(t)[0], nargs='+', default=d, help=h)
         else: p.add_argument(f'--{k}', type=next((a for a in typing.get_args(t) if a is not type(None)), t), default=d, help=h)

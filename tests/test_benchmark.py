@@ -5,6 +5,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest, torch, torch.nn as nn
 from attention_transfer.benchmark import saved_activation_bytes, summarize, markdown_table, build_network, TrainStep, measure, main
+from attention_transfer.methods import METHODS
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore::UserWarning')
 TINY = ['--model', 'vit_nano_patch4_32', '--img_size', '32', '--batch_time', '2', '--steps', '2', '--warmup', '1', '--end_layer', '-1']
@@ -30,12 +31,31 @@ def test_saved_bytes_toy_graph():
     assert saved_activation_bytes(lambda: x.exp()[:2].sin().sum()) == 128  # a saved view counts its whole storage, once
 
 
-@pytest.mark.parametrize('method', ['finetune', 'copy', 'distill'])
+@pytest.mark.parametrize('method', ['finetune', 'copy', 'distill', 'logit_kd'])
 def test_saved_bytes_affine_in_batch(method):
-    "Per-image activations plus a few fixed bytes (the loss's scalars): no parameter slipped into the count."
+    "Per-image activations plus a few fixed bytes (the loss's scalars): no parameter (the teacher's included) slipped into the count."
     net = build_network(method, 'vit_nano_patch4_32', end_layer=-1)
     b2, b4, b8 = (saved_activation_bytes(TrainStep(net, b).loss, exclude=net) for b in (2, 4, 8))
     assert b8 - b4 == 2 * (b4 - b2) and 0 <= 2 * b2 - b4 < 64 and b2 > 100_000
+
+
+def test_every_table_method_trains_one_step():
+    "Each method in the table builds, and one `TrainStep` (its task's own loss) moves exactly the trainable parameters."
+    for method in METHODS:
+        task = build_network(method, 'vit_nano_patch4_32', end_layer=-1)
+        step = TrainStep(task, 2)
+        params = [p for g in step.opt.param_groups for p in g['params']]
+        before = [p.detach().clone() for p in params]
+        frozen = [(p, p.detach().clone()) for p in task.parameters() if not p.requires_grad]
+        assert torch.isfinite(step()), method
+        assert params and all(not torch.equal(a, p) for a, p in zip(before, params) if p.numel() > 1), method
+        assert all(torch.equal(a, p) for p, a in frozen), method   # the teacher never moves
+
+
+def test_fp16_step_uses_a_grad_scaler():
+    step = TrainStep(build_network('copy', 'vit_nano_patch4_32', end_layer=-1), 2, amp=torch.float16)
+    assert step.scaler.is_enabled() and torch.isfinite(step()) and step.scaler.get_scale() > 0
+    assert not TrainStep(build_network('finetune', 'vit_nano_patch4_32'), 2).scaler.is_enabled()
 
 
 def test_summarize_ratios():
@@ -51,6 +71,21 @@ def test_summarize_ratios():
     assert d['time_ratio'] == pytest.approx(2.6 / 2) and d['time_ratio_range'] == pytest.approx([1.3, 1.5])
     assert d['saved_ratio'] == 1.5 and d['peak_ratio'] == pytest.approx(1.2) and d['rounds'] == 2
     assert markdown_table(s).splitlines()[3].split(' | ')[8:10] == ['1.30', '1.30–1.50']
+
+
+def test_time_ratios_not_given_without_warmup_or_with_one_timed_step():
+    "A cold first step or a single timed step is no ratio: `n/a` with the reason; step times and memory ratios stay."
+    def row(method, t, first, times):
+        return dict(model='m', method=method, img_size=224, tokens=197, batch=8, compile=False, amp='off', status='ok',
+                    times=times, first=first, saved_bytes=100 if method == 'finetune' else 150)
+    for first, times, why in ((None, [1., 1.], 'no warm-up step'), (1., [1.], 'one timed step')):
+        s = summarize([row('finetune', 1., first, times), row('copy', 1., first, [2 * t for t in times])])
+        assert [(r.get('time_ratio'), r.get('time_ratio_range'), r['time_note'][:len(why)]) for r in s] == [(None, None, why)] * 2
+        assert s[1]['step_s'] == 2. and s[1]['saved_ratio'] == 1.5
+        t = markdown_table(s).splitlines()
+        assert t[3].split(' | ')[8:10] == ['n/a', 'n/a'] and t[-1].startswith('n/a: time ratios need a warm-up step') and why in t[-1]
+    s = summarize([row('finetune', 1., 1., [1.]), row('finetune', 1., 1., [1.]), row('copy', 1., 1., [2.]), row('copy', 1., 1., [2.])])
+    assert s[1]['time_ratio'] == 2. and 'time_note' not in s[1]   # two rounds of one timed step after a warm-up: compared
 
 
 def test_measure_reports_a_failure_instead_of_raising():
@@ -88,7 +123,8 @@ def test_gpu_preset_code_path_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize('args,code,names', [
-    (['--methods', 'scratch'], 1, ['--methods', 'scratch']),
+    (['--methods', 'no_such_method'], 1, ['--methods', 'no_such_method', 'logit_kd']),
+    (['--img_size', '30'], 1, ['--img_size 30', 'patch size 4']),
     (['--end_layer', '-5'], 1, ['--end_layer', '-5']),
     (['--model', 'no_such_vit'], 1, ['--model', 'no_such_vit']),
     (['--device', 'cuda'], 1, ['--device', 'no CUDA']),
@@ -107,6 +143,24 @@ def test_bad_flags_refused_in_one_line(args, code, names, tmp_path, capsys):
     lines = [l for l in err.err.splitlines() if l.strip()]
     assert e.value.code == code and len(lines) == 1 and lines[0].startswith('at_bench: error: '), err.err[-2000:]
     assert all(n in lines[0] for n in names) and not out.exists() and err.out == ''   # refused before any work
+
+
+def test_cli_measures_table_methods_and_fp16(tmp_path, capsys):
+    "--methods takes names from the method table beyond the default three; --amp fp16 runs; one timed step: ratios n/a."
+    out = tmp_path / 't.json'
+    main([*TINY, '--steps', '1', '--rounds', '1', '--batch_memory', '0', '--methods', 'scratch', 'logit_kd', '--amp', 'fp16', '--output', str(out)])
+    res = json.loads(out.read_text())
+    assert [(s['method'], s['amp'], s['status'], s.get('time_ratio')) for s in res['summary']] == [
+        (m, 'float16', 'ok', None) for m in ('finetune', 'scratch', 'logit_kd')]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith('n/a: time ratios need') and '| logit_kd | 2 |' in '\n'.join(lines)
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit): main(['--help'])
+    h = ' '.join(capsys.readouterr().out.split())
+    for d in ('(default: -3)', '(default: 3.0)', '(default: finetune copy distill)', '(default: inductor)', '(default: off)', 'fp16'):
+        assert d in h, d
 
 
 def test_existing_output_is_never_overwritten(tmp_path, capsys):
