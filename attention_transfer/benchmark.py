@@ -12,23 +12,18 @@ import timm
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from .models import create_model, create_teacher, create_student, atomic_write, ModelError
-from .methods import METHODS, TrainError, get_method, build_task
+from .methods import METHODS, TrainError, get_method, build_task, trained_model
 
 # %% auto #0
-__all__ = ['DEFAULT_METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'trained_module', 'build_network', 'TrainStep',
-           'saved_activation_bytes', 'time_steps', 'BenchTimeout', 'time_limit', 'tokens', 'measure', 'timing_issue',
-           'summarize', 'markdown_table', 'bench', 'environment', 'env_line', 'at_bench', 'main']
+__all__ = ['DEFAULT_METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'build_network', 'TrainStep', 'saved_activation_bytes',
+           'time_steps', 'BenchTimeout', 'time_limit', 'tokens', 'measure', 'timing_issue', 'summarize',
+           'markdown_table', 'bench', 'environment', 'env_line', 'at_bench', 'main']
 
 # %% ../nbs/12_benchmark.ipynb #5408eb6e
 DEFAULT_METHODS = ('finetune', 'copy', 'distill')  # what `at_bench` measures unless --methods says otherwise
 
 class BenchError(ValueError):
     "A benchmark that cannot run as asked (bad flag, no GPU, output exists); the message is one line."
-
-def trained_module(task:TrainingTask) -> nn.Module:
-    "The timm model that `task` trains: its trainable module, or that module's `student` (a teacher–student pair)."
-    m = unwrap_model(task.get_trainable_module())
-    return getattr(m, 'student', m)
 
 def build_network(method:str, # a name in the method table, `methods.METHODS`
                   name:str, # timm registry name of teacher and student
@@ -56,7 +51,7 @@ class TrainStep:
                  compile:bool=False, # `task.compile(backend)`: torch.compile its trainable module (this changes `task`)
                  backend:str='inductor', # torch.compile backend
                  lr:float=1e-4):
-        model = trained_module(task)
+        model = trained_model(task)
         size = model.patch_embed.img_size
         self.x = torch.randn(batch, model.patch_embed.proj.in_channels, *size, device=device)
         self.y = torch.randint(0, model.num_classes, (batch,), device=device)
@@ -163,7 +158,7 @@ def _timed_out(e:BaseException) -> bool:
 
 def tokens(task:TrainingTask) -> int:
     "Tokens per image (patches + prefix tokens) of the model a task from `build_network` trains."
-    m = trained_module(task)
+    m = trained_model(task)
     return m.patch_embed.num_patches + getattr(m, 'num_prefix_tokens', 0)
 
 def measure(method:str, name:str, # see `build_network`
@@ -184,7 +179,7 @@ def measure(method:str, name:str, # see `build_network`
             if cuda: gc.collect(); torch.cuda.empty_cache()
             if compile: torch._dynamo.reset()   # a fresh cache: compile time is this configuration's, no recompile limit hit
             net = build_network(method, name, img_size, end_layer, atd_weight, device)
-            row.update(img_size=trained_module(net).patch_embed.img_size[0], tokens=tokens(net))
+            row.update(img_size=trained_model(net).patch_embed.img_size[0], tokens=tokens(net))
             if cuda: torch.cuda.reset_peak_memory_stats(device)
             step = TrainStep(net, batch, device, amp, compile, backend)
             row.update(time_steps(step, steps, warmup, device))
@@ -351,7 +346,7 @@ def _check(f:dict):
             for m in ['finetune'] + f['methods']:
                 try:
                     task = build_network(m, name, size, f['end_layer'], f['atd_weight'], 'meta')
-                    ps = trained_module(task).patch_embed.patch_size
+                    ps = trained_model(task).patch_embed.patch_size
                     if any(size % p for p in ps):
                         raise BenchError(f"--img_size {size} is not a multiple of {name}'s patch size {ps[0]}: pixels would be dropped")
                     unwrap_model(task.get_eval_model()).eval()(torch.empty(1, 3, size, size, device='meta'))

@@ -16,8 +16,8 @@ from .transfer import AttentionTransfer, AttentionCopy
 from .distill import AttentionDistill
 
 # %% auto #0
-__all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'label_loss', 'TransferTask', 'Method',
-           'register_method', 'get_method', 'build_task', 'FeatureDistill']
+__all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'label_loss', 'trained_model',
+           'TransferTask', 'Method', 'register_method', 'get_method', 'build_task', 'FeatureDistill']
 
 # %% ../nbs/07_methods.ipynb #196caa70
 class TrainError(Exception):
@@ -32,6 +32,11 @@ def label_loss(criterion:nn.Module|None=None, # a classification loss
               ) -> nn.Module:
     "`criterion`, or plain cross-entropy when it is None (what timm's tasks default to)."
     return criterion if criterion is not None else nn.CrossEntropyLoss()
+
+def trained_model(task:TrainingTask) -> nn.Module:
+    "The model a task trains and a checkpoint saves: its trainable module, or that module's `student` (a teacher–student pair)."
+    m = unwrap_model(task.get_trainable_module())
+    return getattr(m, 'student', m)
 
 # %% ../nbs/07_methods.ipynb #72937820
 class TransferTask(TrainingTask):

@@ -23,13 +23,13 @@ from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_dataset, build_loader, build_mixup, build_criterion, DataError
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size, all_reduce_sum
-from .methods import TrainError, build_task, split_output, TransferTask
+from .methods import TrainError, build_task, split_output, trained_model, TransferTask
 from .models import create_model, atomic_write, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
 
 # %% auto #0
 __all__ = ['LAYER_DECAY_RULES', 'AMP', 'LOG_KEYS', 'MODEL_KEYS', 'OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'as_task',
-           'trained_model', 'layer_ids', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype',
-           'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
+           'layer_ids', 'build_optimizer', 'effective_lr', 'build_scheduler', 'amp_dtype', 'save_atomic',
+           'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
            'init_distributed', 'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state', 'log_line',
            'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint', 'ExportModel', 'progress_shown',
            'ProgressBar', 'default_callbacks', 'timm_name', 'parse_mode', 'check_ranges', 'check_aa',
@@ -43,11 +43,6 @@ def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to 
            ) -> TrainingTask:
     "`task` itself, or a plain model wrapped in timm's `ClassificationTask`."
     return task if isinstance(task, TrainingTask) else ClassificationTask(task, criterion, verbose=False)
-
-def trained_model(task:TrainingTask) -> nn.Module:
-    "The model a task trains and a checkpoint saves: its trainable module, or that module's `student` (a teacher–student pair)."
-    m = unwrap_model(task.get_trainable_module())
-    return getattr(m, 'student', m)
 
 # %% ../nbs/08_train.ipynb #ba1c90d9
 import re
