@@ -19,7 +19,8 @@ from .attention import attention_maps
 from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion, build_loader
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta, save_timm_checkpoint
 from .methods import TrainError, METHODS, get_method, build_task, TransferTask
-from .train import Trainer, Callback, seed_all, write_atomic, save_figure, run_script, progress_shown
+from .train import Trainer, Callback, seed_all, write_atomic, save_figure, progress_shown
+from .cli import run_script
 from .pretrain import create_mae, mae_trainer, save_encoder
 from .ensemble import predict, score
 from .transfer import transfer_layers

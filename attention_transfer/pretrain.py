@@ -272,7 +272,9 @@ def probe_encoder(model:VisionTransformer, # frozen encoder to score
 
 # %% ../nbs/10_pretrain.ipynb #29adfc4d
 from timm.task import TrainingTask
-from .train import Trainer, TrainError, Callback, ProgressBar, LogJSONL, SaveCheckpoint, rank, plot_log, save_figure
+from .ensemble import rank
+from .methods import TrainError
+from .train import Trainer, Callback, ProgressBar, LogJSONL, SaveCheckpoint, plot_log, save_figure
 
 class MAETask(TrainingTask):
     "MAE pre-training as a timm `TrainingTask`: `forward(x, y)` -> {'loss': reconstruction loss, 'output': None}; labels are ignored."
@@ -312,12 +314,12 @@ def mae_trainer(mae:MaskedAutoencoder, # the model to pre-train
 
 # %% ../nbs/10_pretrain.ipynb #0ada0533
 from fastcore.script import call_parse, Param, bool_arg
-from .train import (timm_name, effective_lr, init_distributed, seed_all, load_checkpoint, run_script, amp_dtype,
-                                      check_ranges, check_output_dir, check_resume)
+from .train import effective_lr, init_distributed, seed_all, load_checkpoint, amp_dtype
+from .cli import timm_name, run_script, check_ranges, check_output_dir, check_resume
 
 def _check(f:dict)->dict:
     "Check and complete `at_pretrain`'s flags before anything is built or written; TrainError with one line otherwise."
-    f = check_ranges(dict(f))  # every numeric flag in its range (the table `attention_transfer.train.RANGES`)
+    f = check_ranges(dict(f))  # every numeric flag in its range (the table `attention_transfer.cli.RANGES`)
     amp_dtype(f['amp'], 'cpu')  # checks the name
     f['model'] = timm_name(f['model'].removeprefix('mae_'))
     if not timm.is_model(f['model']): raise TrainError(f"--model: unknown model {f['model']!r} (not in timm's registry)")

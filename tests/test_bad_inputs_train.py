@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest, timm, torch
 import attention_transfer.vit  # noqa: F401  (registers vit_nano_patch4_32)
-from attention_transfer.train import RANGES
+from attention_transfer.cli import RANGES
 from _bad_inputs import assert_refused, run
 
 TRAIN = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--epochs', 1, '--steps_per_epoch', 2, '--batch_size', 8,
@@ -33,7 +33,7 @@ def good(tmp_path_factory):
 
 
 # -- every numeric flag out of its range, one line naming the flag, before any work (exit 1: the library's check)
-# one value per flag (both sides of every interval, NaN and the 2**32 seed bound: `check_ranges`'s tests in 08_train);
+# one value per flag (both sides of every interval, NaN and the 2**32 seed bound: `check_ranges`'s tests in 09_cli);
 # negative values that argparse takes for options (-1e-6) are refused by the parser itself (exit 2, naming the flag)
 TRAIN_FLAGS = [('batch_size', 0), ('epochs', 0), ('accum_iter', 0), ('steps_per_epoch', 0), ('stop_epoch', 0), ('blr', 0),
                ('lr', -1), ('min_lr', -1), ('warmup_epochs', 2), ('layer_decay', 1.5), ('beta2', 1), ('weight_decay', -0.1),
@@ -47,8 +47,8 @@ PRETRAIN_FLAGS = [('batch_size', 0), ('epochs', 0), ('accum_iter', 0), ('steps_p
 
 
 def test_the_cases_cover_every_range():
-    "Every flag of the range table that a tool has is tested here (the table is `attention_transfer.train.RANGES`)."
-    from attention_transfer.train import at_train
+    "Every flag of the range table that a tool has is tested here (the table is `attention_transfer.cli.RANGES`)."
+    from attention_transfer.cli import at_train
     from attention_transfer.pretrain import at_pretrain
     import inspect
     for fn, cases in ((at_train, TRAIN_FLAGS), (at_pretrain, PRETRAIN_FLAGS)):
