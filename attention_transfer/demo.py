@@ -26,11 +26,12 @@ from .ensemble import predict, score
 from .transfer import transfer_layers
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'load_split', 'labelled_subset', 'holdout_split', 'translate', 'TensorLoader',
-           'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data', 'Report', 'pretrain_teacher',
-           'run_jobs', 'summarise', 'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results',
-           'attention_agreement', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
-           'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
+__all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
+           'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data', 'Report',
+           'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
+           'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
+           'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of',
+           'config_from_flags', 'at_demo', 'main']
 
 # %% ../nbs/11_demo.ipynb #13090c18
 def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
@@ -234,6 +235,66 @@ def pretrain_teacher(data:dict, # from `prepare_data`
     hist = tr.fit()
     save_encoder(mae, path)
     return dict(history=hist, path=str(path), **_usage(t0, c0))
+
+# %% ../nbs/11_demo.ipynb #9fb08308
+def build_student(method:str, # a name in the method table, e.g. 'scratch', 'finetune', 'copy' or 'distill'
+                  cfg:DemoConfig, # the run's settings
+                  classes:int, # classes of the task
+                  teacher_path:str|Path|None=None, # the MAE encoder (methods that use a pre-trained checkpoint)
+                  criterion:nn.Module|None=None, # the label loss
+                 ) -> tuple: # (student, the method's TrainingTask)
+    "The timm student for `method` (random, or the teacher's weights for fine-tuning) and its task (`methods.build_task`)."
+    m, kw = get_method(method), dict(num_classes=classes, global_pool='avg', **_arch(cfg))
+    teacher = None
+    if m.teacher == 'none': student = create_model(cfg.model, None, drop_path=cfg.drop_path, **kw)
+    elif not teacher_path: raise TrainError(f"{method} needs a teacher checkpoint")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', CheckpointNote)  # "global average pooling with a fresh fc_norm": expected
+            if m.teacher == 'init': student = create_model(cfg.model, teacher_path, drop_path=cfg.drop_path, **kw)
+            else: teacher = create_teacher(cfg.model, teacher_path, **kw)
+        if teacher is not None: student = create_student(teacher, drop_path=cfg.drop_path)
+    opts = dict(end_layer=cfg.recipes.get(method, {}).get('end_layer', 0), atd_weight=cfg.atd_weight)
+    return student, build_task(m, student, teacher, criterion, **{k: v for k, v in opts.items() if k in m.options})
+
+EVAL_BATCH = 128  # at_eval's default batch size: the same batches give bit-identical logits
+
+def eval_loader(data:dict, # from `prepare_data`
+               ) -> torch.utils.data.DataLoader:
+    "The evaluation images in batches of `EVAL_BATCH`, in order, as `at_eval` reads them."
+    return build_loader(torch.utils.data.TensorDataset(data['x_eval'], data['y_eval']), EVAL_BATCH, False, distributed=False)
+
+def eval_spec(cfg:DemoConfig, # the run's settings (resolved by `prepare_data`)
+              data:dict, # from `prepare_data`
+             ) -> dict:
+    "How the demo makes its evaluation images, as a checkpoint's description records it (`models.model_meta`'s `data`)."
+    return dict(name=cfg.data if cfg.data in BUILTIN else str(Path(cfg.data).resolve()), split='holdout' if cfg.holdout else 'test',
+                holdout=cfg.holdout, input_size=cfg.size, mean=list(data['mean']), std=list(data['std']), pipeline='tensor')
+
+def train_student(data:dict, # from `prepare_data`
+                  cfg:DemoConfig, # the run's settings
+                  method:str, # 'scratch', 'finetune', 'copy' or 'distill'
+                  seed:int, # student initialisation, data order, augmentation, drop path
+                  teacher_path:str|Path|None=None, # the MAE encoder (all methods but scratch)
+                  report=None, # called after each epoch
+                 ) -> dict: # method, seed, acc, logits (`n classes`), state_dict, meta, history, seconds, cpu_seconds
+    "Train one student with `method`'s recipe and the shared budget; its accuracy (%), logits and description (`model_meta`)."
+    t0, c0 = time.perf_counter(), time.process_time()
+    seed_all(seed)
+    student, task = build_student(method, cfg, data['classes'], teacher_path, build_criterion(None, cfg.smoothing))
+    r = cfg.recipes[method]
+    dl = TensorLoader(data['x'], data['y'], cfg.batch_size, True, cfg.pad, data['fill'], cfg.hflip, seed=seed)
+    tr = Trainer(task, dl, None, epochs=cfg.epochs, lr=r['lr'], min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
+                 weight_decay=cfg.weight_decay, layer_decay=r.get('layer_decay', 1.), beta2=cfg.beta2, amp='off', device='cpu',
+                 callbacks=[Report(report)])
+    hist = tr.fit()
+    logits, y = predict({method: tr.eval_model()}, eval_loader(data))  # a copy pair runs its teacher
+    acc = score(logits, y)[method]['top1']
+    pair = task.pair if isinstance(task, TransferTask) else None
+    meta = model_meta(student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads) if pair else None,
+                      pair.teacher if pair else None, teacher_path if pair else None, data['class_names'], eval_spec(cfg, data))
+    return dict(method=method, seed=seed, acc=acc, logits=logits[method], state_dict=student.state_dict(), meta=meta,
+                history=hist, **_usage(t0, c0))
 
 # %% ../nbs/11_demo.ipynb #e652cf18
 _W = {}  # per worker process: the data and the progress queue
