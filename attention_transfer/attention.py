@@ -11,8 +11,8 @@ from einops import rearrange
 from timm.layers import Attention
 
 # %% auto #0
-__all__ = ['RECORDABLE', 'INJECTABLE', 'TappedAttention', 'attention_layers', 'AttentionTap', 'QK', 'taps', 'recording',
-           'injecting', 'forward_blocks', 'attention_maps']
+__all__ = ['RECORDABLE', 'INJECTABLE', 'TappedAttention', 'attention_layers', 'AttentionTap', 'QK', 'attention_logits',
+           'safe_softmax', 'taps', 'recording', 'injecting', 'forward_blocks', 'attention_maps']
 
 # %% ../nbs/01_attention.ipynb #d034e78d
 class TappedAttention(Attention):
@@ -86,10 +86,10 @@ class QK:
     def shape(self): return (*self.q.shape[:-1], self.k.shape[-2])
     def logits(self) -> torch.Tensor:
         "The pre-softmax attention `b h n m`, masked like timm masks (-inf where a bool mask is False)."
-        return _logits(self.q, self.k, self.scale, self.attn_mask, self.is_causal)
+        return attention_logits(self.q, self.k, self.scale, self.attn_mask, self.is_causal)
     def probs(self) -> torch.Tensor:
         "The attention map `b h n m`; a query row whose keys are all masked is zero."
-        return self.logits().softmax(-1) if self.attn_mask is None else _safe_softmax(self.logits())
+        return self.logits().softmax(-1) if self.attn_mask is None else safe_softmax(self.logits())
     def select(self, heads) -> QK:
         "The same attention restricted to `heads`."
         if heads is None: return self
@@ -98,8 +98,13 @@ class QK:
         return QK(self.q[:, heads], self.k[:, heads], self.scale, m, self.is_causal)
 
 # %% ../nbs/01_attention.ipynb #e952b5de
-def _logits(q, k, scale, attn_mask=None, is_causal=False):
-    "Pre-softmax attention `b h n m` = q·scale kᵀ, masked like timm masks."
+def attention_logits(q:torch.Tensor, # queries `b h n d`
+                     k:torch.Tensor, # keys `b h m d`
+                     scale:float, # usually `d ** -0.5`
+                     attn_mask:torch.Tensor|None=None, # bool (True: attend) or additive float, broadcastable to `b h n m`
+                     is_causal:bool=False, # mask the keys after each query
+                    ) -> torch.Tensor: # `b h n m`, -inf where masked
+    "Pre-softmax attention `b h n m` = q·scale kᵀ, masked like `scaled_dot_product_attention` masks."
     s = (q * scale) @ k.transpose(-2, -1)
     if is_causal:
         n, m = s.shape[-2:]
@@ -108,7 +113,8 @@ def _logits(q, k, scale, attn_mask=None, is_causal=False):
         s = s.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else s + attn_mask
     return s
 
-def _safe_softmax(s:torch.Tensor) -> torch.Tensor:
+def safe_softmax(s:torch.Tensor, # logits `... m`, -inf where masked
+                ) -> torch.Tensor:
     "Softmax over the last dim; rows that are all -inf (fully masked) give zeros, not NaN, and no NaN gradient."
     dead = (s == float('-inf')).all(-1, keepdim=True)
     return s.masked_fill(dead, 0.).softmax(-1).masked_fill(dead, 0.)
@@ -161,9 +167,9 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
         and _same_mask(new.attn_mask, attn_mask) and new.is_causal == is_causal))
     if rec & {'logits', 'attn'} or not self.fused_attn or (new is not None and not fuse_new):
         if own_qk:
-            logits = _logits(q, k, self.scale, attn_mask, is_causal)
+            logits = attention_logits(q, k, self.scale, attn_mask, is_causal)
             tap.save('logits', logits)
-            attn = logits.softmax(-1) if attn_mask is None else _safe_softmax(logits)   # only a mask can empty a row
+            attn = logits.softmax(-1) if attn_mask is None else safe_softmax(logits)   # only a mask can empty a row
         if new is not None:
             m = new.probs() if isinstance(new, QK) else new
             attn = _mix(attn, m, heads, 'attn') if own_qk else m.to(v.dtype)

@@ -15,7 +15,7 @@ import attention_transfer.ensemble as ens
 from .models import (create_model, create_teacher, create_student, checkpoint_meta, file_sha256,
                                        CheckpointError, CheckpointNote, ModelError)
 from .ensemble import rank, world_size
-from .transfer import vit_shape, transfer_layers, transfer_heads
+from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads
 from .methods import TrainError, METHODS, get_method, build_task
 from .train import (LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed,
                                       seed_all, write_atomic)
@@ -223,7 +223,7 @@ def apply_preset(cfg:TrainConfig, # a configuration; its `preset` names the reci
 def _resolve_method(c:TrainConfig):
     "Check and complete, in place, the mode, target, pre-trained checkpoint and model names."
     c.mode, c.target = parse_mode(c.mode, c.finetune, c.target)
-    if c.target not in ('attn', 'q', 'k', 'v'): raise TrainError(f"--target must be attn, q, k or v, not {c.target!r}")
+    if c.target not in TARGETS: raise TrainError(f"--target must be attn, q, k or v, not {c.target!r}")
     role = get_method(c.mode).teacher  # what the pre-trained checkpoint is for (the method table's `teacher`)
     transfer = role in ('train', 'inference')  # a frozen teacher beside a random student
     if role != 'none' and not c.finetune: raise TrainError(f"--mode {c.mode} needs the pre-trained checkpoint: --finetune PATH")

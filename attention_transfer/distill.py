@@ -5,7 +5,7 @@
 # %% ../nbs/03_distill.ipynb #217917ea
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
-from .attention import recording, QK, _logits, _safe_softmax
+from .attention import recording, QK, attention_logits, safe_softmax
 from .transfer import AttentionTransfer, TARGETS
 
 # %% auto #0
@@ -20,7 +20,7 @@ def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
     if not ce.isnan().any(): return ce.mean()   # no masked logits: the plain cross-entropy (NaN only comes from a -inf logit)
     dead = (t == float('-inf')).all(-1) | (s == float('-inf')).all(-1)
     s = s.masked_fill(s == float('-inf'), torch.finfo(s.dtype).min)    # a finite log-prob, so that 0·log p is 0, not NaN
-    ce = F.cross_entropy(s.flatten(0, -2), _safe_softmax(t).flatten(0, -2), reduction='none')
+    ce = F.cross_entropy(s.flatten(0, -2), safe_softmax(t).flatten(0, -2), reduction='none')
     return ce.view(dead.shape).masked_fill(dead, 0.).mean()
 
 def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `QK` ('attn'), or q/k/v `b h n d`
@@ -65,7 +65,7 @@ class AttentionLSE(torch.autograd.Function):
         ctx.save_for_backward(q, k, attn_mask)
         if q.device.type == 'cuda' and attn_mask is None and q.shape[-1] % 8 == 0:   # the memory-efficient kernel's LSE (rows padded)
             return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, is_causal=is_causal, scale=scale)[1][..., :q.shape[-2]]
-        with torch.no_grad(): return _logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
+        with torch.no_grad(): return attention_logits(q, k, scale, attn_mask, is_causal).logsumexp(-1)
 
     @staticmethod
     def backward(ctx, g):                                          # g: b h n

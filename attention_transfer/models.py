@@ -15,7 +15,7 @@ import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_n
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
            'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint',
-           'file_sha256', 'model_args', 'model_meta', 'checkpoint_meta', 'save_student']
+           'file_sha256', 'model_args', 'model_meta', 'placed_meta', 'checkpoint_meta', 'save_student']
 
 # %% ../nbs/06_models.ipynb #98af3ef7
 class ModelError(Exception):
@@ -292,7 +292,7 @@ def save_timm_checkpoint(model:nn.Module|dict, # a timm model (possibly wrapped 
     "Atomically write `model`'s plain state dict (and `meta`) to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
     sd = model if isinstance(model, dict) else model.state_dict()
     sd = clean_state_dict({k: v.detach().cpu() for k, v in sd.items()})
-    if meta is not None: meta = json.loads(json.dumps(_placed(meta, Path(path).parent)))
+    if meta is not None: meta = json.loads(json.dumps(placed_meta(meta, Path(path).parent)))
     if Path(path).suffix == '.safetensors':
         data = safetensors.torch.save({k: v.contiguous().clone() for k, v in sd.items()},
                                       metadata=None if meta is None else {META_KEY: json.dumps(meta)})
@@ -354,7 +354,9 @@ def model_meta(model:nn.Module, # the timm model the checkpoint holds
                 classes=None if classes is None else [str(c) for c in classes], data=data)
     return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
 
-def _placed(meta:dict, folder:Path) -> dict:
+def placed_meta(meta:dict, # a description from `model_meta`
+                folder:str|Path, # where the checkpoint that carries it is written
+               ) -> dict:
     "`meta` with the teacher's path also given relative to `folder` (where the checkpoint is written)."
     t = meta.get('teacher') or {}
     if not t.get('abs_path'): return meta

@@ -309,7 +309,7 @@ def validate(self:Trainer) -> dict:
     return {f'{k}_{m}': v for k, r in res.items() for m, v in r.items()}
 
 # %% ../nbs/08_train.ipynb #70bd1876
-from .models import model_meta, checkpoint_meta, save_timm_checkpoint, file_sha256, _placed
+from .models import model_meta, checkpoint_meta, save_timm_checkpoint, file_sha256, placed_meta
 from .data import BUILTIN
 
 def _normalisation(ds) -> tuple:
@@ -334,7 +334,7 @@ def describe(self:Trainer, folder:str|Path|None=None, # where the checkpoint goe
                                             net.teacher if pair else None, f.get('finetune') or None if pair else None,
                                             getattr(ds, 'classes', None), data)
         except ModelError: return None  # e.g. an MAE being pre-trained
-    return _placed(self._description, folder) if folder is not None else self._description
+    return placed_meta(self._description, folder) if folder is not None else self._description
 
 # %% ../nbs/08_train.ipynb #29698c13
 def load_exact(model:nn.Module, # the model the run trains (or its EMA)

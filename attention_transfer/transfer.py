@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath
-from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK
+from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK, INJECTABLE
 
 # %% auto #0
 __all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'checkpointed_blocks',
@@ -47,7 +47,7 @@ def transfer_heads(num_heads:int, # heads per layer
     return None if hs == list(range(num_heads)) else hs
 
 # %% ../nbs/02_copy.ipynb #a06da20e
-TARGETS = ('attn', 'q', 'k', 'v')
+TARGETS = INJECTABLE  # what can be transferred: exactly what the taps can inject (attn, q, k, v)
 
 def vit_shape(model:nn.Module, # a timm ViT
              ) -> dict:
