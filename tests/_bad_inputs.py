@@ -46,6 +46,12 @@ def run(prog:str, *args, env:dict|None=None, cwd=None, timeout:int=300) -> subpr
                           cwd=cwd, timeout=timeout)
 
 
+def tmp_left(tmp) -> list:
+    "What a run left in its temporary folder `tmp`, less torch's compile cache folder (made when torch is imported)."
+    tmp = Path(tmp)
+    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob('*') if not p.relative_to(tmp).parts[0].startswith('torchinductor_'))
+
+
 def console_scripts() -> dict:
     "{script: 'module:function'} as `settings.ini` declares them (setup.py's `console_scripts`, split the same way)."
     cfg = configparser.ConfigParser(interpolation=None); cfg.read(ROOT/'settings.ini')
@@ -138,7 +144,7 @@ def run_forked(prog:str, *args, env:dict|None=None, cwd=None, timeout:int=300, m
         out.seek(0); err.seek(0)
         r = subprocess.CompletedProcess([prog, *argv], os.waitstatus_to_exitcode(status),
                                         out.read().decode('utf-8', 'replace'), err.read().decode('utf-8', 'replace'))
-        r.tmp_left = sorted(str(p.relative_to(child_tmp)) for p in child_tmp.rglob('*'))
+        r.tmp_left = tmp_left(child_tmp)
     return r
 
 
@@ -171,7 +177,7 @@ def assert_refused(prog:str, *args, names=(), code:int|None=None, watch=(), abse
     if real:
         with tempfile.TemporaryDirectory() as tmp:
             r = run(prog, *args, env={**(env or {}), 'TMPDIR': tmp}, cwd=cwd, timeout=timeout)
-            r.tmp_left = sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob('*'))
+            r.tmp_left = tmp_left(tmp)
         same = (_check(r, prog, args, 'process', names, code, watch, before, absent), r.returncode) == (line, f.returncode)
         assert same, f'the fork and the process differ:\nfork: exit {f.returncode}, {line}\nprocess: exit {r.returncode}, {r.stderr}'
     return line
