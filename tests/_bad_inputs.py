@@ -107,7 +107,7 @@ def _child(prog:str, main, argv:list, env:dict, cwd, tmp:str, imported:Path) -> 
         import torch
         torch.set_num_threads(int(env.get('OMP_NUM_THREADS') or 1)); torch.default_generator.manual_seed(67280421310721)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try: code = _exit_code(main())
+    try: code = _exit_code(main())   # as the generated script does: main() reads sys.argv
     except SystemExit as e: code = _exit_code(e.code)
     except BaseException:
         traceback.print_exc(); code = 1
@@ -148,7 +148,7 @@ def run_forked(prog:str, *args, env:dict|None=None, cwd=None, timeout:int=300, m
             code = 70
             try:
                 os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
-                code = _child(prog, lambda: main(argv), argv, {**ENV, **(env or {})}, cwd, str(child_tmp), Path(tmp)/'imported')
+                code = _child(prog, main, argv, {**ENV, **(env or {})}, cwd, str(child_tmp), Path(tmp)/'imported')
             finally: os._exit(code)
         deadline = time.monotonic() + timeout
         while True:
