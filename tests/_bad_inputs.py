@@ -138,6 +138,8 @@ def run_forked(prog:str, *args, env:dict|None=None, cwd=None, timeout:int=300, m
     result lists what the run left in its own temporary folder (TMPDIR). `main`: the entry function, for the harness's
     own tests (default: `entry(prog)`)."""
     main, argv = main or entry(prog), list(map(str, args))
+    dist = sys.modules.get('torch.distributed')
+    assert not (dist and dist.is_available() and dist.is_initialized()), 'a process group is open in the test process: a fork would inherit it'
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile(dir=tmp) as out, tempfile.TemporaryFile(dir=tmp) as err:
         child_tmp = Path(tmp)/'tmp'; child_tmp.mkdir()
         for f in (sys.stdout, sys.stderr):
