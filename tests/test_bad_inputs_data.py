@@ -3,7 +3,8 @@ checkpoint given to `at_train` (--data_path/--data, --finetune) or `at_eval` is 
 `prog: error: ...` that names it and says what is wrong, with exit status 1, no traceback, nothing written, and a
 previous good run's folder left byte- and mode-identical (harness: tests/_bad_inputs.py).
 
-Tiny model (vit_nano_patch4_32, 32 px), two-class folders of 20x24 PNGs, one subprocess per case."""
+Tiny model (vit_nano_patch4_32, 32 px), two-class folders of 20x24 PNGs. Each case runs in a fork of this process; the
+truncated checkpoint also as the installed at_train and at_eval in new processes (`real=True`)."""
 import datetime, os, shutil
 from pathlib import Path
 import numpy as np, pytest, safetensors.torch, timm, torch
@@ -82,7 +83,7 @@ def check_reason(line:str, kind:str):
 def test_train_finetune_refuses(env, kind):
     p, retry = env/'ck'/CKPTS[kind][0], env/'good'/'retry'
     line = assert_refused('at_train', *TINY, '--data_path', env/'data', '--mode', 'finetune', '--finetune', p, '--output_dir', retry,
-                          code=1, names=[p], watch=[env/'good', env/'ck', env/'data'], absent=[retry], cwd=env)
+                          code=1, names=[p], watch=[env/'good', env/'ck', env/'data'], absent=[retry], cwd=env, real=kind == 'truncated')
     check_reason(line, kind)
 
 
@@ -98,7 +99,7 @@ def test_eval_refuses(env, kind):
     "`at_eval CHECKPOINT --model NAME`: a checkpoint that is not from a run."
     p, out = env/'ck'/CKPTS[kind][0], env/'good'/'eval.json'
     line = assert_refused('at_eval', p, '--model', 'vit_nano_patch4_32', '--data_path', env/'data', '--num_workers', 0, '--output', out,
-                          code=1, names=[p], watch=[env/'good', env/'ck'], absent=[out], cwd=env)
+                          code=1, names=[p], watch=[env/'good', env/'ck'], absent=[out], cwd=env, real=kind == 'truncated')
     check_reason(line, kind)
 
 

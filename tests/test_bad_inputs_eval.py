@@ -1,6 +1,6 @@
 """Bad input to `at_eval` and `at_demo`, through the shared harness (`tests/_bad_inputs.py`): each case exits non-zero
 with one `prog: error: ...` line naming the flag or file at fault, no traceback, watched files untouched and nothing
-half-written. at_eval's checkpoints are made here in-process (random weights: what is tested is the refusal), with the
+half-written (each case in a fork of this process; those with `real=True` also as the installed script). at_eval's checkpoints are made here in-process (random weights: what is tested is the refusal), with the
 same descriptions that at_demo and at_train write; `tests/test_demo.py` has the at_demo cases not repeated here."""
 import shutil
 from pathlib import Path
@@ -97,7 +97,7 @@ def test_output_location(ck, where, names):
 ])
 def test_bad_flags(ck, args, names, code):
     out = ck['root']/'flags.json'
-    assert_refused('at_eval', ck['scratch'], *args, '--output', out, names=names, code=code, absent=[out])
+    assert_refused('at_eval', ck['scratch'], *args, '--output', out, names=names, code=code, absent=[out], real=args == ['--bogus'])
 
 
 def test_other_images_with_other_classes(ck):
@@ -128,7 +128,7 @@ def test_mismatched_ensemble(ck, other, names):
 def test_demo_output_dir_of_an_earlier_run(tmp_path):
     prev = tmp_path/'runs'/'demo'; (prev/'students').mkdir(parents=True)
     (prev/'results.json').write_text('{"earlier": "result"}\n'); (prev/'students'/'copy_seed0.pth').write_bytes(b'weights')
-    assert_refused('at_demo', '--output_dir', prev, names=['--output_dir', 'not empty'], code=1, watch=[tmp_path/'runs'])
+    assert_refused('at_demo', '--output_dir', prev, names=['--output_dir', 'not empty'], code=1, watch=[tmp_path/'runs'], real=True)
 
 
 def test_demo_output_dir_cannot_be_made(tmp_path):
@@ -153,4 +153,4 @@ def test_demo_bad_flags(tmp_path, args, names):
 
 @pytest.mark.parametrize('args, names', [(['--seeds'], ['--seeds']), (['--epochs', 'x'], ['--epochs']), (['--methods'], ['--methods'])])
 def test_demo_unparsable_flags(tmp_path, args, names):
-    assert_refused('at_demo', *args, '--output_dir', tmp_path/'o', names=names, code=2, absent=[tmp_path/'o'])
+    assert_refused('at_demo', *args, '--output_dir', tmp_path/'o', names=names, code=2, absent=[tmp_path/'o'], real=args == ['--epochs', 'x'])

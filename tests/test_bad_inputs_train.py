@@ -1,7 +1,8 @@
 """Bad input to `at_train` and `at_pretrain`, run as a user runs them: every numeric flag out of its range, bad names,
 output locations that cannot be written or hold another run, and resumes that would continue another run. Each is
 refused with one line naming the flag or file, before any work, and leaves the earlier good runs untouched
-(harness: `tests/_bad_inputs.py`). Tiny models on `digits`; the good runs are made once per module."""
+(harness: `tests/_bad_inputs.py`: each case in a fork of this process; the cases with `real=True` also as the installed
+console script in a new process). Tiny models on `digits`; the good runs are made once per module."""
 import os, stat, tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,13 +60,13 @@ def test_the_cases_cover_every_range():
 @pytest.mark.parametrize('flag,value', TRAIN_FLAGS, ids=[f'{k}={v}' for k, v in TRAIN_FLAGS])
 def test_at_train_flag_out_of_range(flag, value, tmp_path):
     assert_refused('at_train', *TRAIN, f'--{flag}', value, '--output_dir', tmp_path/'out', code=1,
-                   names=[f'--{flag} must be in {RANGES[flag]}'], absent=[tmp_path/'out'])
+                   names=[f'--{flag} must be in {RANGES[flag]}'], absent=[tmp_path/'out'], real=flag == 'batch_size')
 
 
 @pytest.mark.parametrize('flag,value', PRETRAIN_FLAGS, ids=[f'{k}={v}' for k, v in PRETRAIN_FLAGS])
 def test_at_pretrain_flag_out_of_range(flag, value, tmp_path):
     assert_refused('at_pretrain', *PRETRAIN, f'--{flag}', value, '--output_dir', tmp_path/'out', code=1,
-                   names=[f'--{flag} must be in {RANGES[flag]}'], absent=[tmp_path/'out'])
+                   names=[f'--{flag} must be in {RANGES[flag]}'], absent=[tmp_path/'out'], real=flag == 'batch_size')
 
 
 NAMES = [('at_train', ['--amp', 'fp8'], '--amp'), ('at_train', ['--aa', 'foo'], '--aa'),
@@ -179,4 +180,4 @@ def test_resume_across_tools(good, tmp_path):
     assert_refused('at_train', *TRAIN, '--resume', good/'mae'/'checkpoint.pth', '--output_dir', tmp_path/'t', code=1,
                    names=['is another run', '--mode pretrain'], watch=[good], absent=[tmp_path/'t'])
     assert_refused('at_pretrain', *PRETRAIN, '--resume', good/'scratch'/'checkpoint.pth', '--output_dir', tmp_path/'p', code=1,
-                   names=['not an at_pretrain checkpoint'], watch=[good], absent=[tmp_path/'p'])
+                   names=['not an at_pretrain checkpoint'], watch=[good], absent=[tmp_path/'p'], real=True)

@@ -1,9 +1,11 @@
 """`at_demo` as a user runs it, at a toy size: the console script in a subprocess with two worker processes, the files
-it writes (results.json's exact shape, the figures), reusing a teacher, an ImageFolder, and one-line failures."""
+it writes (results.json's exact shape, the figures), reusing a teacher, an ImageFolder, and one-line failures (these in
+a fork of the test process, `tests/_bad_inputs.py`, but for one in a process of its own)."""
 import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
+from _bad_inputs import run_forked
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg')
@@ -11,8 +13,10 @@ TINY = ['--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100', '--dep
 KEYS = ['scratch', 'finetune', 'copy', 'distill', 'ensemble_finetune_distill', 'ensemble_finetune_scratch', 'ensemble_finetune_copy']
 
 
-def at_demo(*args, check=True, timeout=600):
-    r = subprocess.run([str(BIN/'at_demo'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+def at_demo(*args, check=True, timeout=600, fork=False):
+    "Run the console script in a new process; `fork`: in a fork of this one (`tests/_bad_inputs.py`), for quick refusals."
+    if fork: r = run_forked('at_demo', *args, env={'PYTHONWARNINGS': ''}, timeout=timeout)  # the environment of ENV
+    else: r = subprocess.run([str(BIN/'at_demo'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
     if check: assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
@@ -73,7 +77,7 @@ def test_bad_teacher(run, tmp_path):
     enc = (out/'teacher'/'encoder.pth').read_bytes()
     (tmp_path/'trunc.pth').write_bytes(enc[:len(enc) // 2])
     for teacher, msg in ((tmp_path/'trunc.pth', 'truncated or corrupt'), (out/'teacher'/'encoder.pth', 'does not fit vit_pico_patch7_28')):
-        r = at_demo('--data', 'digits', '--seeds', '0', *TINY[:-4], '--teacher', teacher, '--output_dir', tmp_path/'o', check=False)
+        r = at_demo('--data', 'digits', '--seeds', '0', *TINY[:-4], '--teacher', teacher, '--output_dir', tmp_path/'o', check=False, fork=True)
         assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert 'scratch:' not in r.stdout and not (tmp_path/'o').exists()
 
@@ -102,13 +106,14 @@ def test_image_folder(tmp_path):
     (['--workers', '-1'], '--workers must be 0'),
 ])
 def test_bad_flags(tmp_path, args, msg):
-    r = at_demo(*args, '--output_dir', tmp_path/'o', check=False)
+    r = at_demo(*args, '--output_dir', tmp_path/'o', check=False, fork=True)
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path/'o'/'results.json').exists()
 
 
 def test_output_dir_is_a_file(tmp_path):
+    "In a process of its own: the installed console script's exit status and stderr."
     (tmp_path/'f').write_text('x')
     r = at_demo('--output_dir', tmp_path/'f', check=False)
     assert r.returncode == 1 and 'exists and is not a folder' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
