@@ -323,6 +323,7 @@ from fastcore.script import call_parse, Param, bool_arg
 from .train import effective_lr, init_distributed, seed_all, load_checkpoint, amp_dtype
 from .cli import timm_name, run_script, check_ranges, check_output_dir, check_resume
 
+# %% ../nbs/10_pretrain.ipynb #03f6f47e
 def _check(f:dict)->dict:
     "Check and complete `at_pretrain`'s flags before anything is built or written; TrainError with one line otherwise."
     f = check_ranges(dict(f))  # every numeric flag in its range (the table `attention_transfer.cli.RANGES`)
