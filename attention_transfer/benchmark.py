@@ -25,6 +25,7 @@ DEFAULT_METHODS = ('finetune', 'copy', 'distill')  # what `at_bench` measures un
 class BenchError(ValueError):
     "A benchmark that cannot run as asked (bad flag, no GPU, output exists); the message is one line."
 
+# %% ../nbs/12_benchmark.ipynb #4cc51d4b
 def build_network(method:str, # a name in the method table, `methods.METHODS`
                   name:str, # timm registry name of teacher and student
                   img_size:int|None=None, # image side in pixels; None: the model's default
@@ -80,6 +81,7 @@ class _Saved:
 
 def _storage(t:torch.Tensor): return t.untyped_storage()
 
+# %% ../nbs/12_benchmark.ipynb #8a0e4416
 def saved_activation_bytes(fn, # runs a forward pass and returns its output (e.g. the loss), graph attached
                            exclude:nn.Module|None=None, # its parameters and buffers are not counted
                           ) -> int:
@@ -156,11 +158,13 @@ def _timed_out(e:BaseException) -> bool:
         e = e.__cause__ or e.__context__
     return False
 
+# %% ../nbs/12_benchmark.ipynb #c1b75d92
 def tokens(task:TrainingTask) -> int:
     "Tokens per image (patches + prefix tokens) of the model a task from `build_network` trains."
     m = trained_model(task)
     return m.patch_embed.num_patches + getattr(m, 'num_prefix_tokens', 0)
 
+# %% ../nbs/12_benchmark.ipynb #4ffa01dd
 def measure(method:str, name:str, # see `build_network`
             img_size:int|None=None, batch:int=16, # image side; images per timed step
             batch_memory:int=2, # images for `saved_activation_bytes` (0: skip; always skipped when compiled)
@@ -205,6 +209,7 @@ def timing_issue(rows:list, # the `ok` rows of one (model, size, compile, method
     if sum(len(r['times']) for r in rows) < 2: return 'one timed step: no spread'
     return None
 
+# %% ../nbs/12_benchmark.ipynb #91e0f9e3
 def summarize(rows:list, # from `measure`, any number of rounds
              ) -> list:
     "One record per (model, size, compile, method): median step time, images/s, memory, and ratios to fine-tuning."
@@ -259,6 +264,7 @@ def markdown_table(summary:list) -> str:
 # %% ../nbs/12_benchmark.ipynb #82f926bc
 def _label(r): return f"{r['model']} {r['img_size']}px {'compiled' if r['compile'] else 'eager'} {r['method']} round {r.get('round', 0)}"
 
+# %% ../nbs/12_benchmark.ipynb #b2ffb646
 def bench(models=('vit_tiny_patch16_224',), # timm names
           img_sizes=(224, 448), # image sides in pixels
           batches=(16,), # images per timed step: one per model, or one for all
@@ -307,6 +313,7 @@ def environment(device='cpu', # the device measured
                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
     return env
 
+# %% ../nbs/12_benchmark.ipynb #f50882f3
 def env_line(env:dict) -> str:
     "`environment()` as one line."
     gpu = f"{env['gpu']} ({env['gpu_memory_gib']} GiB), CUDA {env['cuda']}; " if 'gpu' in env else ''
@@ -412,6 +419,7 @@ def _parser(func, prog:str) -> argparse.ArgumentParser:
         else: p.add_argument(f'--{k}', type=next((a for a in typing.get_args(t) if a is not type(None)), t), default=d, help=h)
     return p
 
+# %% ../nbs/12_benchmark.ipynb #03fad60e
 def _fail(prog:str, msg, code:int=1):
     "Print `prog: error: msg` as one line on stderr and exit with `code`."
     print(f"{prog}: error: {' '.join(str(msg).split())}", file=sys.stderr); sys.exit(code)

@@ -68,6 +68,7 @@ def labelled_subset(y:torch.Tensor, # labels of the training split
     if n < int(y.max()) + 1: raise TrainError(f"--n_labelled {n} is fewer than the {int(y.max()) + 1} classes")
     return _stratified(y, n)[0]
 
+# %% ../nbs/11_demo.ipynb #57506711
 def holdout_split(y:torch.Tensor, # labels of the training split
                   n_val:int, # images to hold out for validation
                  ) -> tuple: # (train indices, validation indices)
@@ -130,6 +131,7 @@ ENSEMBLES = {'ensemble_finetune_distill': ('finetune', 'distill'), 'ensemble_fin
              'ensemble_finetune_copy': ('finetune', 'copy')}
 PAPER = {'scratch': 83.0, 'finetune': 85.7, 'copy': 85.1, 'distill': 85.7, 'ensemble_finetune_distill': 86.3}  # ImageNet-1K, ViT-L/16
 
+# %% ../nbs/11_demo.ipynb #f92985af
 def default_recipes() -> dict:
     "Per-method settings: peak lr, layer-wise lr decay, and for copy/distill the transferred layers `[0, depth + end_layer)`."
     return {'scratch': dict(lr=3e-3, layer_decay=1.0),
@@ -137,6 +139,7 @@ def default_recipes() -> dict:
             'copy': dict(lr=2e-3, layer_decay=1.0, end_layer=-3),
             'distill': dict(lr=1.6e-2, layer_decay=1.0, end_layer=-2)}
 
+# %% ../nbs/11_demo.ipynb #17a06040
 @dataclass
 class DemoConfig:
     "Everything that defines a demo run (saved to `run.json`)."
@@ -175,12 +178,14 @@ def _arch(cfg:DemoConfig) -> dict:
     "Keyword arguments that build the configured architecture at the configured image size."
     return dict(cfg.arch, **({'img_size': cfg.size} if cfg.size else {}))
 
+# %% ../nbs/11_demo.ipynb #5dfcf1d8
 def class_names(data:str, # built-in name or ImageFolder root
                ) -> list: # class names in label order
     "The class names of `data`: '0'..'9' for the built-in digits, the sub-folders of `train/` for a folder (ImageFolder's order)."
     if data in BUILTIN: return [str(i) for i in range(BUILTIN[data]['classes'])]
     return sorted(e.name for e in os.scandir(Path(data)/'train') if e.is_dir())
 
+# %% ../nbs/11_demo.ipynb #6410793f
 def eval_split(data:str, # built-in name or ImageFolder root
                size:int, mean:tuple, std:tuple, # image side and normalisation
                holdout:int=0, # >0: the images held out of the training split (`holdout_split`) instead of the test split
@@ -193,6 +198,7 @@ def eval_split(data:str, # built-in name or ImageFolder root
     else: x, y, _ = load_split(data, False, size, mean, std, num_workers)
     return x, y, class_names(data)
 
+# %% ../nbs/11_demo.ipynb #d92ec34a
 def prepare_data(cfg:DemoConfig, # the run's settings
                  num_workers:int=0, # DataLoader workers for an ImageFolder
                 ) -> tuple: # (data dict, completed cfg)
@@ -217,6 +223,7 @@ class Report(Callback):
     def after_epoch(self, tr, rec):
         if self.report is not None: self.report()
 
+# %% ../nbs/11_demo.ipynb #31c020f1
 def _usage(t0:float, c0:float) -> dict: return dict(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
 def pretrain_teacher(data:dict, # from `prepare_data`
@@ -257,6 +264,7 @@ def build_student(method:str, # a name in the method table, e.g. 'scratch', 'fin
     opts = dict(end_layer=cfg.recipes.get(method, {}).get('end_layer', 0), atd_weight=cfg.atd_weight)
     return student, build_task(m, student, teacher, criterion, **{k: v for k, v in opts.items() if k in m.options})
 
+# %% ../nbs/11_demo.ipynb #d826f60d
 EVAL_BATCH = 128  # at_eval's default batch size: the same batches give bit-identical logits
 
 def eval_loader(data:dict, # from `prepare_data`
@@ -264,6 +272,7 @@ def eval_loader(data:dict, # from `prepare_data`
     "The evaluation images in batches of `EVAL_BATCH`, in order, as `at_eval` reads them."
     return build_loader(torch.utils.data.TensorDataset(data['x_eval'], data['y_eval']), EVAL_BATCH, False, distributed=False)
 
+# %% ../nbs/11_demo.ipynb #f1b7eb17
 def eval_spec(cfg:DemoConfig, # the run's settings (resolved by `prepare_data`)
               data:dict, # from `prepare_data`
              ) -> dict:
@@ -271,6 +280,7 @@ def eval_spec(cfg:DemoConfig, # the run's settings (resolved by `prepare_data`)
     return dict(name=cfg.data if cfg.data in BUILTIN else str(Path(cfg.data).resolve()), split='holdout' if cfg.holdout else 'test',
                 holdout=cfg.holdout, input_size=cfg.size, mean=list(data['mean']), std=list(data['std']), pipeline='tensor')
 
+# %% ../nbs/11_demo.ipynb #8e4a8885
 def train_student(data:dict, # from `prepare_data`
                   cfg:DemoConfig, # the run's settings
                   method:str, # 'scratch', 'finetune', 'copy' or 'distill'
@@ -314,6 +324,7 @@ def _cores() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/11_demo.ipynb #062d4109
 def run_jobs(data:dict, # from `prepare_data`
              cfg:DemoConfig, # the run's settings (its `teacher` is used when set)
              teacher_path:str|Path, # where the pre-trained encoder is written (or `cfg.teacher`)
@@ -369,6 +380,7 @@ def run_jobs(data:dict, # from `prepare_data`
     _end(pb, total)
     return out
 
+# %% ../nbs/11_demo.ipynb #cf89ea34
 def _in_notebook() -> bool:
     import fastprogress.fastprogress as fp
     return bool(fp.IN_NOTEBOOK)
@@ -391,6 +403,7 @@ def summarise(res:dict, # from `run_jobs`
             acc[name] = [score({m: res[(m, s)]['logits'] for m in members}, y)['ensemble']['top1'] for s in cfg.seeds]
     return acc
 
+# %% ../nbs/11_demo.ipynb #155ff05c
 def gap_recovered(acc:dict, # from `summarise`
                   method:str='distill', # 'distill' or 'copy'
                  ) -> float|None: # a fraction (1 = all of the gap), or None: undefined
@@ -398,6 +411,7 @@ def gap_recovered(acc:dict, # from `summarise`
     s, f, m = (float(np.mean(acc[k])) for k in ('scratch', 'finetune', method))
     return (m - s) / (f - s) if f > s else None
 
+# %% ../nbs/11_demo.ipynb #d4bc5f11
 def environment() -> dict:
     "Where numbers were measured: CPU model, cores, Python, torch and timm versions, torch's threads (printed and saved beside every result)."
     import platform
@@ -408,6 +422,7 @@ def environment() -> dict:
     return dict(cpu=cpu, cores=_cores(), python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 threads=torch.get_num_threads())
 
+# %% ../nbs/11_demo.ipynb #cb21e4db
 def paired(acc:dict, # from `summarise`
            a:str, # the method expected to be better, e.g. 'distill'
            b:str, # the method it is compared with, on the same seeds, e.g. 'scratch'
@@ -424,6 +439,7 @@ _SHORT = {'scratch': 'scratch', 'finetune': 'fine-tune', 'copy': 'copy', 'distil
           'ensemble_finetune_distill': 'ens. ft\n+ distill', 'ensemble_finetune_scratch': 'ens. ft\n+ scratch',
           'ensemble_finetune_copy': 'ens. ft\n+ copy'}
 
+# %% ../nbs/11_demo.ipynb #bcddac51
 def _ms(v:list) -> str:
     return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
@@ -436,6 +452,7 @@ def _paired_line(acc:dict) -> str:
         out.append(f"{name} = {p['mean']:+.2f}{sd} (> 0 in {p['wins']} of {p['n']})")
     return 'paired by seed: ' + '; '.join(out)
 
+# %% ../nbs/11_demo.ipynb #2da7d8ad
 def results_table(acc:dict, # from `summarise`
                   seeds:list, # the seeds, for the column head
                   where:str='test', # what the accuracies are measured on
@@ -501,6 +518,7 @@ def _ink_query(img:torch.Tensor, grid:tuple) -> int:
     p = img.mean(0).unflatten(0, (gh, -1)).unflatten(2, (gw, -1)).mean((1, 3))
     return int(p.flatten().argmax())
 
+# %% ../nbs/11_demo.ipynb #a6e1e45c
 def distinct_examples(y:torch.Tensor, # labels
                       n:int, # how many
                      ) -> torch.Tensor:
@@ -509,6 +527,7 @@ def distinct_examples(y:torch.Tensor, # labels
     pick = classes[torch.linspace(0, len(classes) - 1, min(n, len(classes))).round().long()]
     return torch.stack([(y == c).nonzero()[0, 0] for c in pick])
 
+# %% ../nbs/11_demo.ipynb #3a1024ff
 @torch.no_grad()
 def plot_attention(models:dict, # {name: timm ViT}, e.g. teacher and students
                    x:torch.Tensor, # `b c h w` normalised images (a few)
@@ -548,6 +567,7 @@ def check_config(cfg:DemoConfig):
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
         except ValueError as e: raise TrainError(f"--end_layer_{m}: {e}") from None
 
+# %% ../nbs/11_demo.ipynb #2467f5eb
 def rebuild_models(res:dict, # from `run_jobs`
                    cfg:DemoConfig, # the run's settings
                    data:dict, # from `prepare_data`
@@ -564,6 +584,7 @@ def rebuild_models(res:dict, # from `run_jobs`
             s = create_model(cfg.model, None, **kw); s.load_state_dict(res[(m, seed)]['state_dict']); out[m] = s
     return out
 
+# %% ../nbs/11_demo.ipynb #1cf1ef9f
 def run_demo(cfg:DemoConfig, # the run's settings
              output_dir:str|Path='demo_output', # where results, figures and weights go
              workers:int|None=None, # parallel worker processes (None: one per CPU core, at most one per job; 0: everything in this process)
@@ -583,6 +604,7 @@ def run_demo(cfg:DemoConfig, # the run's settings
         if created is not None: shutil.rmtree(created, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
         raise
 
+# %% ../nbs/11_demo.ipynb #5e405c2c
 def _check_writable(out_dir:Path):
     "Refuse (one line) an output folder that cannot be created or written, before any work."
     top = next(d for d in [out_dir, *out_dir.parents] if d.exists())  # the nearest folder that exists
@@ -591,6 +613,7 @@ def _check_writable(out_dir:Path):
     except OSError as e: raise TrainError(f"--output_dir: cannot write in {top} ({e.strerror})") from None
     os.close(fd); os.unlink(probe)
 
+# %% ../nbs/11_demo.ipynb #c39a78e2
 def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, write) -> dict:
     "`run_demo`'s work, writing into `out_dir`."
     t0 = time.perf_counter()
@@ -639,6 +662,7 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     write(f"wrote {out_dir}/results.json, results.png" + (", attention.png" if extra else "") + f", run.json in {wall:.0f} s")
     return results
 
+# %% ../nbs/11_demo.ipynb #5e5824ad
 def transfer_layers_of(cfg:DemoConfig, teacher:nn.Module) -> list:
     "The blocks distillation transfers (all blocks when distillation is not run)."
     return transfer_layers(len(teacher.blocks), cfg.recipes['distill'].get('end_layer', 0) if 'distill' in cfg.methods else 0)
@@ -670,6 +694,7 @@ def config_from_flags(flags:dict) -> DemoConfig:
     if len(set(f.get('seeds', [0]))) != len(f.get('seeds', [0])): raise TrainError(f"--seeds repeats a seed: {f['seeds']}")
     return replace(cfg, recipes=rec, arch=arch, **f)
 
+# %% ../nbs/11_demo.ipynb #fa6fd460
 @call_parse
 def at_demo(
     data:str='mnist5k', # built-in dataset (mnist5k, digits) or an ImageFolder root with train/<class>/* and val/<class>/*
@@ -699,6 +724,7 @@ def at_demo(
     cfg = config_from_flags(flags)
     return run_demo(cfg, output_dir, workers)
 
+# %% ../nbs/11_demo.ipynb #bae7614c
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):
     "Console script `at_demo`."

@@ -27,6 +27,7 @@ def patchify(imgs:torch.Tensor, # `b c h w` images
     p, q = patch_size
     return rearrange(imgs, 'b c (h p) (w q) -> b (h w) (p q c)', p=p, q=q)
 
+# %% ../nbs/10_pretrain.ipynb #dc5a0d4e
 def unpatchify(x:torch.Tensor, # `b n (p q c)` patches
                patch_size:tuple[int,int], # `(p, q)`
                grid_size:tuple[int,int], # `(h, w)` patches per column and row
@@ -204,6 +205,7 @@ def reconstruct(mae:MaskedAutoencoder, # a (trained) MAE
     unp = lambda t: unpatchify(t, mae.patch_size, mae.grid_size)
     return unp(target * (1 - m)), unp(target * (1 - m) + pred * m), unp(m.expand_as(target))[:, :1]
 
+# %% ../nbs/10_pretrain.ipynb #a2168509
 def show_reconstructions(mae:MaskedAutoencoder, # a (trained) MAE
                          imgs:torch.Tensor, # `b c h w` normalised images (a few)
                          mean:tuple=(0.,), std:tuple=(1.,), # the normalisation to undo for display
@@ -237,6 +239,7 @@ def encoder_features(model:VisionTransformer, # a timm ViT (e.g. `mae.encoder`, 
     if getattr(model, 'cls_token', None) is not None: feats['token'] = out[:, 0]
     return feats
 
+# %% ../nbs/10_pretrain.ipynb #66c1de0e
 def knn_accuracy(train_x:torch.Tensor, train_y:torch.Tensor, # `n c` features and `n` labels to vote from
                  test_x:torch.Tensor, test_y:torch.Tensor, # `m c` features and `m` labels to score
                  k:int=20, temperature:float=0.07)->float: # accuracy in %
@@ -246,6 +249,7 @@ def knn_accuracy(train_x:torch.Tensor, train_y:torch.Tensor, # `n c` features an
     votes = torch.zeros(len(test_x), int(train_y.max()) + 1).scatter_add_(1, train_y[i], (v / temperature).exp())
     return (votes.argmax(1) == test_y).float().mean().item() * 100
 
+# %% ../nbs/10_pretrain.ipynb #ee0c0bad
 def linear_probe_accuracy(train_x:torch.Tensor, train_y:torch.Tensor, test_x:torch.Tensor, test_y:torch.Tensor,
                           max_iter:int=3000)->float: # accuracy in %
     "Logistic regression on standardised features (scikit-learn), accuracy on the test features."
@@ -255,6 +259,7 @@ def linear_probe_accuracy(train_x:torch.Tensor, train_y:torch.Tensor, test_x:tor
     clf = LogisticRegression(max_iter=max_iter).fit(sc.transform(train_x.numpy()), train_y.numpy())
     return clf.score(sc.transform(test_x.numpy()), test_y.numpy()) * 100
 
+# %% ../nbs/10_pretrain.ipynb #0dc1ede1
 def probe_encoder(model:VisionTransformer, # frozen encoder to score
                   data:str='mnist5k', # built-in dataset or ImageFolder root with train/ and val/
                   input_size:int|None=None, # default: the model's
@@ -300,6 +305,7 @@ class ExportEncoder(Callback):
             if make is None: continue
             fig = make(); save_figure(fig, tr.output_dir/name, 100); plt.close(fig)
 
+# %% ../nbs/10_pretrain.ipynb #cff00585
 def mae_trainer(mae:MaskedAutoencoder, # the model to pre-train
                 train_dl, # unlabeled training images (labels, if any, are ignored)
                 *, weight_decay:float=0.05, beta2:float=0.95, min_lr:float=0., layer_decay:float=1., # MAE's defaults
@@ -317,6 +323,7 @@ from fastcore.script import call_parse, Param, bool_arg
 from .train import effective_lr, init_distributed, seed_all, load_checkpoint, amp_dtype
 from .cli import timm_name, run_script, check_ranges, check_output_dir, check_resume
 
+# %% ../nbs/10_pretrain.ipynb #03f6f47e
 def _check(f:dict)->dict:
     "Check and complete `at_pretrain`'s flags before anything is built or written; TrainError with one line otherwise."
     f = check_ranges(dict(f))  # every numeric flag in its range (the table `attention_transfer.cli.RANGES`)
@@ -339,6 +346,7 @@ def _check(f:dict)->dict:
     check_output_dir(f['output_dir'], f['resume'], ('checkpoint.pth', 'log.jsonl', 'encoder.pth'))
     return f
 
+# %% ../nbs/10_pretrain.ipynb #bfbe0c85
 PRETRAIN_KEYS = ('mode', 'model', 'input_size', 'mask_ratio', 'norm_pix_loss', 'decoder_dim', 'decoder_depth', 'decoder_heads', 'decoder_pos')
 
 def _build_mae(f:dict)->MaskedAutoencoder:
@@ -354,6 +362,7 @@ def _build_mae(f:dict)->MaskedAutoencoder:
         raise TrainError(f"--input_size {size[0]} is not a multiple of {f['model']}'s patch size {mae.patch_size[0]}")
     return mae
 
+# %% ../nbs/10_pretrain.ipynb #ce37a267
 @call_parse
 def at_pretrain(
     model:str='vit_pico_patch7_28', # timm ViT to pre-train (any timm VisionTransformer; MAE names such as mae_vit_base_patch16 work too)
@@ -419,6 +428,7 @@ def at_pretrain(
     trainer.fit(f['stop_epoch'])
     return trainer
 
+# %% ../nbs/10_pretrain.ipynb #b0730d8c
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):
     "Console script `at_pretrain`."
