@@ -22,6 +22,7 @@ class TappedAttention(Attention):
         if not tap.active: return super().forward(x, *args, **kwargs)
         return _tapped_forward(self, tap, x, *args, **kwargs)
 
+# %% ../nbs/01_attention.ipynb #bc7f809f
 def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must be timm's `Attention`
                     ) -> list[Attention]:
     "The timm `Attention` module of every block of `model`, in depth order."
@@ -41,6 +42,7 @@ def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must 
 RECORDABLE = ('logits', 'attn', 'q', 'k', 'v', 'qk')
 INJECTABLE = ('attn', 'q', 'k', 'v')
 
+# %% ../nbs/01_attention.ipynb #9b03461b
 class AttentionTap:
     "What one attention layer records (for each open `recording`) and which attention, q, k or v is injected into it."
     def __init__(self, num_heads:int): # heads of the layer, to check `heads`
@@ -113,6 +115,7 @@ def attention_logits(q:torch.Tensor, # queries `b h n d`
         s = s.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else s + attn_mask
     return s
 
+# %% ../nbs/01_attention.ipynb #37c7a2b7
 def safe_softmax(s:torch.Tensor, # logits `... m`, -inf where masked
                 ) -> torch.Tensor:
     "Softmax over the last dim; rows that are all -inf (fully masked) give zeros, not NaN, and no NaN gradient."
@@ -137,6 +140,7 @@ def _mix(own:torch.Tensor, # the layer's own `b h n n` map or `b h n d` q/k/v
 # %% ../nbs/01_attention.ipynb #be564c55
 def _same_mask(a, b) -> bool: return a is b
 
+# %% ../nbs/01_attention.ipynb #4a6e9db0
 def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **kwargs):
     "timm's `Attention.forward`, recording and injecting as `tap` says."
     attn_mask = kwargs.get('attn_mask', args[0] if args else None)
@@ -207,10 +211,12 @@ def _layer_ids(ts:list, layers) -> list[int]:
         raise ValueError(f"layers {layers} out of range for a model with {len(ts)} blocks")
     return layers
 
+# %% ../nbs/01_attention.ipynb #ed53561e
 def _remove(stack:list, entry):
     "Remove `entry` (by identity) from `stack`, wherever it is: contexts may close out of order."
     del stack[next(j for j, e in enumerate(stack) if e is entry)]
 
+# %% ../nbs/01_attention.ipynb #baf69dbd
 @contextmanager
 def recording(model:nn.Module, # a timm ViT
               what=('attn',), # quantities from `RECORDABLE`
@@ -226,6 +232,7 @@ def recording(model:nn.Module, # a timm ViT
     finally:
         for i in ids: _remove(ts[i].recorders, entries[i])
 
+# %% ../nbs/01_attention.ipynb #6a096dcc
 @contextmanager
 def injecting(model:nn.Module, # a timm ViT
               values:dict, # {layer: {name from `INJECTABLE`: tensor `b h n n` / `QK` ('attn') or `b h n d`}}
@@ -256,6 +263,7 @@ def forward_blocks(model:nn.Module, # a timm ViT
     for blk in model.blocks[:last + 1]: x = blk(x)
     return x
 
+# %% ../nbs/01_attention.ipynb #11044d30
 @torch.no_grad()
 def attention_maps(model:nn.Module, # a timm ViT, or a teacher–student pair (`AttentionCopy`, `AttentionDistill`)
                    x:torch.Tensor, # images `b c h w`

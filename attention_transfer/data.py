@@ -48,6 +48,7 @@ def _8bit(img:Image.Image, # an opened image, any Pillow mode
         raise ImageLoadError(f"cannot read image {path}: 32-bit pixels from {a.min()} to {a.max()}; only 0..65535 (16 bits) has a known scale")
     return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8))
 
+# %% ../nbs/05_data.ipynb #b9a8657e
 def load_image(path:str|Path, # an image file
               ) -> Image.Image:
     "Open `path` as an 8-bit RGB PIL image (wider pixels rescaled, not clipped), or raise `ImageLoadError` naming the file."
@@ -59,9 +60,10 @@ def load_image(path:str|Path, # an image file
         raise ImageLoadError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 # %% ../nbs/05_data.ipynb #b50fcd26
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
 def _visible(name:str) -> bool: return not name.startswith('.')
+
+# %% ../nbs/05_data.ipynb #f297ce0f
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 class ImageFolder(torchvision.datasets.ImageFolder):
     "torchvision's `ImageFolder`, numbered with a given class list, skipping hidden entries, loading images with `load_image`."
@@ -118,6 +120,7 @@ def _builtin_arrays(name):
     idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=BUILTIN[name]['test_size'], stratify=y, random_state=0)
     return x, y, np.sort(idx_tr), np.sort(idx_te)
 
+# %% ../nbs/05_data.ipynb #4f40ea7d
 def builtin_split(name:str, # 'mnist5k' or 'digits'
                   train:bool, # training split (else test split)
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,6 +151,7 @@ def _norm_stats(model, mean, std):
         mean, std = mean or cfg.get('mean'), std or cfg.get('std')
     return tuple(mean or IMAGENET_DEFAULT_MEAN), tuple(std or IMAGENET_DEFAULT_STD)
 
+# %% ../nbs/05_data.ipynb #2d87e2ca
 def build_transform(train:bool, # training (augmenting) or evaluation transform
                     input_size:int=224, # side of the square output image
                     *, aa:str|None='rand-m9-mstd0.5-inc1', # timm auto-augment policy (None/'none' for no RandAugment)
@@ -175,6 +179,7 @@ def build_transform(train:bool, # training (augmenting) or evaluation transform
 # %% ../nbs/05_data.ipynb #e2b5cc33
 _DIGIT_DEFAULTS = dict(hflip=0., scale=(0.35, 1.0), crop_pct=1.0)
 
+# %% ../nbs/05_data.ipynb #65843e2c
 def build_dataset(data:str|Path, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
                   train:bool, # training split (else validation/test split)
                   input_size:int=224, # side of the square images the model sees
@@ -208,6 +213,7 @@ class ShardSampler(Sampler):
     def __iter__(self): return iter(range(self.rank, self.n, self.world_size))
     def __len__(self): return len(range(self.rank, self.n, self.world_size))
 
+# %% ../nbs/05_data.ipynb #11e87de3
 class SeededLoader(DataLoader):
     "A DataLoader whose `set_epoch(e)` fixes both the shuffling and the worker seeds of epoch `e`."
     def __init__(self, dataset, # what to load
@@ -230,6 +236,7 @@ def dist_info(distributed:bool|None=None) -> tuple[int, int]:
     if distributed is None: distributed = dist.is_available() and dist.is_initialized()
     return (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
 
+# %% ../nbs/05_data.ipynb #495854d4
 def build_loader(dataset:Dataset, # from `build_dataset`
                  batch_size:int, # per-process batch size
                  train:bool, # shuffle + drop_last (training) or ordered, complete shards (evaluation)
@@ -266,6 +273,7 @@ def build_mixup(mixup:float, # Mixup alpha (0: off)
     return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, cutmix_minmax=cutmix_minmax, prob=prob, switch_prob=switch_prob,
                  mode=mode, label_smoothing=smoothing, num_classes=nb_classes)
 
+# %% ../nbs/05_data.ipynb #b1b4267e
 def build_criterion(mixup_fn:Mixup|None, # from `build_mixup`
                     smoothing:float=0., # label smoothing (used only without Mixup: Mixup smooths its own targets)
                    ) -> nn.Module:

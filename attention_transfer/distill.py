@@ -23,6 +23,7 @@ def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
     ce = F.cross_entropy(s.flatten(0, -2), safe_softmax(t).flatten(0, -2), reduction='none')
     return ce.view(dead.shape).masked_fill(dead, 0.).mean()
 
+# %% ../nbs/03_distill.ipynb #f81e6630
 def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `QK` ('attn'), or q/k/v `b h n d`
                   student, # the student's, of the same kind and shape
                   target:str='attn', # 'attn': cross-entropy of the attention distributions; 'q'/'k'/'v': MSE
@@ -51,6 +52,7 @@ def _float_mask(m, dtype):
     if m is None or m.dtype != torch.bool: return m
     return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float('-inf'))
 
+# %% ../nbs/03_distill.ipynb #b7c96847
 class AttentionLSE(torch.autograd.Function):
     "Row log-sum-exp `b h n` of the attention logits q·scale kᵀ (masked like timm masks), with its exact gradient; keeps no `b h n m` tensor."
     @staticmethod
@@ -85,11 +87,7 @@ class AttentionLSE(torch.autograd.Function):
             gk, = torch.autograd.grad(o, kv, sg * q)               # scale·softmax(s)ᵀ(g∘q): the value gradient
         return sg * o.detach(), gk, None, None, None               # scale·g·softmax(s)k
 
-# %% ../nbs/03_distill.ipynb #0b526bcf
-def _dead_rows(m:torch.Tensor|None):
-    "Query rows (broadcastable to `b h n`) whose keys a bool mask hides entirely; None without one."
-    return None if m is None else ~m.any(-1)
-
+# %% ../nbs/03_distill.ipynb #bd427c6e
 class TeacherAttention(torch.autograd.Function):
     "`softmax(q_T·scale k_Tᵀ + mask)·v` `b h n e` for a frozen teacher's q, k on the CPU: differentiable in `v` only, keeps q, k and the LSE."
     @staticmethod
@@ -108,12 +106,19 @@ class TeacherAttention(torch.autograd.Function):
         o2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(k, q, go.to(q.dtype).contiguous(), attn_mask=bias, scale=ctx.scale)
         return None, None, o2 * lse2.exp()[..., None], None, None, None
 
+# %% ../nbs/03_distill.ipynb #e05c7a9a
 def _teacher_keys(t:QK, ks:torch.Tensor) -> torch.Tensor:
     "The teacher's attention applied to the student's keys, `P_T K_S` `b h n d`."
     if ks.device.type == 'cpu' and t.q.shape[-1] == ks.shape[-1]:
         return TeacherAttention.apply(t.q, t.k, ks, t.scale, t.attn_mask, t.is_causal)
     return F.scaled_dot_product_attention(t.q, t.k, ks, attn_mask=t.attn_mask, is_causal=t.is_causal, scale=t.scale)
 
+# %% ../nbs/03_distill.ipynb #0b526bcf
+def _dead_rows(m:torch.Tensor|None):
+    "Query rows (broadcastable to `b h n`) whose keys a bool mask hides entirely; None without one."
+    return None if m is None else ~m.any(-1)
+
+# %% ../nbs/03_distill.ipynb #2c3df965
 def _qk_ce(t:QK, # the teacher's attention
            s:QK, # the student's
           ) -> torch.Tensor:

@@ -32,6 +32,7 @@ def _logits(out, name):
                         "(an AttentionDistill pair in train mode returns (logits, loss))")
     return out
 
+# %% ../nbs/04_ensemble.ipynb #f035b1f0
 class Ensemble(nn.Module):
     "Several classifiers as one: `forward(x)` -> the combined scores (see `combine`)."
     def __init__(self, models, # a list of modules, or {name: module}
@@ -59,6 +60,7 @@ def world_size() -> int:
     "Number of processes (1 outside torch.distributed)."
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+# %% ../nbs/04_ensemble.ipynb #bb1bb152
 def all_reduce_sum(t:torch.Tensor, # this process's values (any device)
                   ) -> torch.Tensor: # the sum over processes, on `t`'s device
     "Sum `t` over all processes (a copy; `t` itself outside torch.distributed)."
@@ -70,6 +72,7 @@ def all_reduce_sum(t:torch.Tensor, # this process's values (any device)
 def _members(models) -> Ensemble:
     return models if isinstance(models, Ensemble) else Ensemble(models if isinstance(models, (list, dict)) else {'model': models})
 
+# %% ../nbs/04_ensemble.ipynb #2da128d8
 @torch.no_grad()
 def predict(models, # a module, a list of modules, {name: module}, or an `Ensemble`
             loader, # yields (images, integer labels): this process's shard
@@ -94,6 +97,7 @@ def predict(models, # a module, a list of modules, {name: module}, or an `Ensemb
     if not ys: return {n: torch.zeros(0, 0) for n in outs}, torch.zeros(0, dtype=torch.long)  # an empty shard
     return {n: torch.cat(l) for n, l in outs.items()}, torch.cat(ys)
 
+# %% ../nbs/04_ensemble.ipynb #ae9ecf85
 def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
           y:torch.Tensor, # `n` labels
           how:str='prob', # how the ensemble combines its members: 'prob' or 'logit'
@@ -118,6 +122,7 @@ def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
     return {nm: {**{f'top{k}': 100 * s[i, j].item() / n for j, k in enumerate(topk)}, 'loss': s[i, -2].item() / n, 'n': n}
             for i, nm in enumerate(names)}
 
+# %% ../nbs/04_ensemble.ipynb #82f9fd7b
 def evaluate(models, # an `Ensemble`, a module, a list of modules, or {name: module}
              loader, # yields (images, integer labels): this process's shard
              how:str='prob', # how the ensemble combines its members: 'prob' or 'logit' (an `Ensemble` keeps its own)

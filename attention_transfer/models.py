@@ -68,12 +68,14 @@ def _one_line(e:BaseException, n:int=160) -> str:
     s = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__).split('. ')[0]
     return s if len(s) <= n else s[:n - 3] + '...'
 
+# %% ../nbs/06_models.ipynb #eb6b8446
 def _format(p:Path) -> str:
     with open(p, 'rb') as f: head = f.read(9)
     if p.suffix == '.safetensors' or (len(head) == 9 and head[8:9] == b'{'): return 'safetensors'
     if head[:4] == b'PK\x03\x04' or head[:1] == b'\x80': return 'torch'  # zip archive (torch >= 1.6) or legacy pickle
     return 'unknown'
 
+# %% ../nbs/06_models.ipynb #bcddfd53
 _TRUST = "if you trust the file, load it once with torch.load(path, weights_only=False) and torch.save only its state dict"
 
 def _refusal(p:Path, e:pickle.UnpicklingError) -> CheckpointError:
@@ -91,6 +93,7 @@ def _refusal(p:Path, e:pickle.UnpicklingError) -> CheckpointError:
     if scan[1] > 3: return CheckpointError(f"refusing to load {p}: it was pickled with protocol {scan[1]}, which weights-only loading cannot read; {_TRUST}")
     return CheckpointError(f"refusing to load {p}: its pickle does what weights-only loading does not allow ({_one_line(why)}); {_TRUST}")
 
+# %% ../nbs/06_models.ipynb #3f19abc4
 def _read(p:Path, map_location):
     if p.stat().st_size == 0: raise CheckpointError(f"cannot read checkpoint {p}: the file is empty")
     fmt = _format(p)
@@ -135,10 +138,12 @@ def _head_keys(model, keys):
     names = (names,) if isinstance(names, str) else tuple(names)
     return [k for k in keys if any(k == n or k.startswith(n + '.') for n in names)]
 
+# %% ../nbs/06_models.ipynb #4a83baba
 def _short(keys, n=3):
     keys = list(keys)
     return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
 
+# %% ../nbs/06_models.ipynb #d0c8b0cb
 def _resize_pos_embed(model, sd, notes):
     pe, target = sd.get('pos_embed'), getattr(model, 'pos_embed', None)
     if pe is None or not isinstance(target, torch.Tensor) or pe.shape == target.shape or pe.shape[-1] != target.shape[-1]: return
@@ -219,6 +224,7 @@ def freeze(model:nn.Module) -> nn.Module:
     model.requires_grad_(False)
     return model.eval()
 
+# %% ../nbs/06_models.ipynb #e815be49
 def create_teacher(name:str, # timm registry name
                    checkpoint:str|Path|None=None, # local teacher weights (MAE, timm/DeiT, safetensors)
                    **kw, # `create_model` options (num_classes, img_size, global_pool, use_ema, ...)
@@ -226,6 +232,7 @@ def create_teacher(name:str, # timm registry name
     "A frozen teacher (eval mode, no gradients) built by `create_model`."
     return freeze(create_model(name, checkpoint, **kw))
 
+# %% ../nbs/06_models.ipynb #cd3385d8
 def create_student(teacher:str|nn.Module, # registry name, or a model made by `create_model`/`create_teacher`
                    *, num_classes:int|None=None, # classes of the task (default: the teacher's)
                    drop_path:float=0., # stochastic depth rate of the student
@@ -240,8 +247,6 @@ def create_student(teacher:str|nn.Module, # registry name, or a model made by `c
     return create_model(spec.pop('name'), None, drop_path=drop_path, **spec)
 
 # %% ../nbs/06_models.ipynb #a70d1c02
-import socket
-
 def _umask() -> int:
     "The process's umask, read without changing it (Linux: /proc/self/status), else by a brief `os.umask` round trip."
     try:
@@ -249,8 +254,11 @@ def _umask() -> int:
     except (OSError, StopIteration, ValueError, IndexError): pass
     mask = os.umask(0o022); os.umask(mask); return mask
 
+# %% ../nbs/06_models.ipynb #88a5e09f
+import socket
 _HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname()) or 'host'
 
+# %% ../nbs/06_models.ipynb #938178e4
 def _gone(pid:int) -> bool:
     "Whether no process `pid` runs on this machine (never claimed on Windows, where signal 0 is CTRL_C_EVENT)."
     if os.name == 'nt' or pid == os.getpid(): return False
@@ -259,6 +267,7 @@ def _gone(pid:int) -> bool:
     except OSError: pass  # e.g. another user's live process
     return False
 
+# %% ../nbs/06_models.ipynb #a135fad1
 def _remove_stale(folder:Path):
     "Remove the temporary files that `atomic_write`s killed on this host left in `folder`."
     pat = re.compile(rf'\..+\.{re.escape(_HOST)}\.(\d+)\.[a-z0-9_]+\.tmp')
@@ -311,6 +320,7 @@ def file_sha256(path:str|Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/06_models.ipynb #24576500
 def _unwrap(model:nn.Module) -> nn.Module:
     for attr in ('_orig_mod', 'module'):
         while isinstance(getattr(model, attr, None), nn.Module): model = getattr(model, attr)
@@ -318,6 +328,7 @@ def _unwrap(model:nn.Module) -> nn.Module:
 
 def _plain(v): return list(v) if isinstance(v, tuple) else v
 
+# %% ../nbs/06_models.ipynb #844ff8cd
 def model_args(model:nn.Module, # a timm model (from `create_model`, or a timm VisionTransformer)
               ) -> tuple: # (timm name, `timm.create_model` keyword arguments)
     "The registry name and creation arguments that rebuild `model`'s architecture."
@@ -334,6 +345,7 @@ def model_args(model:nn.Module, # a timm model (from `create_model`, or a timm V
                 num_heads=getattr(blocks[0].attn, 'num_heads', None) if blocks else None)
     return name, {k: v for k, v in args.items() if v is not None}
 
+# %% ../nbs/06_models.ipynb #aae61bab
 def model_meta(model:nn.Module, # the timm model the checkpoint holds
                method:str|None=None, # 'scratch', 'finetune', 'copy' or 'distill' (None: not recorded)
                transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads'}
@@ -354,6 +366,7 @@ def model_meta(model:nn.Module, # the timm model the checkpoint holds
                 classes=None if classes is None else [str(c) for c in classes], data=data)
     return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
 
+# %% ../nbs/06_models.ipynb #0544813d
 def placed_meta(meta:dict, # a description from `model_meta`
                 folder:str|Path, # where the checkpoint that carries it is written
                ) -> dict:

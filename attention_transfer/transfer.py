@@ -49,6 +49,7 @@ def transfer_heads(num_heads:int, # heads per layer
 # %% ../nbs/02_copy.ipynb #a06da20e
 TARGETS = INJECTABLE  # what can be transferred: exactly what the taps can inject (attn, q, k, v)
 
+# %% ../nbs/02_copy.ipynb #84790e17
 def vit_shape(model:nn.Module, # a timm ViT
              ) -> dict:
     "Blocks, heads and head width per block, and token count (patches + prefix tokens) of `model`."
@@ -58,11 +59,13 @@ def vit_shape(model:nn.Module, # a timm ViT
     return dict(depth=len(attns), heads=[a.num_heads for a in attns], head_dim=[a.head_dim for a in attns],
                 tokens=None if n is None else n + getattr(model, 'num_prefix_tokens', 0))
 
+# %% ../nbs/02_copy.ipynb #ea895e70
 def _describe(s): 
     h, d = sorted(set(s['heads'])), sorted(set(s['head_dim']))
     return (f"{s['depth']} blocks x {h[0] if len(h)==1 else s['heads']} heads (head dim {d[0] if len(d)==1 else s['head_dim']}), "
             f"{s['tokens']} tokens")
 
+# %% ../nbs/02_copy.ipynb #5f3a9363
 def check_pair(teacher:nn.Module, # the pre-trained ViT
                student:nn.Module, # the ViT to train
                target:str='attn', # what is transferred: one of `TARGETS`
@@ -116,6 +119,7 @@ def _checkpointed_forward(blk:nn.Module, masks:dict|None, teacher:nn.Module|None
         finally: tap.recorders, tap.injections = old
     return checkpoint(type(blk).forward, blk, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), replay()), **kwargs)
 
+# %% ../nbs/02_copy.ipynb #f9c570cc
 @contextmanager
 def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens unless its `grad_checkpointing` is on
                         masks:dict|None=None, # shared drop-path masks to replay (see `shared_drop_path`)

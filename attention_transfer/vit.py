@@ -26,6 +26,7 @@ def vit_cfg(size:int, # image height = width, in pixels
                 interpolation='bicubic', fixed_input_size=True, mean=mean, std=std,
                 first_conv='patch_embed.proj', classifier='head', license='apache-2.0', **kwargs)
 
+# %% ../nbs/00_vit.ipynb #a27c2c62
 # `register_model` looks this dict up in the module that defines each entry point
 default_cfgs = {
     'vit_pico_patch4_32': vit_cfg(32),
@@ -49,6 +50,7 @@ def vit_pico_patch4_32(pretrained:bool=False, # timm hub weights; none exist, so
     args = dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.)
     return _create_small_vit('vit_pico_patch4_32', pretrained, **dict(args, **kwargs))
 
+# %% ../nbs/00_vit.ipynb #1fa44e34
 @register_model
 def vit_pico_patch7_28(pretrained:bool=False, # timm hub weights; none exist, so `True` raises
                        **kwargs # any `VisionTransformer` argument; overrides the defaults below
@@ -57,6 +59,7 @@ def vit_pico_patch7_28(pretrained:bool=False, # timm hub weights; none exist, so
     args = dict(img_size=28, patch_size=7, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.)
     return _create_small_vit('vit_pico_patch7_28', pretrained, **dict(args, **kwargs))
 
+# %% ../nbs/00_vit.ipynb #55984364
 @register_model
 def vit_nano_patch4_32(pretrained:bool=False, # timm hub weights; none exist, so `True` raises
                        **kwargs # any `VisionTransformer` argument; overrides the defaults below
