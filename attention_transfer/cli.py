@@ -264,7 +264,7 @@ def _resolve_resume(c:TrainConfig):
     elif res and not Path(res).is_file(): raise TrainError(f"--resume: {'not a file' if Path(res).exists() else 'checkpoint not found'}: {res}")
     c.resume = str(res) if res else ''
     if not c.eval: check_output_dir(c.output_dir, c.resume)
-    if c.eval and c.mode == 'scratch' and not c.resume: raise TrainError("--eval needs weights: --resume CHECKPOINT (or --finetune)")
+    if c.eval and get_method(c.mode).teacher == 'none' and not c.resume: raise TrainError("--eval needs weights: --resume CHECKPOINT (or --finetune)")
 
 def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
            ) -> TrainConfig:

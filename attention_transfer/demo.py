@@ -642,7 +642,7 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
     fig = plot_results(acc, f"{cfg.model} on {cfg.data}: {len(data['x'])} labels, {cfg.epochs} epochs, {len(cfg.seeds)} seeds")
     save_figure(fig, out_dir/'results.png', 120); plt.close(fig)
     extra = {}
-    if any(m != 'scratch' for m in cfg.methods):
+    if any(get_method(m).teacher != 'none' for m in cfg.methods):
         models = rebuild_models(res, cfg, data, tpath, cfg.seeds[0])
         teacher = models['teacher (MAE)']
         layers = sorted({transfer_layers_of(cfg, teacher)[-1], len(teacher.blocks) - 1})
