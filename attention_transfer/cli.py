@@ -16,7 +16,7 @@ from .models import (create_model, create_teacher, create_student, checkpoint_me
                                        CheckpointError, CheckpointNote, ModelError)
 from .ensemble import rank, world_size
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads
-from .methods import TrainError, METHODS, get_method, build_task
+from .methods import TrainError, METHODS, get_method, build_task, option_defaults
 from .train import (LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed,
                                       seed_all, write_atomic)
 
@@ -132,14 +132,14 @@ def check_resume(ck:dict, # from `load_checkpoint`
 class TrainConfig:
     "The settings of one `at_train` run: one field per flag (same name, default and meaning)."
     model:str='vit_large_patch16' # student model: a timm name (official names such as dual_vit_large_patch16 work too)
-    mode:str|None=None # scratch, finetune, copy or distill (official copy_q..distill_v too); default: finetune with --finetune, else scratch
+    mode:str|None=None # a method of the table (methods.METHODS): scratch, finetune, copy, distill, logit_kd, feature_kd, distill_features, ...; the official copy_q..distill_v too; default: finetune with --finetune, else scratch
     finetune:str='' # pre-trained checkpoint (MAE, timm/DeiT, safetensors): the teacher of copy/distill, the start of finetune
     teacher:str|None=None # teacher model name (default: --model, so the student is the teacher's exact architecture)
     end_layer:int=0 # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
     layers:list|None=None # block indices to transfer, instead of --end_layer
     heads:list|None=None # heads to transfer in each block (default: all)
     target:str='attn' # what is transferred: attn (the maps), q, k or v
-    atd_weight:float=3. # weight of the attention-distillation loss
+    atd_weight:float|None=None # weight of the transfer loss (default: the method's, see `methods.option_defaults`: 3 for distill and distill_features, as in the paper; 1 for logit_kd and feature_kd)
     share_drop_path:bool=False # teacher and student share drop-path masks (the reference code's behaviour)
     batch_size:int=64 # images per process and step: effective batch = batch_size * accum_iter * processes
     epochs:int=50 # length of the schedule
@@ -148,7 +148,7 @@ class TrainConfig:
     lr:float|None=None # absolute lr (overrides --blr)
     min_lr:float=1e-6 # lr at the end of the cosine
     layer_decay:float=0.75 # layer-wise lr decay (1: off)
-    layer_decay_rule:str|None=None # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for copy/distill, mae otherwise
+    layer_decay_rule:str|None=None # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for methods with a frozen teacher (copy, distill, ...), mae otherwise
     beta2:float=0.999 # AdamW beta2
     weight_decay:float=0.05 # AdamW weight decay (not on norms, biases, pos_embed, class/register tokens)
     drop_path:float=0.1 # stochastic depth rate of the student
@@ -252,9 +252,11 @@ def _resolve_inputs(c:TrainConfig):
     if c.layer_decay_rule not in LAYER_DECAY_RULES:
         raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {c.layer_decay_rule!r}")
     if (c.mixup > 0 or c.cutmix > 0) and c.batch_size % 2: raise TrainError(f"Mixup/CutMix need an even --batch_size, not {c.batch_size}")
-    given = dict(end_layer=c.end_layer, layers=c.layers, heads=c.heads, target=c.target != 'attn', share_drop_path=c.share_drop_path)
+    given = dict(end_layer=c.end_layer, layers=c.layers, heads=c.heads, target=c.target != 'attn', share_drop_path=c.share_drop_path,
+                 atd_weight=c.atd_weight is not None)
     if bad := [k for k, v in given.items() if v and k not in m.options]:
         raise TrainError(f"--{bad[0]} does not apply to --mode {c.mode} (its settings: {' '.join('--' + o for o in m.options) or 'none'})")
+    if c.atd_weight is None: c.atd_weight = option_defaults(m).get('atd_weight')  # the method's own weight, recorded in the run's args
 
 # %% ../nbs/09_cli.ipynb #ccc230dd
 def _resolve_resume(c:TrainConfig):
@@ -264,7 +266,8 @@ def _resolve_resume(c:TrainConfig):
     elif res and not Path(res).is_file(): raise TrainError(f"--resume: {'not a file' if Path(res).exists() else 'checkpoint not found'}: {res}")
     c.resume = str(res) if res else ''
     if not c.eval: check_output_dir(c.output_dir, c.resume)
-    if c.eval and get_method(c.mode).teacher == 'none' and not c.resume: raise TrainError("--eval needs weights: --resume CHECKPOINT (or --finetune)")
+    if c.eval and get_method(c.mode).teacher != 'init' and not c.resume:  # only fine-tuning's --finetune holds the student's weights
+        raise TrainError(f"--eval needs weights: --resume CHECKPOINT (with --mode {c.mode}, --finetune holds no student)")
 
 def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
            ) -> TrainConfig:
@@ -319,7 +322,7 @@ def _trainer(c:TrainConfig, student, teacher, train_ds, val_ds, device:torch.dev
     val_dl = build_loader(val_ds, c.batch_size, False, c.num_workers, pin_memory=cuda)
     mix, m = build_mixup(c.mixup, c.cutmix, c.smoothing, c.nb_classes), get_method(c.mode)
     try:
-        task = build_task(m, student, teacher, build_criterion(mix, c.smoothing), **{k: getattr(c, k) for k in m.options if hasattr(c, k)})
+        task = build_task(m, student, teacher, build_criterion(mix, c.smoothing), **{k: getattr(c, k) for k in m.options if getattr(c, k, None) is not None})
         return Trainer(task, train_dl, val_dl, epochs=c.epochs, lr=c.abs_lr, min_lr=c.min_lr,
                        warmup_epochs=c.warmup_epochs, weight_decay=c.weight_decay, layer_decay=c.layer_decay,
                        layer_decay_rule=c.layer_decay_rule, beta2=c.beta2, accum_iter=c.accum_iter, clip_grad=c.clip_grad,
@@ -365,14 +368,14 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by `re
 @call_parse
 def at_train(
     model:str='vit_large_patch16', # student model: a timm name (official names such as dual_vit_large_patch16 work too)
-    mode:str=None, # scratch, finetune, copy or distill (official copy_q..distill_v too); default: finetune with --finetune, else scratch
+    mode:str=None, # a method of the table (methods.METHODS): scratch, finetune, copy, distill, logit_kd, feature_kd, distill_features, ...; the official copy_q..distill_v too; default: finetune with --finetune, else scratch
     finetune:str='', # pre-trained checkpoint (MAE, timm/DeiT, safetensors): the teacher of copy/distill, the start of finetune
     teacher:str=None, # teacher model name (default: --model, so the student is the teacher's exact architecture)
     end_layer:int=0, # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
     layers:Param("block indices to transfer, instead of --end_layer", int, nargs='+')=None,
     heads:Param("heads to transfer in each block (default: all)", int, nargs='+')=None,
     target:str='attn', # what is transferred: attn (the maps), q, k or v
-    atd_weight:float=3., # weight of the attention-distillation loss
+    atd_weight:float=None, # weight of the transfer loss (default: the method's, see `methods.option_defaults`: 3 for distill and distill_features, as in the paper; 1 for logit_kd and feature_kd)
     share_drop_path:store_true=False, # teacher and student share drop-path masks (the reference code's behaviour)
     batch_size:int=64, # images per process and step: effective batch = batch_size * accum_iter * processes
     epochs:int=50, # length of the schedule
@@ -381,7 +384,7 @@ def at_train(
     lr:float=None, # absolute lr (overrides --blr)
     min_lr:float=1e-6, # lr at the end of the cosine
     layer_decay:float=0.75, # layer-wise lr decay (1: off)
-    layer_decay_rule:str=None, # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for copy/distill, mae otherwise
+    layer_decay_rule:str=None, # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for methods with a frozen teacher (copy, distill, ...), mae otherwise
     beta2:float=0.999, # AdamW beta2
     weight_decay:float=0.05, # AdamW weight decay (not on norms, biases, pos_embed, class/register tokens)
     drop_path:float=0.1, # stochastic depth rate of the student
@@ -545,13 +548,17 @@ def load_for_eval(path:str|Path, # a checkpoint (at_train's, at_demo's, save_stu
     "A network ready to evaluate, exactly as it was trained (for copy: the teacher and the student), and its description."
     path = Path(path); meta = eval_meta(path, model)
     student = create_model(meta['model'], path, use_ema=use_ema, **meta['model_args'])
+    if meta.get('method') is not None and meta['method'] not in METHODS:  # e.g. registered in another process
+        raise TrainError(f"{path} was trained with method {meta['method']!r}, which is not in the method table here: "
+                         f"register it (methods.register_method) before evaluating, so that its teacher is used if it needs one")
     m = METHODS.get(meta.get('method'))
     if m is None or m.teacher != 'inference': return student.eval(), meta  # only a method that needs its teacher at test time
     t, tr = meta.get('teacher') or {}, meta.get('transfer') or {}
     tpath = find_teacher(meta, path, teacher)
     tnet = create_teacher(t.get('model') or meta['model'], tpath, **(t.get('model_args') or meta['model_args']))
     kw = dict(layers=tr['layers']) if tr.get('layers') is not None else dict(end_layer=tr.get('end_layer', 0))
-    return build_task(m, student, tnet, heads=tr.get('heads'), target=tr.get('target', 'attn'), **kw).get_eval_model().eval(), meta
+    kw.update(heads=tr.get('heads'), target=tr.get('target', 'attn'))
+    return build_task(m, student, tnet, **{k: v for k, v in kw.items() if k in m.options}).get_eval_model().eval(), meta
 
 # %% ../nbs/09_cli.ipynb #18154e0e
 def check_output_file(path:str, flag:str='--output'):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_methods.ipynb #75ff1677
 from __future__ import annotations
-import copy, re
+import copy, inspect, re
 from dataclasses import dataclass
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -17,7 +17,7 @@ from .distill import AttentionDistill
 
 # %% auto #0
 __all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'label_loss', 'trained_model',
-           'TransferTask', 'Method', 'register_method', 'get_method', 'build_task', 'FeatureDistill']
+           'TransferTask', 'Method', 'register_method', 'get_method', 'option_defaults', 'build_task', 'FeatureDistill']
 
 # %% ../nbs/07_methods.ipynb #196caa70
 class TrainError(Exception):
@@ -144,6 +144,12 @@ def get_method(name:str) -> Method:
     if name not in METHODS: raise TrainError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
     return METHODS[name]
 
+def option_defaults(method:str|Method) -> dict:
+    "{option: default} of the settings a method takes that its `build` gives a default (e.g. distill's `atd_weight` 3)."
+    m = get_method(method) if isinstance(method, str) else method
+    ps = inspect.signature(m.build).parameters
+    return {k: p.default for k, p in ps.items() if k in m.options and p.default is not inspect.Parameter.empty}
+
 # %% ../nbs/07_methods.ipynb #89f0c918
 def build_task(method:str|Method, # a name in `METHODS`, or an entry
                student:nn.Module, # the timm model to train
@@ -163,16 +169,16 @@ def build_task(method:str|Method, # a name in `METHODS`, or an entry
 # %% ../nbs/07_methods.ipynb #4a820d5c
 def _classification(student, teacher, criterion): return ClassificationTask(student, label_loss(criterion), verbose=False)
 
-def _pair(cls):
-    "A `build` for a teacher–student pair class: `TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)`."
-    def build(student, teacher, criterion, atd_weight:float=1., **transfer): return TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)
+def _pair(cls, weight:float=1.):
+    "A `build` for a teacher–student pair class: `TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)`, `atd_weight` defaulting to `weight`."
+    def build(student, teacher, criterion, atd_weight:float=weight, **transfer): return TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)
     return build
 
 _PAIR = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused')
 register_method('scratch', _classification, label='scratch', doc='train the student from random weights')
 register_method('finetune', _classification, 'init', label='fine-tune', doc='start the student from the pre-trained weights')
 register_method('copy', _pair(AttentionCopy), 'inference', _PAIR, 'attention copy', "use the teacher's attention in the transferred layers")
-register_method('distill', _pair(AttentionDistill), 'train', _PAIR + ('atd_weight',), 'attention distillation',
+register_method('distill', _pair(AttentionDistill, 3.), 'train', _PAIR + ('atd_weight',), 'attention distillation',
                 "match the teacher's attention with an extra loss")
 
 # %% ../nbs/07_methods.ipynb #c9907d95
@@ -206,12 +212,13 @@ class FeatureDistill(AttentionTransfer):
         "Train mode: (student logits, sum over transferred layers of the feature MSE); eval mode: student logits, no teacher."
         self._check_student()
         if not self.training: return self.student(x)
-        with torch.no_grad(): _, tf = self._features(self.teacher, lambda: forward_blocks(self.teacher, x, self.layers[-1]))
-        out, sf = self._features(self.student, lambda: self.student(x))
+        with self._drop_path():  # shared drop-path masks and gradient checkpointing, as for attention distillation
+            with torch.no_grad(): _, tf = self._features(self.teacher, lambda: forward_blocks(self.teacher, x, self.layers[-1]))
+            out, sf = self._features(self.student, lambda: self.student(x))
         losses = {i: F.mse_loss(sf[i], tf[i]) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
 
 # %% ../nbs/07_methods.ipynb #fede0900
-register_method('distill_features', _pair(FeatureDistill), 'train', ('end_layer', 'layers', 'share_drop_path', 'atd_weight'),
+register_method('distill_features', _pair(FeatureDistill, 3.), 'train', ('end_layer', 'layers', 'share_drop_path', 'atd_weight'),
                 'feature distillation', "match the teacher's residual-stream features (the paper's baseline)")

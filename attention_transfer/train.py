@@ -327,11 +327,12 @@ def describe(self:Trainer, folder:str|Path|None=None, # where the checkpoint goe
         ds = getattr(self.val_dl, 'dataset', None) or getattr(self.train_dl, 'dataset', None)
         net = self.task.pair if isinstance(self.task, TransferTask) else None
         pair, method = net is not None, getattr(self.task, 'method', None) or f.get('mode')
+        teacher = net.teacher if pair else getattr(getattr(self.task, 'teacher', None), 'model', None)  # timm's KD tasks: their teacher
         src = f.get('data') or f.get('data_path')
         mean, std = _normalisation(ds)
         data = dict(name=src, split='val', holdout=0, input_size=f.get('input_size'), mean=mean, std=std, pipeline='timm') if src else None
         try: self._description = model_meta(self.student, method, dict(target=net.target, layers=net.layers, heads=net.heads) if pair else None,
-                                            net.teacher if pair else None, f.get('finetune') or None if pair else None,
+                                            teacher, f.get('finetune') or None if teacher is not None else None,
                                             getattr(ds, 'classes', None), data)
         except ModelError: return None  # e.g. an MAE being pre-trained
     return placed_meta(self._description, folder) if folder is not None else self._description
@@ -413,7 +414,7 @@ def save(self:Trainer, path:str|Path|None=None) -> Path|None:
     if path is None or rank() != 0: return None
     return save_atomic(ck, path)
 
-LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('test_top1', 'top1'), ('ema_top1', 'ema top1'), ('images_per_s', 'img/s'), ('seconds', 's')]
+LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('kd_loss', 'kd'), ('test_top1', 'top1'), ('ema_top1', 'ema top1'), ('images_per_s', 'img/s'), ('seconds', 's')]
 
 def log_line(rec:dict) -> str:
     "The printed summary of an epoch record."
@@ -447,7 +448,7 @@ def plot_log(log:str|Path|list, # a run's folder, its log.jsonl, or the records
     recs = log if isinstance(log, list) else read_log(log)
     ep = [r['epoch'] for r in recs]
     fig, axs = plt.subplots(1, 3, figsize=(12, 3))
-    series = [(0, 'train_loss', 'train loss'), (0, 'transfer_loss', 'transfer loss'), (0, 'test_loss', 'test loss'),
+    series = [(0, 'train_loss', 'train loss'), (0, 'transfer_loss', 'transfer loss'), (0, 'kd_loss', 'kd loss'), (0, 'test_loss', 'test loss'),
               (1, 'test_top1', 'model'), (1, 'ema_top1', 'EMA'), (2, 'lr', 'lr (end of epoch)')]
     for i, k, label in series:
         if any(r.get(k) is not None for r in recs): axs[i].plot(ep, [r.get(k, float('nan')) for r in recs], 'o-', label=label)

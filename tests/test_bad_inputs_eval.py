@@ -154,3 +154,15 @@ def test_demo_bad_flags(tmp_path, args, names):
 @pytest.mark.parametrize('args, names', [(['--seeds'], ['--seeds']), (['--epochs', 'x'], ['--epochs']), (['--methods'], ['--methods'])])
 def test_demo_unparsable_flags(tmp_path, args, names):
     assert_refused('at_demo', *args, '--output_dir', tmp_path/'o', names=names, code=2, absent=[tmp_path/'o'], real=args == ['--epochs', 'x'])
+
+
+def test_checkpoint_of_a_method_this_process_does_not_know(tmp_path):
+    "A checkpoint whose method is not in the method table (registered in another process) is refused, never scored without the teacher it may need."
+    import timm
+    from attention_transfer.models import model_meta, save_timm_checkpoint
+    from attention_transfer.cli import load_for_eval
+    from attention_transfer.methods import TrainError
+    m = timm.create_model('vit_nano_patch4_32', num_classes=10)
+    save_timm_checkpoint(m, tmp_path/'model.pth', model_meta(m, 'copy2'))
+    with pytest.raises(TrainError, match="method 'copy2', which is not in the method table"): load_for_eval(tmp_path/'model.pth')
+    assert_refused('at_eval', tmp_path/'model.pth', code=1, names=[str(tmp_path/'model.pth'), "'copy2'"])

@@ -89,6 +89,19 @@ def test_transferred_layers_and_heads_beyond_the_model(good, args, name, tmp_pat
                    code=1, names=[name, 'out of range'], absent=[tmp_path/'out'])
 
 
+# -- settings a method does not take, and --eval without the student's weights: read from the method table (methods.METHODS)
+NOT_APPLICABLE = [(['--atd_weight', 5], '--atd_weight does not apply to --mode scratch'),
+                  (['--mode', 'distill_features', '--heads', 0], '--heads does not apply to --mode distill_features'),
+                  (['--mode', 'logit_kd', '--target', 'q'], '--target does not apply to --mode logit_kd'),
+                  (['--mode', 'logit_kd', '--eval'], '--eval needs weights'), (['--mode', 'copy', '--eval'], '--eval needs weights')]
+
+
+@pytest.mark.parametrize('args,name', NOT_APPLICABLE, ids=[' '.join(map(str, a)) for a, _ in NOT_APPLICABLE])
+def test_settings_a_method_does_not_take(good, args, name, tmp_path):
+    teacher = [] if '--mode' not in args else ['--finetune', good/'teacher_a.pth']
+    assert_refused('at_train', *TRAIN, *args, *teacher, '--output_dir', tmp_path/'out', code=1, names=[name], absent=[tmp_path/'out'])
+
+
 # -- output locations: checked before any work, for at_train and at_pretrain alike
 def _unwritable(tmp_path):
     "A folder this process cannot write: a read-only one, or for root (who writes read-only folders) /sys or /proc."
