@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pretrain.ipynb #a94fb9b0
 from __future__ import annotations
-import math, os, json, time
+import math, os
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 import timm

@@ -4,27 +4,23 @@
 
 # %% ../nbs/08_train.ipynb #dbfaf37d
 from __future__ import annotations
-import contextlib, functools, inspect, json, math, os, random, sys, tempfile, time, warnings
+import contextlib, json, math, os, random, sys, time
 from pathlib import Path
-import numpy as np, torch, torch.nn.functional as F, torch.distributed as dist
+import numpy as np, torch, torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-import timm
 from timm.optim import param_groups_layer_decay
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, accuracy
 from fastprogress.fastprogress import master_bar, progress_bar
 from fastcore.basics import patch
-from fastcore.script import call_parse, anno_parser, Param, store_true
 import matplotlib.pyplot as plt
 from timm.task import TrainingTask, ClassificationTask
 from timm.utils import unwrap_model
 from . import vit  # registers the small CPU ViTs in timm's registry
-from .data import build_dataset, build_loader, build_mixup, build_criterion, DataError
+from .data import build_criterion
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size, all_reduce_sum
-from .methods import TrainError, build_task, split_output, trained_model, TransferTask
-from .models import create_model, atomic_write, create_teacher, create_student, load_weights, CheckpointError, CheckpointNote, ModelError
+from .methods import TrainError, trained_model, TransferTask
+from .models import atomic_write, CheckpointError, ModelError
 
 # %% auto #0
 __all__ = ['LAYER_DECAY_RULES', 'AMP', 'LOG_KEYS', 'MODEL_KEYS', 'as_task', 'layer_ids', 'build_optimizer', 'effective_lr',
@@ -309,8 +305,7 @@ def validate(self:Trainer) -> dict:
     return {f'{k}_{m}': v for k, r in res.items() for m, v in r.items()}
 
 # %% ../nbs/08_train.ipynb #70bd1876
-from .models import model_meta, checkpoint_meta, save_timm_checkpoint, file_sha256, placed_meta
-from .data import BUILTIN
+from .models import model_meta, save_timm_checkpoint, placed_meta
 
 def _normalisation(ds) -> tuple:
     "(mean, std) of the `Normalize` in a dataset's transform, or (None, None)."
