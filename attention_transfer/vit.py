@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MNIST_MEAN', 'MNIST_STD', 'default_cfgs', 'vit_cfg', 'vit_pico_patch4_32', 'vit_pico_patch7_28', 'vit_nano_patch4_32',
-           'show_attention']
+           'show_attention', 'architecture', 'missing_components', 'ArchitectureWarning', 'warn_architecture']
 
 # %% ../nbs/00_vit.ipynb #790cfdea
 import torch
@@ -99,3 +99,72 @@ def show_attention(img:Tensor, # image to draw under the map: (c h w) or (h w), 
         ax.add_patch(Rectangle((c * W / gw, r * H / gh), W / gw, H / gh, fill=False, ec='cyan', lw=2))
     if title: ax.set_title(title)
     return ax
+
+# %% ../nbs/00_vit.ipynb #f86d4c51
+import warnings
+from torch import nn
+
+def _kind(m) -> str|None:
+    "The class name of an optional timm module; None when it is absent (None or `nn.Identity`)."
+    return None if m is None or isinstance(m, nn.Identity) else type(m).__name__
+
+# %% ../nbs/00_vit.ipynb #4ce1d725
+def _act(mlp) -> str|None:
+    "The MLP's activation: its class, and the approximation of a GELU."
+    act = getattr(mlp, 'act', None)
+    return f"GELU({act.approximate})" if isinstance(act, nn.GELU) and act.approximate != 'none' else _kind(act)
+
+def architecture(model:nn.Module, # a timm ViT (`VisionTransformer`, `Eva`, `Beit`, ...)
+                ) -> dict:
+    "The structural components of `model` by name (False, 0 or None: absent); sizes (depth, width, heads) left out."
+    b = model.blocks[0]; a, mlp = b.attn, b.mlp
+    pe, reg = getattr(model, 'pos_embed', None), getattr(model, 'reg_token', None)
+    patch = getattr(model, 'patch_embed', None)
+    prefix_free = pe is not None and pe.shape[1] == getattr(patch, 'num_patches', -1) and getattr(model, 'num_prefix_tokens', 0) > 0
+    return {'class token': getattr(model, 'cls_token', None) is not None,
+            'registers': 0 if reg is None else reg.shape[1],
+            'position embedding': None if pe is None else 'patches only' if prefix_free else 'all tokens',
+            'rotary embedding': _kind(getattr(model, 'rope', None)),
+            'relative position bias': any(getattr(o, n, None) is not None for o, n in ((a, 'relative_position_bias_table'), (model, 'rel_pos_bias'))),
+            'patch-embed bias': getattr(getattr(patch, 'proj', None), 'bias', None) is not None,
+            'pre-norm': _kind(getattr(model, 'norm_pre', None)),
+            'block': type(b).__name__,
+            'norm layer': _kind(b.norm1),
+            'layer scale': _kind(getattr(b, 'ls1', None)) is not None or getattr(b, 'gamma_1', None) is not None,
+            'qkv bias': getattr(getattr(a, 'qkv', None), 'bias', None) is not None or getattr(a, 'q_bias', None) is not None,
+            'qk-norm': _kind(getattr(a, 'q_norm', None)),
+            'attention norm': _kind(getattr(a, 'norm', None)),
+            'MLP': type(mlp).__name__,
+            'MLP norm': _kind(getattr(mlp, 'norm', None)),
+            'activation': _act(mlp),
+            'pooling': getattr(model, 'global_pool', None) or None,
+            'fc_norm': _kind(getattr(model, 'fc_norm', None)),
+            'final norm': _kind(getattr(model, 'norm', None))}
+
+# %% ../nbs/00_vit.ipynb #0c546464
+def missing_components(teacher:nn.Module, # the pre-trained timm ViT
+                       student:nn.Module, # the timm ViT that learns from its attention
+                      ) -> list[str]:
+    "The components (keys of `architecture`) that `student` lacks or has differently from `teacher`."
+    t, s = architecture(teacher), architecture(student)
+    return [k for k in t if t[k] != s[k]]
+
+# %% ../nbs/00_vit.ipynb #0015f6ab
+class ArchitectureWarning(UserWarning):
+    "A teacher–student pair whose student lacks or changes components of its teacher (arXiv 2605.07191)."
+
+def _say(v) -> str: return 'yes' if v is True else 'no' if v is False else 'none' if v is None else str(v)
+
+def warn_architecture(teacher:nn.Module, # the pre-trained timm ViT
+                      student:nn.Module, # the timm ViT that learns from its attention
+                      stacklevel:int=2, # the caller the warning points at (2: whoever called this function)
+                     ) -> list[str]:
+    "Warn (`ArchitectureWarning`, one line) if `student` lacks or changes components of `teacher`; returns `missing_components`."
+    miss = missing_components(teacher, student)
+    if miss:
+        t, s = architecture(teacher), architecture(student)
+        parts = ', '.join(f"{k} (teacher {_say(t[k])}, student {_say(s[k])})" for k in miss)
+        warnings.warn(f"the student differs from its teacher in {parts}: attention transfer to a student without its teacher's "
+                      "components can fall below training from scratch (arXiv 2605.07191); give the student the teacher's "
+                      "architecture (models.create_student)", ArchitectureWarning, stacklevel=stacklevel + 1)
+    return miss
