@@ -141,6 +141,9 @@ def _compact(v):
     if isinstance(v, QK): return QK(v.q.contiguous(), v.k.contiguous(), v.scale, v.attn_mask, v.is_causal)
     return v.contiguous()
 
+# %% ../nbs/02_copy.ipynb #220588fb
+from .vit import warn_architecture
+
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
     "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads` (base of copy and distillation)."
@@ -162,6 +165,7 @@ class AttentionTransfer(nn.Module):
         self.target, self.share_drop_path, self.fused = target, share_drop_path, fused
         self.teacher, self.student = teacher.requires_grad_(False).eval(), student
         taps(self.teacher); taps(self.student)
+        warn_architecture(teacher, student)  # one line when the student lacks the teacher's components (arXiv 2605.07191)
 
     def train(self, mode:bool=True):
         "Set the student's mode; the teacher stays in eval mode."
