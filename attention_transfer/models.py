@@ -236,14 +236,13 @@ def create_teacher(name:str, # timm registry name
 def create_student(teacher:str|nn.Module, # registry name, or a model made by `create_model`/`create_teacher`
                    *, num_classes:int|None=None, # classes of the task (default: the teacher's)
                    drop_path:float=0., # stochastic depth rate of the student
-                   **kw, # overrides of the teacher's creation arguments (img_size, global_pool, ...)
+                   **kw, # overrides of the teacher's creation arguments (img_size, global_pool, ...); None: the teacher's
                   ) -> nn.Module:
     "A randomly initialised student with the teacher's exact architecture (name and creation arguments)."
     if isinstance(teacher, str): spec = dict(name=teacher)
     elif hasattr(teacher, 'at_spec'): spec = dict(teacher.at_spec)
     else: raise ModelError(f"cannot tell the architecture of a {type(teacher).__name__}: pass its timm name, or build it with create_model")
-    if num_classes is not None: spec['num_classes'] = num_classes
-    spec.update(kw)
+    spec.update({k: v for k, v in dict(kw, num_classes=num_classes).items() if v is not None})  # None keeps the teacher's
     return create_model(spec.pop('name'), None, drop_path=drop_path, **spec)
 
 # %% ../nbs/06_models.ipynb #a70d1c02
