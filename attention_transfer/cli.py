@@ -458,11 +458,11 @@ def run_script(func, # a `call_parse` function
                prog:str, # the console script's name, for messages
                argv:list, # its command-line arguments
               ):
-    "Parse `argv` for `func` and run it as console script `prog`: the library's errors become one line on stderr and exit status 1 (bad flags: 2); checkpoint notes go to stdout."
+    "Parse `argv` for `func` and run it as console script `prog`: the library's errors become one line on stderr and exit status 1 (bad flags: 2); checkpoint notes and architecture warnings go to stdout, one line each."
     show = warnings.showwarning
     def note(msg, cat, *args, **kw):
-        if not issubclass(cat, CheckpointNote): return show(msg, cat, *args, **kw)
-        if rank() == 0: print(f"{prog}: note: {msg}")
+        if not issubclass(cat, (CheckpointNote, vit.ArchitectureWarning)): return show(msg, cat, *args, **kw)
+        if rank() == 0: print(f"{prog}: {'warning' if issubclass(cat, vit.ArchitectureWarning) else 'note'}: {msg}")
     try:
         warnings.showwarning = note
         p = anno_parser(func, prog)
