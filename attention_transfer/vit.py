@@ -117,7 +117,9 @@ def _act(mlp) -> str|None:
 def architecture(model:nn.Module, # a timm ViT (`VisionTransformer`, `Eva`, `Beit`, ...)
                 ) -> dict:
     "The structural components of `model` by name (False, 0 or None: absent); sizes (depth, width, heads) left out."
-    b = model.blocks[0]; a, mlp = b.attn, b.mlp
+    blocks = getattr(model, 'blocks', None)
+    if not blocks: raise TypeError(f"{type(model).__name__} has no `.blocks`: not a timm Vision Transformer")
+    b = blocks[0]; a, mlp = getattr(b, 'attn', None), getattr(b, 'mlp', None)
     pe, reg = getattr(model, 'pos_embed', None), getattr(model, 'reg_token', None)
     patch = getattr(model, 'patch_embed', None)
     prefix_free = pe is not None and pe.shape[1] == getattr(patch, 'num_patches', -1) and getattr(model, 'num_prefix_tokens', 0) > 0
@@ -129,12 +131,12 @@ def architecture(model:nn.Module, # a timm ViT (`VisionTransformer`, `Eva`, `Bei
             'patch-embed bias': getattr(getattr(patch, 'proj', None), 'bias', None) is not None,
             'pre-norm': _kind(getattr(model, 'norm_pre', None)),
             'block': type(b).__name__,
-            'norm layer': _kind(b.norm1),
+            'norm layer': _kind(getattr(b, 'norm1', None)),
             'layer scale': _kind(getattr(b, 'ls1', None)) is not None or getattr(b, 'gamma_1', None) is not None,
             'qkv bias': getattr(getattr(a, 'qkv', None), 'bias', None) is not None or getattr(a, 'q_bias', None) is not None,
             'qk-norm': _kind(getattr(a, 'q_norm', None)),
             'attention norm': _kind(getattr(a, 'norm', None)),
-            'MLP': type(mlp).__name__,
+            'MLP': _kind(mlp),
             'MLP norm': _kind(getattr(mlp, 'norm', None)),
             'activation': _act(mlp),
             'pooling': getattr(model, 'global_pool', None) or None,
