@@ -159,7 +159,7 @@ def _say(v) -> str: return 'yes' if v is True else 'no' if v is False else 'none
 
 def warn_architecture(teacher:nn.Module, # the pre-trained timm ViT
                       student:nn.Module, # the timm ViT that learns from its attention
-                      stacklevel:int=2, # the caller the warning points at (2: whoever called this function)
+                      stacklevel:int=2, # the frame the warning names: 1 the caller, 2 the caller's caller (the line that builds a pair)
                      ) -> list[str]:
     "Warn (`ArchitectureWarning`, one line) if `student` lacks or changes components of `teacher`; returns `missing_components`."
     miss = missing_components(teacher, student)
