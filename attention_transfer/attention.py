@@ -22,6 +22,10 @@ __all__ = ['TAPPED', 'RECORDABLE', 'INJECTABLE', 'TappedAttention', 'TappedEvaAt
 # %% ../nbs/01_attention.ipynb #d034e78d
 class _TappedForward:
     "Mixed into a timm attention class by `taps`: timm's own forward while `_at_tap` is idle, the tapped forward otherwise."
+    def __init_subclass__(cls, **kwargs):   # the names of the timm class's forward arguments after `x`, read once
+        super().__init_subclass__(**kwargs)
+        cls._forward_args = tuple(inspect.signature(cls.__mro__[2].forward).parameters)[2:]
+
     def forward(self, x:torch.Tensor, *args, **kwargs):
         tap = self._at_tap
         if not tap.active: return super().forward(x, *args, **kwargs)
@@ -156,9 +160,9 @@ def _mix(own:torch.Tensor, # the layer's own `b h n n` map or `b h n d` q/k/v
 def _same_mask(a, b) -> bool: return a is b
 
 # %% ../nbs/01_attention.ipynb #c168fd66
-def _call_args(self, x:torch.Tensor, args:tuple, kwargs:dict) -> dict:
-    "This call's arguments to the timm class's own `forward`, by name."
-    return inspect.signature(super(_TappedForward, self).forward).bind(x, *args, **kwargs).arguments
+def _call_args(self, args:tuple, kwargs:dict) -> dict:
+    "This call's arguments after `x` to the timm class's own `forward`, by name."
+    return {**dict(zip(self._forward_args, args)), **kwargs}
 
 # %% ../nbs/01_attention.ipynb #34e173ff
 def _project(self, x:torch.Tensor, # the layer's input `b n c`
@@ -203,7 +207,7 @@ def _mask(self, call:dict, # `_call_args` of this call
 # %% ../nbs/01_attention.ipynb #4a6e9db0
 def _tapped_forward(self:nn.Module, tap:AttentionTap, x:torch.Tensor, *args, **kwargs):
     "timm's attention forward (of any class in `TAPPED`), recording and injecting as `tap` says."
-    call = _call_args(self, x, args, kwargs)
+    call = _call_args(self, args, kwargs)
     attn_mask, is_causal = _mask(self, call), call.get('is_causal', False)
     rec, inj, heads = tap.record, tap.inject, tap.heads
     new = inj.get('attn')
