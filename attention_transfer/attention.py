@@ -180,19 +180,19 @@ def _project(self, x:torch.Tensor, # the layer's input `b n c`
     if sep: b = torch.cat((self.q_bias, self.k_bias, self.v_bias))
     if v_only: return None, None, split(F.linear(x, w[2 * a:], None if b is None else b[2 * a:]))
     if not sep: qkv = self.qkv(x)
-    else: qkv = self.qkv(x) + b if self.qkv_bias_separate else F.linear(x, w, b)
+    else: qkv = self.qkv(x) + b if getattr(self, 'qkv_bias_separate', False) else F.linear(x, w, b)
     return rearrange(qkv, 'b n (three h d) -> three b h n d', three=3, h=h).unbind(0)
 
 # %% ../nbs/01_attention.ipynb #dd243ad9
 def _qk(self, q:torch.Tensor, k:torch.Tensor, # `b h n d` from `_project`
         rope:torch.Tensor|None=None, # the rotary embedding of the patch tokens, from the model
-        dtype=None, # the dtype timm casts rotated q, k to (v's)
+        dtype:torch.dtype|None=None, # the dtype timm casts rotated q and k to (v's); None: q's
        ) -> tuple:
     "q and k normalised and rotated, as timm's forward does before attention."
     if hasattr(self, 'q_norm'): q, k = self.q_norm(q), self.k_norm(k)
     if rope is None: return q, k
     n, half = self.num_prefix_tokens, getattr(self, 'rotate_half', False)
-    rot = lambda t: torch.cat([t[:, :, :n], apply_rot_embed_cat(t[:, :, n:], rope, half=half)], 2).to(dtype)
+    rot = lambda t: torch.cat([t[:, :, :n], apply_rot_embed_cat(t[:, :, n:], rope, half=half)], 2).to(dtype or q.dtype)
     return rot(q), rot(k)
 
 # %% ../nbs/01_attention.ipynb #bafc251b
