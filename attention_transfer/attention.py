@@ -7,34 +7,53 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
+import inspect
 from einops import rearrange
-from timm.layers import Attention
+from timm.layers import Attention, AttentionRope
+from timm.layers.pos_embed_sincos import apply_rot_embed_cat
+from timm.models.eva import EvaAttention
+from timm.models.beit import Attention as BeitAttention
 
 # %% auto #0
-__all__ = ['RECORDABLE', 'INJECTABLE', 'TappedAttention', 'attention_layers', 'AttentionTap', 'QK', 'attention_logits',
-           'safe_softmax', 'taps', 'recording', 'injecting', 'forward_blocks', 'attention_maps']
+__all__ = ['TAPPED', 'RECORDABLE', 'INJECTABLE', 'TappedAttention', 'TappedEvaAttention', 'TappedAttentionRope',
+           'TappedBeitAttention', 'attention_layers', 'AttentionTap', 'QK', 'attention_logits', 'safe_softmax', 'taps',
+           'recording', 'injecting', 'forward_blocks', 'attention_maps']
 
 # %% ../nbs/01_attention.ipynb #d034e78d
-class TappedAttention(Attention):
-    "timm's `Attention` after `taps`: timm's own forward while its `_at_tap` is idle, the tapped forward otherwise."
+class _TappedForward:
+    "Mixed into a timm attention class by `taps`: timm's own forward while `_at_tap` is idle, the tapped forward otherwise."
+    def __init_subclass__(cls, **kwargs):   # the names of the timm class's forward arguments after `x`, read once
+        super().__init_subclass__(**kwargs)
+        cls._forward_args = tuple(inspect.signature(cls.__mro__[2].forward).parameters)[2:]
+
     def forward(self, x:torch.Tensor, *args, **kwargs):
         tap = self._at_tap
         if not tap.active: return super().forward(x, *args, **kwargs)
         return _tapped_forward(self, tap, x, *args, **kwargs)
 
+class TappedAttention(_TappedForward, Attention):
+    "timm's `Attention` after `taps`: timm's own forward while its `_at_tap` is idle, the tapped forward otherwise."
+
+# %% ../nbs/01_attention.ipynb #1b47d706
+class TappedEvaAttention(_TappedForward, EvaAttention): "timm's `EvaAttention` (EVA-02, DINOv3) after `taps`."
+class TappedAttentionRope(_TappedForward, AttentionRope): "timm's `AttentionRope` (ROPE-ViT, Perception Encoder) after `taps`."
+class TappedBeitAttention(_TappedForward, BeitAttention): "BEiT's `Attention` (BEiT, BEiTv2) after `taps`."
+TAPPED = {Attention: TappedAttention, EvaAttention: TappedEvaAttention, AttentionRope: TappedAttentionRope,
+          BeitAttention: TappedBeitAttention}   # {timm attention class: its tapped subclass}
+
 # %% ../nbs/01_attention.ipynb #bc7f809f
-def attention_layers(model:nn.Module, # a timm ViT: `model.blocks[i].attn` must be timm's `Attention`
-                    ) -> list[Attention]:
-    "The timm `Attention` module of every block of `model`, in depth order."
+def attention_layers(model:nn.Module, # a timm ViT: each `model.blocks[i].attn` one of the classes in `TAPPED`
+                    ) -> list[nn.Module]:
+    "The attention module of every block of `model`, in depth order."
     blocks = getattr(model, 'blocks', None)
     if blocks is None: raise TypeError(f"{type(model).__name__} has no `.blocks`: not a timm Vision Transformer")
     mods = []
     for i, blk in enumerate(blocks):
         a = getattr(blk, 'attn', None)
-        if type(a) not in (Attention, TappedAttention):
+        if type(a) not in TAPPED and type(a) not in TAPPED.values():
             cls = 'no `.attn`' if a is None else f"{type(a).__module__}.{type(a).__qualname__}"
-            raise TypeError(f"block {i} of {type(model).__name__} uses {cls}, not timm.layers.Attention: "
-                            "attention transfer supports ViT/DeiT/DINOv2/CLIP/SigLIP-style timm models only")
+            raise TypeError(f"block {i} of {type(model).__name__} uses {cls}, which attention transfer cannot tap: "
+                            f"it supports {', '.join(c.__module__ + '.' + c.__qualname__ for c in TAPPED)}")
         mods.append(a)
     return mods
 
@@ -140,11 +159,56 @@ def _mix(own:torch.Tensor, # the layer's own `b h n n` map or `b h n d` q/k/v
 # %% ../nbs/01_attention.ipynb #be564c55
 def _same_mask(a, b) -> bool: return a is b
 
+# %% ../nbs/01_attention.ipynb #c168fd66
+def _call_args(self, args:tuple, kwargs:dict) -> dict:
+    "This call's arguments after `x` to the timm class's own `forward`, by name."
+    return {**dict(zip(self._forward_args, args)), **kwargs}
+
+# %% ../nbs/01_attention.ipynb #34e173ff
+def _project(self, x:torch.Tensor, # the layer's input `b n c`
+             v_only:bool=False, # compute v alone; q and k are None
+            ) -> tuple:
+    "The layer's q, k, v `b h n d` (one per query head) as timm projects them, before norms and rotation."
+    h = self.num_heads
+    split = lambda t, n=h: rearrange(t, 'b n (h d) -> b h n d', h=n)
+    if getattr(self, 'qkv', None) is None:   # separate projections; k, v may have fewer heads (grouped-query attention)
+        g = getattr(self, 'num_kv_groups', 1)
+        kv = lambda p: split(p(x), h // g).repeat_interleave(g, 1) if g > 1 else split(p(x))
+        return (None if v_only else split(self.q_proj(x))), (None if v_only else kv(self.k_proj)), kv(self.v_proj)
+    w, b, a = self.qkv.weight, self.qkv.bias, self.qkv.weight.shape[0] // 3
+    sep = getattr(self, 'q_bias', None) is not None   # EVA, BEiT: q and v biases, k's a zero buffer
+    if sep: b = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+    if v_only: return None, None, split(F.linear(x, w[2 * a:], None if b is None else b[2 * a:]))
+    if not sep: qkv = self.qkv(x)
+    else: qkv = self.qkv(x) + b if getattr(self, 'qkv_bias_separate', False) else F.linear(x, w, b)
+    return rearrange(qkv, 'b n (three h d) -> three b h n d', three=3, h=h).unbind(0)
+
+# %% ../nbs/01_attention.ipynb #dd243ad9
+def _qk(self, q:torch.Tensor, k:torch.Tensor, # `b h n d` from `_project`
+        rope:torch.Tensor|None=None, # the rotary embedding of the patch tokens, from the model
+        dtype:torch.dtype|None=None, # the dtype timm casts rotated q and k to (v's); None: q's
+       ) -> tuple:
+    "q and k normalised and rotated, as timm's forward does before attention."
+    if hasattr(self, 'q_norm'): q, k = self.q_norm(q), self.k_norm(k)
+    if rope is None: return q, k
+    n, half = self.num_prefix_tokens, getattr(self, 'rotate_half', False)
+    rot = lambda t: torch.cat([t[:, :, :n], apply_rot_embed_cat(t[:, :, n:], rope, half=half)], 2).to(dtype or q.dtype)
+    return rot(q), rot(k)
+
+# %% ../nbs/01_attention.ipynb #bafc251b
+def _mask(self, call:dict, # `_call_args` of this call
+         ) -> torch.Tensor|None:
+    "The mask timm passes to attention: `attn_mask`, or BEiT's relative position bias (own + shared) as a float `1 h n n`."
+    m, shared = call.get('attn_mask'), call.get('shared_rel_pos_bias')
+    if getattr(self, 'relative_position_bias_table', None) is not None: m = self._get_rel_pos_bias()
+    if shared is not None: m = shared.reshape(-1, *shared.shape[-3:]) if m is None else m + shared
+    return m
+
 # %% ../nbs/01_attention.ipynb #4a6e9db0
-def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **kwargs):
-    "timm's `Attention.forward`, recording and injecting as `tap` says."
-    attn_mask = kwargs.get('attn_mask', args[0] if args else None)
-    is_causal = kwargs.get('is_causal', args[1] if len(args) > 1 else False)
+def _tapped_forward(self:nn.Module, tap:AttentionTap, x:torch.Tensor, *args, **kwargs):
+    "timm's attention forward (of any class in `TAPPED`), recording and injecting as `tap` says."
+    call = _call_args(self, args, kwargs)
+    attn_mask, is_causal = _mask(self, call), call.get('is_causal', False)
     rec, inj, heads = tap.record, tap.inject, tap.heads
     new = inj.get('attn')
     if new is not None and tuple(new.shape) != (x.shape[0], self.num_heads, x.shape[1], x.shape[1]):
@@ -152,15 +216,11 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
                          f"{(x.shape[0], self.num_heads, x.shape[1], x.shape[1])}: teacher and student must agree in batch, heads and tokens")
     gate = self.gate(x).sigmoid() if getattr(self, 'gate', None) is not None else None
     own_qk = new is None or heads is not None or bool(rec & {'q', 'k', 'logits', 'qk'})
+    q, k, v = _project(self, x, v_only=not own_qk)   # the map comes whole from outside: only v is computed
     if own_qk:
-        q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _qk(self, q, k, call.get('rope'), v.dtype)
         if 'q' in inj: q = _mix(q, inj['q'], heads, 'q')
         if 'k' in inj: k = _mix(k, inj['k'], heads, 'k')
-    else:   # the map comes whole from outside: only the v slice of qkv runs
-        a = self.qkv.weight.shape[0] // 3
-        w, b = self.qkv.weight[2 * a:], None if self.qkv.bias is None else self.qkv.bias[2 * a:]
-        v = rearrange(F.linear(x, w, b), 'b n (h d) -> b h n d', h=self.num_heads)
     if 'v' in inj: v = _mix(v, inj['v'], heads, 'v')
     if own_qk:
         tap.save('q', q); tap.save('k', k); tap.save('qk', QK(q, k, self.scale, attn_mask, is_causal))
@@ -186,7 +246,8 @@ def _tapped_forward(self:Attention, tap:AttentionTap, x:torch.Tensor, *args, **k
                                            dropout_p=p, scale=new.scale)
     else:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p)
-    o = self.norm(rearrange(o, 'b h n d -> b n (h d)'))
+    o = rearrange(o, 'b h n d -> b n (h d)')
+    if getattr(self, 'norm', None) is not None: o = self.norm(o)   # BEiT has no norm before `proj`
     if gate is not None: o = o * gate
     return self.proj_drop(self.proj(o))
 
@@ -196,9 +257,9 @@ def taps(model:nn.Module, # a timm ViT (see `attention_layers`)
     "One `AttentionTap` per block of `model`, installed on first use."
     out = []
     for a in attention_layers(model):
-        if type(a) is not TappedAttention:
+        if not isinstance(a, _TappedForward):
             a._at_tap = AttentionTap(a.num_heads)
-            a.__class__ = TappedAttention
+            a.__class__ = TAPPED[type(a)]
         out.append(a._at_tap)
     return out
 

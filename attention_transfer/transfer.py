@@ -56,7 +56,7 @@ def vit_shape(model:nn.Module, # a timm ViT
     attns = attention_layers(model)
     pe = getattr(model, 'patch_embed', None)
     n = getattr(pe, 'num_patches', None)
-    return dict(depth=len(attns), heads=[a.num_heads for a in attns], head_dim=[a.head_dim for a in attns],
+    return dict(depth=len(attns), heads=[a.num_heads for a in attns], head_dim=[getattr(a, 'head_dim', a.proj.in_features // a.num_heads) for a in attns],
                 tokens=None if n is None else n + getattr(model, 'num_prefix_tokens', 0))
 
 # %% ../nbs/02_copy.ipynb #ea895e70
