@@ -301,7 +301,7 @@ def train_student(data:dict, # from `prepare_data`
     logits, y = predict({method: tr.eval_model()}, eval_loader(data))  # a copy pair runs its teacher
     acc = score(logits, y)[method]['top1']
     pair = task.pair if isinstance(task, TransferTask) else None
-    meta = model_meta(student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads) if pair else None,
+    meta = model_meta(student, method, pair.transfer_meta() if pair else None,
                       pair.teacher if pair else None, teacher_path if pair else None, data['class_names'], eval_spec(cfg, data))
     return dict(method=method, seed=seed, acc=acc, logits=logits[method], state_dict=student.state_dict(), meta=meta,
                 history=hist, **_usage(t0, c0))
