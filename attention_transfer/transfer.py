@@ -198,7 +198,7 @@ def _compact(v):
 
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
-    "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads` (base of copy and distillation)."
+    "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads`, through a layer and a head map when their sizes differ (base of copy and distillation)."
     maps_heads = True   # False in pairs that compare no per-head quantity (relations, features): no head map
     def __init__(self,
                  teacher:nn.Module, # pre-trained timm ViT; frozen, kept in eval mode
