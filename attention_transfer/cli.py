@@ -15,16 +15,17 @@ import attention_transfer.ensemble as ens
 from .models import (create_model, create_teacher, create_student, checkpoint_meta, file_sha256,
                                        CheckpointError, CheckpointNote, ModelError)
 from .ensemble import rank, world_size
-from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads
+from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, get_method, build_task, option_defaults
 from .train import (LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed,
                                       seed_all, write_atomic)
 
 # %% auto #0
 __all__ = ['OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'timm_name', 'parse_mode', 'check_ranges', 'check_aa',
-           'check_output_dir', 'check_resume', 'TrainConfig', 'preset_args', 'expand_preset', 'apply_preset', 'resolve',
-           'run_training', 'at_train', 'config_from_argv', 'preset_command', 'run_script', 'main', 'eval_meta',
-           'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data', 'at_eval', 'eval_main']
+           'check_output_dir', 'check_resume', 'TrainConfig', 'preset_args', 'expand_preset', 'apply_preset',
+           'parse_layer_map', 'resolve', 'run_training', 'at_train', 'config_from_argv', 'preset_command', 'run_script',
+           'main', 'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data', 'at_eval',
+           'eval_main']
 
 # %% ../nbs/09_cli.ipynb #b725e01a
 OFFICIAL_MODELS = {'vit_base_patch16': 'vit_base_patch16_224', 'vit_large_patch16': 'vit_large_patch16_224',
@@ -55,7 +56,7 @@ RANGES = dict(
     blr='(0, inf)', lr='(0, inf)', min_lr='[0, inf)', warmup_epochs='[0, epochs]', layer_decay='(0, 1]',
     beta2='[0, 1)', weight_decay='[0, inf)', clip_grad='(0, inf)', drop_path='[0, 1)', ema='[0, 1)',
     atd_weight='[0, inf)', reprob='[0, 1]', mixup='[0, inf)', cutmix='[0, inf)', smoothing='[0, 1)',
-    nb_classes='[1, inf)', input_size='[1, inf)', end_layer='(-inf, 0]', layers='[0, inf)', heads='[0, inf)',
+    nb_classes='[1, inf)', input_size='[1, inf)', end_layer='(-inf, 0]', layers='[0, inf)', heads='[0, inf)', relation_heads='[1, inf)',
     num_workers='[0, inf)', seed='[0, 2**32)',  # seeds alias above numpy's 2**32
     mask_ratio='[0, 1)', decoder_dim='[1, inf)', decoder_depth='[1, inf)', decoder_heads='[1, decoder_dim]',
     min_scale='(0, 1]', hflip='[0, 1]')
@@ -111,7 +112,7 @@ def check_output_dir(path:str|Path, # the output folder (created when the first 
 
 # %% ../nbs/09_cli.ipynb #d98d18bb
 RESUME_KEYS = ('mode', 'model', 'nb_classes', 'input_size', 'global_pool', 'teacher', 'teacher_sha256', 'target', 'end_layer',
-               'layers', 'heads', # what is trained, and what is transferred
+               'layers', 'heads', 'layer_map', 'relation_heads', # what is trained, and what is transferred
                'data', 'seed', 'atd_weight', 'share_drop_path', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob', 'no_aug', 'drop_path', # losses, augmentation
                'blr', 'lr', 'min_lr', 'warmup_epochs', 'layer_decay', 'layer_decay_rule', 'beta2', 'weight_decay', 'clip_grad', 'ema') # optimisation
 
@@ -140,6 +141,8 @@ class TrainConfig:
     end_layer:int=0 # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
     layers:list|None=None # block indices to transfer, instead of --end_layer
     heads:list|None=None # heads to transfer in each block (default: all)
+    layer_map:list|None=None # student:teacher block pairs, e.g. 0:1 1:3, for a teacher of another depth (default: the same relative depth); alone, they name the transferred blocks
+    relation_heads:int|None=None # distill_relations: relation heads R (default: the student's head count); must divide both models' attention widths
     target:str='attn' # what is transferred: attn (the maps), q, k or v
     atd_weight:float|None=None # weight of the transfer loss (default: the method's, see `methods.option_defaults`: 3 for distill and distill_features, as in the paper; 1 for logit_kd and feature_kd)
     share_drop_path:bool=False # teacher and student share drop-path masks (the reference code's behaviour)
@@ -238,6 +241,19 @@ def _resolve_method(c:TrainConfig):
         if name is not None and timm.models.get_pretrained_cfg(name) is None and not timm.is_model(name):
             raise TrainError(f"--{k}: unknown model {name!r} (not in timm's registry)")
 
+# %% ../nbs/09_cli.ipynb #7836f140
+def parse_layer_map(v, # None, ['S:T', ...] from the command line, [[S, T], ...] or {S: T}
+                   ) -> list|None:
+    "`--layer_map` as [[student block, teacher block], ...] (None stays None); `TrainError` in one line for anything else."
+    if v is None: return None
+    items = list(v.items()) if isinstance(v, dict) else list(v)
+    try:
+        pairs = [[int(a), int(b)] for a, b in (p.split(':') if isinstance(p, str) else p for p in items)]
+        if not pairs or any(a < 0 or b < 0 for a, b in pairs): raise ValueError
+    except (ValueError, TypeError): raise TrainError(f"--layer_map {' '.join(map(str, items))}: give student:teacher block pairs such as 0:1 1:3") from None
+    if len({a for a, _ in pairs}) < len(pairs): raise TrainError(f"--layer_map gives a student block more than one teacher block: {' '.join(map(str, items))}")
+    return sorted(pairs)
+
 # %% ../nbs/09_cli.ipynb #9c9d77e1
 def _resolve_inputs(c:TrainConfig):
     "Check and complete, in place, the pooling, data, file paths, teacher identity, layer-decay rule and transfer-only flags."
@@ -254,8 +270,9 @@ def _resolve_inputs(c:TrainConfig):
     if c.layer_decay_rule not in LAYER_DECAY_RULES:
         raise TrainError(f"--layer_decay_rule must be one of {', '.join(LAYER_DECAY_RULES)}, not {c.layer_decay_rule!r}")
     if (c.mixup > 0 or c.cutmix > 0) and c.batch_size % 2: raise TrainError(f"Mixup/CutMix need an even --batch_size, not {c.batch_size}")
+    c.layer_map = parse_layer_map(c.layer_map)
     given = dict(end_layer=c.end_layer, layers=c.layers, heads=c.heads, target=c.target != 'attn', share_drop_path=c.share_drop_path,
-                 atd_weight=c.atd_weight is not None)
+                 atd_weight=c.atd_weight is not None, layer_map=c.layer_map, relation_heads=c.relation_heads)
     if bad := [k for k, v in given.items() if v and k not in m.options]:
         raise TrainError(f"--{bad[0]} does not apply to --mode {c.mode} (its settings: {' '.join('--' + o for o in m.options) or 'none'})")
     if c.atd_weight is None: c.atd_weight = option_defaults(m).get('atd_weight')  # the method's own weight, recorded in the run's args
@@ -309,12 +326,19 @@ def _check_models(c:TrainConfig, teacher, student):
         raise TrainError(f"--input_size {c.input_size} is not a multiple of {c.model}'s patch size {ps[0]}: pixels would be dropped")
     opts = get_method(c.mode).options
     if teacher is None or 'end_layer' not in opts: return
-    shape = vit_shape(teacher)
-    try: transfer_layers(shape['depth'], c.end_layer, c.layers)
+    t, s = vit_shape(teacher), vit_shape(student)   # --layers, --heads: the student's blocks and heads
+    alone = c.layer_map and c.layers is None and c.end_layer == 0   # the map names the transferred blocks
+    try: ls = None if alone else transfer_layers(s['depth'], c.end_layer, c.layers)
     except ValueError as e: raise TrainError(f"--{'layers' if c.layers else 'end_layer'}: {e}") from None
+    try: map_layers(t['depth'], s['depth'], ls, c.layer_map)
+    except ValueError as e: raise TrainError(f"--layer_map: {e}") from None
     if 'heads' not in opts: return
-    try: transfer_heads(min(shape['heads']), c.heads)
+    try: transfer_heads(min(s['heads']), c.heads)
     except ValueError as e: raise TrainError(f"--heads: {e}") from None
+    try: map_heads(t['heads'][0], s['heads'][0], average=c.target == 'attn')
+    except ValueError: raise TrainError(f"--teacher {c.teacher} has {t['heads'][0]} heads per block and --model {c.model} {s['heads'][0]}: "
+                                        f"{'the teacher heads must be a multiple of the student heads' if c.target == 'attn' else f'--target {c.target} needs equal head counts'}"
+                                        f" (or use --mode distill_relations)") from None
 
 # %% ../nbs/09_cli.ipynb #5ceff8c0
 def _trainer(c:TrainConfig, student, teacher, train_ds, val_ds, device:torch.device) -> Trainer:
@@ -376,6 +400,8 @@ def at_train(
     end_layer:int=0, # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
     layers:Param("block indices to transfer, instead of --end_layer", int, nargs='+')=None,
     heads:Param("heads to transfer in each block (default: all)", int, nargs='+')=None,
+    layer_map:Param("student:teacher block pairs, e.g. 0:1 1:3, for a teacher of another depth (default: the same relative depth); alone, they name the transferred blocks", str, nargs='+')=None,
+    relation_heads:int=None, # distill_relations: relation heads R (default: the student's head count); must divide both models' attention widths
     target:str='attn', # what is transferred: attn (the maps), q, k or v
     atd_weight:float=None, # weight of the transfer loss (default: the method's, see `methods.option_defaults`: 3 for distill and distill_features, as in the paper; 1 for logit_kd and feature_kd)
     share_drop_path:store_true=False, # teacher and student share drop-path masks (the reference code's behaviour)
@@ -559,7 +585,8 @@ def load_for_eval(path:str|Path, # a checkpoint (at_train's, at_demo's, save_stu
     tpath = find_teacher(meta, path, teacher)
     tnet = create_teacher(t.get('model') or meta['model'], tpath, **(t.get('model_args') or meta['model_args']))
     kw = dict(layers=tr['layers']) if tr.get('layers') is not None else dict(end_layer=tr.get('end_layer', 0))
-    kw.update(heads=tr.get('heads'), target=tr.get('target', 'attn'))
+    kw.update(heads=tr.get('heads'), target=tr.get('target', 'attn'), layer_map=tr.get('layer_map'), head_map=tr.get('head_map'),
+              relation_heads=tr.get('relation_heads'))  # older checkpoints: no maps (the same-size default)
     return build_task(m, student, tnet, **{k: v for k, v in kw.items() if k in m.options}).get_eval_model().eval(), meta
 
 # %% ../nbs/09_cli.ipynb #18154e0e

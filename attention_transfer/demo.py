@@ -146,6 +146,7 @@ class DemoConfig:
     data:str='mnist5k' # built-in name or ImageFolder root
     model:str='vit_pico_patch7_28' # timm ViT for teacher and students
     arch:dict=field(default_factory=dict) # overrides of the model's shape: depth, embed_dim, num_heads, ...
+    teacher_arch:dict|None=None # the teacher's overrides instead (None: `arch`): a deeper or wider teacher for copy/distillation
     size:int|None=None # image side (None: the model's)
     seeds:list=field(default_factory=lambda: [0, 1]) # one student of each method per seed
     methods:list=field(default_factory=lambda: list(DEMO_METHODS)) # names in the method table; each needs a recipe
@@ -174,9 +175,10 @@ class DemoConfig:
     teacher_seed:int=0
 
 # %% ../nbs/11_demo.ipynb #a267dabc
-def _arch(cfg:DemoConfig) -> dict:
-    "Keyword arguments that build the configured architecture at the configured image size."
-    return dict(cfg.arch, **({'img_size': cfg.size} if cfg.size else {}))
+def _arch(cfg:DemoConfig, teacher:bool=False) -> dict:
+    "Keyword arguments that build the configured architecture (the student's, or with `teacher` the teacher's) at the configured image size."
+    a = cfg.teacher_arch if teacher and cfg.teacher_arch is not None else cfg.arch
+    return dict(a, **({'img_size': cfg.size} if cfg.size else {}))
 
 # %% ../nbs/11_demo.ipynb #5dfcf1d8
 def class_names(data:str, # built-in name or ImageFolder root
@@ -234,7 +236,7 @@ def pretrain_teacher(data:dict, # from `prepare_data`
     "Pre-train the configured ViT as a masked autoencoder on all training images (no labels) and save its encoder."
     t0, c0 = time.perf_counter(), time.process_time()
     seed_all(cfg.teacher_seed)
-    mae = create_mae(cfg.model, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, mask_ratio=cfg.mask_ratio, **_arch(cfg))
+    mae = create_mae(cfg.model, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, mask_ratio=cfg.mask_ratio, **_arch(cfg, teacher=True))
     x = data['x_all']
     dl = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), min(cfg.pretrain_batch_size, len(x)), True, cfg.pad, data['fill'], cfg.hflip, seed=cfg.teacher_seed)
     tr = mae_trainer(mae, dl, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_epochs=cfg.pretrain_warmup_epochs,
@@ -252,15 +254,17 @@ def build_student(method:str, # a name in the method table, e.g. 'scratch', 'fin
                  ) -> tuple: # (student, the method's TrainingTask)
     "The timm student for `method` (random, or the teacher's weights for fine-tuning) and its task (`methods.build_task`)."
     m, kw = get_method(method), dict(num_classes=classes, global_pool='avg', **_arch(cfg))
-    teacher = None
+    teacher, same = None, cfg.teacher_arch is None or _arch(cfg, True) == _arch(cfg)
     if m.teacher == 'none': student = create_model(cfg.model, None, drop_path=cfg.drop_path, **kw)
     elif not teacher_path: raise TrainError(f"{method} needs a teacher checkpoint")
+    elif m.teacher == 'init' and not same: raise TrainError(f"{method} starts the student from the teacher's weights: teacher_arch must be the student's arch")
     else:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', CheckpointNote)  # "global average pooling with a fresh fc_norm": expected
             if m.teacher == 'init': student = create_model(cfg.model, teacher_path, drop_path=cfg.drop_path, **kw)
-            else: teacher = create_teacher(cfg.model, teacher_path, **kw)
-        if teacher is not None: student = create_student(teacher, drop_path=cfg.drop_path)
+            else: teacher = create_teacher(cfg.model, teacher_path, **dict(kw, **_arch(cfg, True)))
+        if teacher is not None:   # the teacher's exact architecture, unless another one is asked for
+            student = create_student(teacher, drop_path=cfg.drop_path) if same else create_model(cfg.model, None, drop_path=cfg.drop_path, **kw)
     opts = dict(end_layer=cfg.recipes.get(method, {}).get('end_layer', 0), atd_weight=cfg.atd_weight)
     return student, build_task(m, student, teacher, criterion, **{k: v for k, v in opts.items() if k in m.options})
 
@@ -301,7 +305,7 @@ def train_student(data:dict, # from `prepare_data`
     logits, y = predict({method: tr.eval_model()}, eval_loader(data))  # a copy pair runs its teacher
     acc = score(logits, y)[method]['top1']
     pair = task.pair if isinstance(task, TransferTask) else None
-    meta = model_meta(student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads) if pair else None,
+    meta = model_meta(student, method, pair.transfer_meta() if pair else None,
                       pair.teacher if pair else None, teacher_path if pair else None, data['class_names'], eval_spec(cfg, data))
     return dict(method=method, seed=seed, acc=acc, logits=logits[method], state_dict=student.state_dict(), meta=meta,
                 history=hist, **_usage(t0, c0))
@@ -561,7 +565,8 @@ def check_config(cfg:DemoConfig):
     with warnings.catch_warnings():  # a given teacher is loaded now: a corrupt or mismatched one fails before any student trains
         warnings.simplefilter('ignore', CheckpointNote)
         need = cfg.teacher if any(get_method(m).teacher != 'none' for m in cfg.methods) else ''
-        depth = len((create_teacher(cfg.model, need, global_pool='avg', **_arch(cfg)) if need else create_model(cfg.model, None, **_arch(cfg))).blocks)
+        if need: create_teacher(cfg.model, need, global_pool='avg', **_arch(cfg, True))
+        depth = len(create_model(cfg.model, None, **_arch(cfg)).blocks)   # transferred blocks are the student's
     for m in cfg.methods:
         if 'end_layer' not in get_method(m).options: continue
         try: transfer_layers(depth, cfg.recipes[m].get('end_layer', 0))
@@ -578,7 +583,7 @@ def rebuild_models(res:dict, # from `run_jobs`
     kw = dict(num_classes=data['classes'], global_pool='avg', **_arch(cfg))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', CheckpointNote)
-        out = {'teacher (MAE)': create_teacher(cfg.model, teacher_path, **kw)}
+        out = {'teacher (MAE)': create_teacher(cfg.model, teacher_path, **dict(kw, **_arch(cfg, True)))}
     for m in ('scratch', 'finetune', 'distill'):
         if (m, seed) in res:
             s = create_model(cfg.model, None, **kw); s.load_state_dict(res[(m, seed)]['state_dict']); out[m] = s

@@ -5,11 +5,13 @@
 # %% ../nbs/03_distill.ipynb #217917ea
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
+from einops import rearrange
 from .attention import recording, QK, attention_logits, safe_softmax
-from .transfer import AttentionTransfer, TARGETS
+from .transfer import AttentionTransfer, TARGETS, vit_shape
 
 # %% auto #0
-__all__ = ['transfer_loss', 'AttentionLSE', 'TeacherAttention', 'AttentionDistill']
+__all__ = ['transfer_loss', 'probs_ce', 'AttentionLSE', 'TeacherAttention', 'AttentionDistill', 'relations', 'relation_loss',
+           'RelationDistill']
 
 # %% ../nbs/03_distill.ipynb #28f0b88d
 def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
@@ -45,6 +47,22 @@ def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `
         if fused: return _qk_ce(teacher, student)
         t, s = teacher.detach().float(), student.float()
         return F.mse_loss(s, t) if target != 'attn' else _logits_ce(t, s)
+
+# %% ../nbs/03_distill.ipynb #14fcb305
+def probs_ce(teacher:torch.Tensor, # the teacher's attention probabilities `b h n m` (e.g. head groups averaged by a head map)
+             student:torch.Tensor, # the student's pre-softmax logits, same shape (-inf: masked)
+             heads=None, # heads that enter the loss; None: all
+            ) -> torch.Tensor:
+    "Mean over query rows of CE(teacher map, softmax(student logits)), in fp32; a fully masked student row contributes 0."
+    if teacher.shape != student.shape:
+        raise ValueError(f"teacher attention maps have shape {tuple(teacher.shape)} but the student's logits {tuple(student.shape)}: "
+                         "they must agree in batch, heads (after the head map) and tokens")
+    if heads is not None: teacher, student = teacher[:, heads], student[:, heads]
+    with torch.autocast(student.device.type, enabled=False):
+        t, s = teacher.detach().float(), student.float()
+        dead, inf = (s == float('-inf')).all(-1), s == float('-inf')
+        if inf.any(): s = s.masked_fill(inf, torch.finfo(s.dtype).min)   # a finite log-prob where the teacher's map is 0: 0·log p = 0
+        return (-(t * s.log_softmax(-1)).sum(-1)).masked_fill(dead, 0.).mean()
 
 # %% ../nbs/03_distill.ipynb #ece29f93
 def _float_mask(m, dtype):
@@ -142,10 +160,67 @@ class AttentionDistill(AttentionTransfer):
         "Train mode: (student logits, unweighted transfer loss summed over layers); eval mode: student logits, no teacher."
         self._check_student()
         if not self.training: return self.student(x)
-        what = ('qk' if self.fused else 'logits') if self.target == 'attn' else self.target
+        mapped = self.target == 'attn' and self.head_map is not None   # averaged teacher maps: probabilities (`probs_ce`)
+        tw = 'attn' if mapped else ('qk' if self.fused else 'logits') if self.target == 'attn' else self.target
+        sw = 'logits' if mapped else tw
         with self._drop_path():
-            tv = self.teacher_values(x, (what,))
-            with recording(self.student, (what,), self.layers) as sv: out = self.student(x)
-        losses = {i: transfer_loss(tv[i][what], sv[i][what], self.target, self.heads) for i in self.layers}
+            tv = self.teacher_values(x, (tw,))
+            with recording(self.student, (sw,), self.layers) as sv: out = self.student(x)
+        loss = (lambda i: probs_ce(tv[i][tw], sv[i][sw], self.heads)) if mapped else (lambda i: transfer_loss(tv[i][tw], sv[i][sw], self.target, self.heads))
+        losses = {i: loss(i) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
+
+# %% ../nbs/03_distill.ipynb #fed39dde
+def relations(x:torch.Tensor, # q, k or v of one layer `b h n d`
+              relation_heads:int, # R: the concatenated heads `b n (h d)` are split into R relation heads
+             ) -> torch.Tensor:
+    "MiniLMv2's self-relation logits `b R n n` of `x`: heads concatenated, split into R heads of width d_r, x_r x_rᵀ / √d_r."
+    xr = rearrange(x, 'b h n d -> b n (h d)')
+    if xr.shape[-1] % relation_heads: raise ValueError(f"{relation_heads} relation heads do not divide the attention width {xr.shape[-1]}")
+    xr = rearrange(xr, 'b n (r e) -> b r n e', r=relation_heads)
+    return xr @ xr.transpose(-2, -1) / xr.shape[-1] ** 0.5
+
+# %% ../nbs/03_distill.ipynb #644171f6
+def relation_loss(teacher:dict, # the teacher's {'q', 'k', 'v'} of one layer, each `b h n d`
+                  student:dict, # the student's, any head count and width
+                  relation_heads:int, # R (see `relations`)
+                  what=('q', 'k', 'v'), # the relations compared
+                 ) -> torch.Tensor:
+    "MiniLMv2's loss of one layer, in fp32: Σ over q, k, v of the mean over relation rows of CE(softmax(teacher relations), softmax(student relations))."
+    with torch.autocast(student[what[0]].device.type, enabled=False):
+        return sum(_logits_ce(relations(teacher[k].detach().float(), relation_heads), relations(student[k].float(), relation_heads)) for k in what)
+
+# %% ../nbs/03_distill.ipynb #b67ebcb4
+class RelationDistill(AttentionTransfer):
+    "MiniLMv2's relation distillation: the student's q-q, k-k, v-v relations match the teacher's in the transferred layers, at any head count or width; train: (logits, loss), eval: logits."
+    maps_heads = False
+    layer_losses = {}   # {layer: detached loss term} of the last train-mode forward
+
+    def __init__(self, teacher:nn.Module, # pre-trained timm ViT, frozen; must see the student's tokens
+                 student:nn.Module, # timm ViT to train
+                 relation_heads:int|None=None, # R; None: the student's head count. Must divide both attention widths
+                 **kw, # `AttentionTransfer`'s layer settings: end_layer, layers, layer_map, share_drop_path
+                ):
+        if bad := sorted(set(kw) & {'target', 'heads', 'fused', 'head_map'}): raise ValueError(f"relation distillation compares whole layers: {', '.join(bad)} do not apply")
+        super().__init__(teacher, student, **kw)
+        t, s = vit_shape(teacher), vit_shape(student)
+        R = s['heads'][0] if relation_heads is None else relation_heads
+        widths = dict(teacher=t['heads'][0] * t['head_dim'][0], student=s['heads'][0] * s['head_dim'][0])
+        if not isinstance(R, int) or R < 1 or any(w % R for w in widths.values()):
+            raise ValueError(f"relation_heads={R!r} must be a positive integer dividing both attention widths ({', '.join(f'{k} {w}' for k, w in widths.items())})")
+        self.relation_heads = R
+
+    def forward(self, x:torch.Tensor, # images `b c h w`
+               ):
+        "Train mode: (student logits, relation loss summed over layers); eval mode: student logits, no teacher."
+        self._check_student()
+        if not self.training: return self.student(x)
+        with self._drop_path():
+            tv = self.teacher_values(x, ('q', 'k', 'v'))
+            with recording(self.student, ('q', 'k', 'v'), self.layers) as sv: out = self.student(x)
+        losses = {i: relation_loss(tv[i], sv[i], self.relation_heads) for i in self.layers}
+        self.layer_losses = {i: l.detach() for i, l in losses.items()}
+        return out, sum(losses.values())
+
+    def transfer_meta(self) -> dict: return super().transfer_meta() | dict(relation_heads=self.relation_heads)

@@ -13,7 +13,7 @@ from timm.task import TrainingTask, ClassificationTask, LogitDistillationTask, F
 from timm.utils import ModelEmaV3, unwrap_model
 from .attention import taps, forward_blocks
 from .transfer import AttentionTransfer, AttentionCopy
-from .distill import AttentionDistill
+from .distill import AttentionDistill, RelationDistill
 
 # %% auto #0
 __all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'TrainError', 'split_output', 'label_loss', 'trained_model',
@@ -108,7 +108,7 @@ TransferTask.setup_ema, TransferTask.update_ema, TransferTask.get_eval_model = _
 
 # %% ../nbs/07_methods.ipynb #97fb9a07
 TEACHER_ROLES = ('none', 'init', 'train', 'inference')  # no checkpoint; it starts the student; needed in training; also at test time
-TRANSFER_OPTIONS = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'atd_weight')
+TRANSFER_OPTIONS = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'atd_weight', 'layer_map', 'head_map', 'relation_heads')
 
 @dataclass(frozen=True)
 class Method:
@@ -174,7 +174,7 @@ def _pair(cls, weight:float=1.):
     def build(student, teacher, criterion, atd_weight:float=weight, **transfer): return TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)
     return build
 
-_PAIR = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused')
+_PAIR = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'layer_map', 'head_map')
 register_method('scratch', _classification, label='scratch', doc='train the student from random weights')
 register_method('finetune', _classification, 'init', label='fine-tune', doc='start the student from the pre-trained weights')
 register_method('copy', _pair(AttentionCopy), 'inference', _PAIR, 'attention copy', "use the teacher's attention in the transferred layers")
@@ -198,10 +198,19 @@ register_method('feature_kd', _feature_kd, 'train', ('atd_weight',), 'pooled-fea
 class FeatureDistill(AttentionTransfer):
     "The student's residual stream after each transferred block is trained to match the teacher's (MSE, all tokens); eval: logits."
     layer_losses = {}   # {layer: detached loss term} of the last train-mode forward
+    maps_heads = False  # residual streams have no heads: no head map
 
-    def _features(self, model:nn.Module, run) -> dict:
-        "{layer: `b n c` output of block `layer`} while `run()` runs `model`."
-        feats, hooks = {}, [model.blocks[i].register_forward_hook(lambda m, a, o, i=i: feats.__setitem__(i, o)) for i in self.layers]
+    def __init__(self, teacher:nn.Module, # pre-trained timm ViT, frozen; any depth (`layer_map`), the student's width
+                 student:nn.Module, # timm ViT to train
+                 **kw, # `AttentionTransfer`'s layer settings: end_layer, layers, layer_map, share_drop_path
+                ):
+        super().__init__(teacher, student, **kw)
+        wt, ws = (getattr(m, 'embed_dim', None) for m in (teacher, student))
+        if wt != ws: raise ValueError(f"feature distillation compares residual streams: the teacher's width {wt} and the student's {ws} must agree")
+
+    def _features(self, model:nn.Module, layers:list, run) -> dict:
+        "{layer: `b n c` output of block `layer`} for `layers` while `run()` runs `model`."
+        feats, hooks = {}, [model.blocks[i].register_forward_hook(lambda m, a, o, i=i: feats.__setitem__(i, o)) for i in layers]
         try: out = run()
         finally:
             for h in hooks: h.remove()
@@ -213,12 +222,17 @@ class FeatureDistill(AttentionTransfer):
         self._check_student()
         if not self.training: return self.student(x)
         with self._drop_path():  # shared drop-path masks and gradient checkpointing, as for attention distillation
-            with torch.no_grad(): _, tf = self._features(self.teacher, lambda: forward_blocks(self.teacher, x, self.layers[-1]))
-            out, sf = self._features(self.student, lambda: self.student(x))
-        losses = {i: F.mse_loss(sf[i], tf[i]) for i in self.layers}
+            tl = sorted(set(self.layer_map.values()))   # each student block's teacher block (`layer_map`)
+            with torch.no_grad(): _, tf = self._features(self.teacher, tl, lambda: forward_blocks(self.teacher, x, tl[-1]))
+            out, sf = self._features(self.student, self.layers, lambda: self.student(x))
+        losses = {i: F.mse_loss(sf[i], tf[self.layer_map[i]]) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
 
 # %% ../nbs/07_methods.ipynb #fede0900
-register_method('distill_features', _pair(FeatureDistill, 3.), 'train', ('end_layer', 'layers', 'share_drop_path', 'atd_weight'),
+register_method('distill_features', _pair(FeatureDistill, 3.), 'train', ('end_layer', 'layers', 'layer_map', 'share_drop_path', 'atd_weight'),
                 'feature distillation', "match the teacher's residual-stream features (the paper's baseline)")
+
+# %% ../nbs/07_methods.ipynb #fc6e645b
+register_method('distill_relations', _pair(RelationDistill, 1.), 'train', ('end_layer', 'layers', 'layer_map', 'share_drop_path', 'relation_heads', 'atd_weight'),
+                'relation distillation', "match the teacher's q-q, k-k, v-v self-relations (MiniLMv2): any head count and width")

@@ -347,7 +347,7 @@ def model_args(model:nn.Module, # a timm model (from `create_model`, or a timm V
 # %% ../nbs/06_models.ipynb #aae61bab
 def model_meta(model:nn.Module, # the timm model the checkpoint holds
                method:str|None=None, # 'scratch', 'finetune', 'copy' or 'distill' (None: not recorded)
-               transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads'}
+               transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads', 'layer_map', 'head_map'} (`AttentionTransfer.transfer_meta`)
                teacher:nn.Module|None=None, # copy/distill: the teacher (its architecture is recorded)
                teacher_path:str|Path|None=None, # the teacher's weights: absolute path and SHA-256 recorded
                classes:list|None=None, # class names in label order
@@ -408,7 +408,7 @@ def save_student(pair:AttentionTransfer, # an `AttentionCopy` or `AttentionDisti
     if not isinstance(pair, AttentionTransfer):
         raise TypeError(f"save_student takes a teacher–student pair, not a {type(pair).__name__}: save a single model with save_timm_checkpoint")
     method = 'copy' if isinstance(pair, AttentionCopy) else 'distill' if isinstance(pair, AttentionDistill) else None
-    try: meta = model_meta(pair.student, method, dict(target=pair.target, layers=pair.layers, heads=pair.heads), pair.teacher, teacher_path, classes, data)
+    try: meta = model_meta(pair.student, method, pair.transfer_meta(), pair.teacher, teacher_path, classes, data)
     except ModelError as e:  # not a timm model: the weights alone
         warnings.warn(f"{path}: saved without a description ({e})"); meta = None
     return save_timm_checkpoint(pair.student, path, meta)

@@ -326,7 +326,7 @@ def describe(self:Trainer, folder:str|Path|None=None, # where the checkpoint goe
         src = f.get('data') or f.get('data_path')
         mean, std = _normalisation(ds)
         data = dict(name=src, split='val', holdout=0, input_size=f.get('input_size'), mean=mean, std=std, pipeline='timm') if src else None
-        try: self._description = model_meta(self.student, method, dict(target=net.target, layers=net.layers, heads=net.heads) if pair else None,
+        try: self._description = model_meta(self.student, method, net.transfer_meta() if pair else None,
                                             teacher, f.get('finetune') or None if teacher is not None else None,
                                             getattr(ds, 'classes', None), data)
         except ModelError: return None  # e.g. an MAE being pre-trained

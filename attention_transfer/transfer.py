@@ -12,11 +12,11 @@ from timm.layers import DropPath
 from .attention import attention_layers, taps, recording, injecting, forward_blocks, QK, INJECTABLE
 
 # %% auto #0
-__all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'shared_drop_path', 'checkpointed_blocks',
-           'AttentionTransfer', 'AttentionCopy']
+__all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'map_layers', 'map_heads', 'average_heads',
+           'shared_drop_path', 'checkpointed_blocks', 'AttentionTransfer', 'AttentionCopy']
 
 # %% ../nbs/02_copy.ipynb #88dd9c49
-def transfer_layers(depth:int, # number of blocks of teacher and student
+def transfer_layers(depth:int, # number of blocks of the student
                     end_layer:int=0, # paper's convention: blocks [0, depth+end_layer) are transferred; 0 = all
                     layers=None, # explicit block indices (0-based) instead of `end_layer`
                    ) -> list[int]:
@@ -70,14 +70,69 @@ def check_pair(teacher:nn.Module, # the pre-trained ViT
                student:nn.Module, # the ViT to train
                target:str='attn', # what is transferred: one of `TARGETS`
               ):
-    "Raise one clear error unless `teacher` and `student` agree in depth, heads, tokens (and head width for q/k/v)."
+    "Raise one clear error unless `teacher` and `student` see the same tokens (and, for q/k/v, have the same head width)."
     if target not in TARGETS: raise ValueError(f"target={target!r}: use one of {TARGETS}")
     if teacher is student: raise ValueError("teacher and student are the same module: give the student its own weights")
     t, s = vit_shape(teacher), vit_shape(student)
-    keys = ['depth', 'heads', 'tokens'] + ([] if target == 'attn' else ['head_dim'])
-    if any(t[k] != s[k] for k in keys if t[k] is not None and s[k] is not None):
-        raise ValueError(f"teacher and student do not match for target={target!r}: teacher {_describe(t)}; "
-                         f"student {_describe(s)} (they must agree in {', '.join(keys)})")
+    pre = [getattr(m, 'num_prefix_tokens', 0) for m in (teacher, student)]
+    if (None not in (t['tokens'], s['tokens']) and t['tokens'] != s['tokens']) or pre[0] != pre[1]:
+        raise ValueError(f"teacher and student must see the same token grid: teacher {_describe(t)} ({pre[0]} prefix); "
+                         f"student {_describe(s)} ({pre[1]} prefix)")
+    if target != 'attn' and set(t['head_dim']) != set(s['head_dim']):
+        raise ValueError(f"target={target!r} needs the same head width: teacher {_describe(t)}; student {_describe(s)}")
+
+# %% ../nbs/02_copy.ipynb #fc1a6980
+def map_layers(teacher_depth:int, # blocks of the teacher (Dt)
+               student_depth:int, # blocks of the student (Ds)
+               layers=None, # the student's transferred blocks (`transfer_layers`); None: all, or the keys of `layer_map`
+               layer_map=None, # {student block: teacher block}, or [(student, teacher), ...]; None: the default
+              ) -> dict:
+    "{student block: teacher block} for the transferred blocks: `layer_map` checked, or by default student block i ← teacher block ⌈(i+1)·Dt/Ds⌉−1."
+    if layer_map is None:
+        return {i: -(-(i + 1) * teacher_depth // student_depth) - 1 for i in (range(student_depth) if layers is None else layers)}
+    try:
+        pairs = list(layer_map.items()) if isinstance(layer_map, dict) else [tuple(p) for p in layer_map]
+        pairs = [(operator.index(a), operator.index(b)) for a, b in pairs]
+    except (TypeError, ValueError): raise ValueError(f"layer_map={layer_map!r}: give {{student block: teacher block}} or [(student, teacher), ...] of ints") from None
+    m = dict(sorted(pairs))
+    if not m: raise ValueError("layer_map is empty: it transfers nothing")
+    if len(m) < len(pairs): raise ValueError(f"layer_map {pairs} gives a student block more than one teacher block")
+    if bad := [s for s in m if not 0 <= s < student_depth]: raise ValueError(f"layer_map: student blocks {bad} out of range (the student has {student_depth}: 0..{student_depth-1})")
+    if bad := [t for t in m.values() if not 0 <= t < teacher_depth]: raise ValueError(f"layer_map: teacher blocks {bad} out of range (the teacher has {teacher_depth}: 0..{teacher_depth-1})")
+    if layers is not None and sorted(m) != sorted(layers): raise ValueError(f"layer_map covers student blocks {sorted(m)} but the transferred blocks are {sorted(layers)}")
+    return m
+
+# %% ../nbs/02_copy.ipynb #9057c212
+def map_heads(teacher_heads:int, # heads per teacher block
+              student_heads:int, # heads per student block
+              head_map=None, # per student head: a teacher head or a list of them (averaged); None: the default
+              average:bool=True, # False (targets q/k/v): each student head takes exactly one teacher head
+             ) -> list|None:
+    "For each student head the teacher heads whose maps are averaged into it; None when head j ← teacher head j (same count, no map)."
+    if head_map is None:
+        if teacher_heads == student_heads: return None
+        if teacher_heads % student_heads:
+            raise ValueError(f"the teacher's {teacher_heads} heads do not split evenly over the student's {student_heads}: "
+                             "give head_map, one teacher head (or a list of them) per student head")
+        g = teacher_heads // student_heads
+        groups = [list(range(j * g, (j + 1) * g)) for j in range(student_heads)]
+    else:
+        try: groups = [sorted(set(operator.index(h) for h in (e if isinstance(e, (list, tuple, range)) else [e]))) for e in head_map]
+        except TypeError: raise ValueError(f"head_map={head_map!r}: give one teacher head or a list of them per student head") from None
+        if len(groups) != student_heads: raise ValueError(f"head_map has {len(groups)} entries but the student has {student_heads} heads")
+        if bad := [g for g in groups if not g or g[0] < 0 or g[-1] >= teacher_heads]:
+            raise ValueError(f"head_map entries {bad} empty or out of range (the teacher has {teacher_heads} heads: 0..{teacher_heads-1})")
+    if not average and any(len(g) > 1 for g in groups):
+        raise ValueError(f"q, k and v cannot be averaged over heads (head groups {groups}): give head_map with one teacher head per student head")
+    return None if teacher_heads == student_heads and groups == [[j] for j in range(student_heads)] else groups
+
+# %% ../nbs/02_copy.ipynb #33ff0ccf
+def average_heads(x:torch.Tensor, # teacher maps `b Ht n n` (or q/k/v `b Ht n d`)
+                  head_map:list|None, # from `map_heads`
+                 ) -> torch.Tensor:
+    "`x` regrouped for the student, `b Hs ...`: student head j gets the mean of the teacher heads `head_map[j]`."
+    if head_map is None: return x
+    return torch.stack([x[:, g].mean(1) for g in head_map], 1)
 
 # %% ../nbs/02_copy.ipynb #8e06828c
 @contextmanager
@@ -146,22 +201,31 @@ from .vit import warn_architecture
 
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
-    "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads` (base of copy and distillation)."
+    "A frozen teacher ViT and a student ViT whose attention is tied to it in `layers` and `heads`, through a layer and a head map when their sizes differ (base of copy and distillation)."
+    maps_heads = True   # False in pairs that compare no per-head quantity (relations, features): no head map
     def __init__(self,
                  teacher:nn.Module, # pre-trained timm ViT; frozen, kept in eval mode
-                 student:nn.Module, # timm ViT to train, same depth, heads and tokens as the teacher
+                 student:nn.Module, # timm ViT to train: the teacher's tokens; depth and heads may differ (`layer_map`, `head_map`)
                  end_layer:int=0, # transfer blocks [0, depth+end_layer): 0 = all, -6 = all but the top 6
                  layers=None, # explicit block indices instead of `end_layer`
                  heads=None, # head indices transferred in every layer; None: all
                  target:str='attn', # 'attn' (the attention map), 'q', 'k' or 'v'
                  share_drop_path:bool=False, # share the student's drop-path masks with the teacher, like the reference code
                  fused:bool=True, # target 'attn': hand the teacher's map over as its q and k (fused kernels); False: as `b h n n` maps
+                 layer_map=None, # {student block: teacher block}; None: the same relative depth (`map_layers`); alone, its keys are the transferred blocks
+                 head_map=None, # per student head, the teacher head(s) averaged into it; None: one-to-one, or groups of k when the teacher has k times the heads
                 ):
         super().__init__()
         check_pair(teacher, student, target)
-        shape = vit_shape(student)
-        self.layers = transfer_layers(shape['depth'], end_layer, layers)
-        self.heads = transfer_heads(shape['heads'][0], heads)
+        t, s = vit_shape(teacher), vit_shape(student)
+        if layer_map is not None and layers is None and end_layer == 0: layers = list(map_layers(t['depth'], s['depth'], None, layer_map))
+        self.layers = transfer_layers(s['depth'], end_layer, layers)
+        self.layer_map = map_layers(t['depth'], s['depth'], self.layers, layer_map)
+        if not self.maps_heads and head_map is not None: raise ValueError(f"{type(self).__name__} compares no heads: drop head_map")
+        self.head_map = map_heads(t['heads'][0], s['heads'][0], head_map, average=target == 'attn') if self.maps_heads else None
+        self.heads = transfer_heads(s['heads'][0], heads)
+        if share_drop_path and (t['depth'] != s['depth'] or any(i != j for i, j in self.layer_map.items())):
+            raise ValueError("share_drop_path shares masks block by block: it needs a teacher as deep as the student and the identity layer map")
         self.target, self.share_drop_path, self.fused = target, share_drop_path, fused
         self.teacher, self.student = teacher.requires_grad_(False).eval(), student
         taps(self.teacher); taps(self.student)
@@ -180,9 +244,17 @@ class AttentionTransfer(nn.Module):
     def teacher_values(self, x:torch.Tensor, # images `b c h w`
                        what=('attn',), # quantities to record (see `attention_transfer.attention.RECORDABLE`)
                       ) -> dict:
-        "{layer: {name: tensor or `QK`}} recorded from the teacher on `x`, running only up to the last transferred block."
-        with recording(self.teacher, what, self.layers) as rec: forward_blocks(self.teacher, x, self.layers[-1])
-        return {i: {k: _compact(v) for k, v in r.items()} for i, r in rec.items()}
+        "{student layer: {name: tensor or `QK`}} from the teacher's block `layer_map[layer]` on `x`, heads regrouped by `head_map`; the teacher runs only up to the deepest such block."
+        tl = sorted(set(self.layer_map.values()))
+        with recording(self.teacher, what, tl) as rec: forward_blocks(self.teacher, x, tl[-1])
+        vals = {j: {k: self._regroup(_compact(v), k) for k, v in r.items()} for j, r in rec.items()}
+        return {i: vals[self.layer_map[i]] for i in self.layers}
+
+    def _regroup(self, v, name:str):
+        "A teacher value with its heads regrouped for the student (`average_heads`); logits and fused q·k cannot be."
+        if self.head_map is None: return v
+        if name in ('logits', 'qk'): raise ValueError(f"the teacher's {name} cannot go through a head map (an average of maps is not softmax(q kᵀ)): record 'attn'")
+        return average_heads(v, self.head_map)
 
     @contextmanager
     def _drop_path(self):
@@ -192,8 +264,8 @@ class AttentionTransfer(nn.Module):
 
     @property
     def _teacher_what(self) -> str:
-        "What the teacher records: its q and k (`QK`) for a fused 'attn' target, else the target itself."
-        return 'qk' if self.target == 'attn' and self.fused else self.target
+        "What the teacher records: its q and k (`QK`) for a fused 'attn' target without a head map, else the target itself."
+        return 'qk' if self.target == 'attn' and self.fused and self.head_map is None else self.target
 
     def student_context(self, x:torch.Tensor, # images `b c h w`
                        ):
@@ -204,7 +276,15 @@ class AttentionTransfer(nn.Module):
         "The student's own `state_dict`: timm's keys, loadable into a fresh timm model of the same architecture."
         return self.student.state_dict()
 
-    def extra_repr(self): return f"target={self.target!r}, layers={self.layers}, heads={self.heads}, share_drop_path={self.share_drop_path}"
+    def transfer_meta(self) -> dict:
+        "What a checkpoint records of the pair (plain JSON): target, layers, heads, the layer map as [student, teacher] pairs, the head map."
+        return dict(target=self.target, layers=list(self.layers), heads=self.heads,
+                    layer_map=[[i, j] for i, j in self.layer_map.items()], head_map=self.head_map)
+
+    def extra_repr(self):
+        maps = '' if all(i == j for i, j in self.layer_map.items()) else f", layer_map={self.layer_map}"
+        return (f"target={self.target!r}, layers={self.layers}, heads={self.heads}{maps}"
+                + ('' if self.head_map is None else f", head_map={self.head_map}") + f", share_drop_path={self.share_drop_path}")
 
 # %% ../nbs/02_copy.ipynb #79eb481a
 class AttentionCopy(AttentionTransfer):

@@ -63,7 +63,7 @@ def test_save_student_says_what_it_is(tmp_path, ext):
     save_student(AttentionCopy(t, s, end_layer=-1, heads=[1, 0]), tmp_path/'run'/f'student.{ext}', teacher_path=tmp_path/'teacher'/'t.pth',
                  classes=list('abcdefghij'))
     m = checkpoint_meta(tmp_path/'run'/f'student.{ext}')
-    assert (m['method'], m['transfer'], m['model'], m['model_args']) == ('copy', dict(target='attn', layers=[0], heads=[0, 1]),
+    assert (m['method'], m['transfer'], m['model'], m['model_args']) == ('copy', dict(target='attn', layers=[0], heads=[0, 1], layer_map=[[0, 0]], head_map=None),
                                                                          'vit_tiny_patch16_224', dict(num_classes=10, img_size=32, patch_size=8, depth=2))
     assert m['teacher']['path'] == '../teacher/t.pth' and m['classes'] == list('abcdefghij')
     assert m['teacher']['sha256'] == hashlib.sha256((tmp_path/'teacher'/'t.pth').read_bytes()).hexdigest()
