@@ -155,6 +155,11 @@ def attention_kl_js(p:torch.Tensor, # the teacher's attention `... n m`: rows su
     return kl, js
 
 # %% ../nbs/04_ensemble.ipynb #4d3b3796
+def _tokens(vit) -> int|None:
+    "Tokens a timm ViT attends over (patches + class/register tokens), None when it does not say."
+    n = getattr(getattr(vit, 'patch_embed', None), 'num_patches', None)
+    return None if n is None else n + getattr(vit, 'num_prefix_tokens', 0)
+
 def _grid(teacher, student, layers) -> tuple:
     "(layer ids, heads) shared by teacher and student; one-line ValueError when they do not match."
     ts, ss = attention_layers(getattr(teacher, 'student', teacher)), attention_layers(getattr(student, 'student', student))
@@ -164,6 +169,8 @@ def _grid(teacher, student, layers) -> tuple:
     if not ids or ids[0] < 0 or ids[-1] >= min(len(ts), len(ss)):
         raise ValueError(f"layers {ids} out of range for a teacher of {len(ts)} and a student of {len(ss)} blocks")
     heads = {ts[i].num_heads for i in ids} | {ss[i].num_heads for i in ids}
+    tokens = {_tokens(getattr(m, 'student', m)) for m in (teacher, student)}
+    if len(tokens) > 1: raise ValueError(f"teacher and student see different numbers of tokens ({sorted(tokens)}): their maps cannot be compared")
     if len(heads) > 1: raise ValueError(f"teacher and student attention differ in heads ({sorted(heads)}): maps cannot be compared head by head")
     return ids, heads.pop()
 
@@ -189,7 +196,8 @@ def _run(teacher, student, batches, layers, chunk, device) -> dict:
     s, n = torch.zeros(3, len(ids), heads, dtype=torch.float64), 0
     try:
         for m in mods: m.eval()
-        for x in batches: s += _divergence_sums(teacher, student, x.to(dev), ids, heads, chunk); n += len(x)
+        for x in batches:
+            if len(x): s += _divergence_sums(teacher, student, x.to(dev), ids, heads, chunk); n += len(x)
     finally:
         for m, t in zip(mods, modes): m.train(t)
     s = all_reduce_sum(torch.cat([s.flatten(), torch.tensor([n], dtype=torch.float64)]))
