@@ -9,7 +9,7 @@ import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dis
 
 # %% auto #0
 __all__ = ['COMBINE', 'combine', 'Ensemble', 'rank', 'world_size', 'all_reduce_sum', 'predict', 'score', 'evaluate',
-           'attention_kl_js', 'attention_divergence', 'attention_divergence_loader']
+           'attention_kl_js', 'attention_divergence', 'attention_divergence_loader', 'divergence_table']
 
 # %% ../nbs/04_ensemble.ipynb #fb03ac74
 COMBINE = ('prob', 'logit')
@@ -233,3 +233,16 @@ def attention_divergence_loader(teacher:nn.Module, # the reference ViT
             if not len(x): break
             n += len(x); yield x
     return _run(teacher, student, batches(), layers, chunk, device)
+
+# %% ../nbs/04_ensemble.ipynb #ab86a359
+def divergence_table(cols:dict, # {column header: one value per block}, e.g. {'KL': d['kl'].mean(1), 'JS': d['js'].mean(1)}
+                     layers:list, # the block ids of the rows
+                     transferred=(), # blocks marked with *
+                    ) -> str:
+    "Per-block values as text: a row per block (* = transferred), a column per entry of `cols`, and the mean over blocks."
+    cols = {k: [float(v) for v in vs] for k, vs in cols.items()}
+    w = [max(6, len(k)) for k in cols]
+    line = lambda first, vals: f"{first:>6}  " + '  '.join(f"{v:>{n}}" for v, n in zip(vals, w))
+    rows = [line('block', cols)] + [line(f"{l}{'*' if l in transferred else ' '}", [f"{vs[j]:.3f}" for vs in cols.values()])
+                                    for j, l in enumerate(layers)]
+    return '\n'.join(rows + [line('mean ', [f"{sum(vs) / len(vs):.3f}" for vs in cols.values()])])
