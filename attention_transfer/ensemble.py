@@ -239,10 +239,10 @@ def divergence_table(cols:dict, # {column header: one value per block}, e.g. {'K
                      layers:list, # the block ids of the rows
                      transferred=(), # blocks marked with *
                     ) -> str:
-    "Per-block values as text: a row per block (* = transferred), a column per entry of `cols`, and the mean over blocks."
+    "Per-block values as text (3 significant digits): a row per block (* = transferred), a column per entry of `cols`, and the mean over blocks."
     cols = {k: [float(v) for v in vs] for k, vs in cols.items()}
     w = [max(6, len(k)) for k in cols]
     line = lambda first, vals: f"{first:>6}  " + '  '.join(f"{v:>{n}}" for v, n in zip(vals, w))
-    rows = [line('block', cols)] + [line(f"{l}{'*' if l in transferred else ' '}", [f"{vs[j]:.3f}" for vs in cols.values()])
+    rows = [line('block', cols)] + [line(f"{l}{'*' if l in transferred else ' '}", [f"{vs[j]:.3g}" for vs in cols.values()])
                                     for j, l in enumerate(layers)]
-    return '\n'.join(rows + [line('mean ', [f"{sum(vs) / len(vs):.3f}" for vs in cols.values()])])
+    return '\n'.join(rows + [line('mean ', [f"{sum(vs) / len(vs):.3g}" for vs in cols.values()])])
