@@ -181,7 +181,7 @@ class TrainConfig:
     stop_epoch:int|None=None # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
     steps_per_epoch:int|None=None # cap the micro-batches per epoch (quick tests)
     attn_probe:int=64 # validation images on which the student's attention is compared with the pre-trained model's after every epoch (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
-    attn_teacher:str='' # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
+    attn_teacher:str|None=None # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
     teacher_sha256:str|None=None # not a flag: the SHA-256 of the teacher's weights, set by `resolve` (copy and distill)
     abs_lr:float|None=None # not a flag: the absolute peak lr, set by `run_training` from --blr or --lr and the processes
 
@@ -443,7 +443,7 @@ def at_train(
     stop_epoch:int=None, # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
     steps_per_epoch:int=None, # cap the micro-batches per epoch (quick tests)
     attn_probe:int=64, # validation images on which the student's attention is compared with the pre-trained model's after every epoch (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
-    attn_teacher:str='', # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
+    attn_teacher:str=None, # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
 ):
     "Train a ViT from scratch, by fine-tuning, by attention copy or by attention distillation."
     return run_training(resolve(TrainConfig(**locals())))
