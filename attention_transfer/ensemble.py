@@ -152,7 +152,7 @@ def attention_kl_js(p:torch.Tensor, # the teacher's attention `... n m`: rows su
     m = ((p + q) / 2).clamp_min(_TINY)
     kl = (torch.xlogy(p, p) - torch.xlogy(p, q.clamp_min(_TINY))).sum(-1)
     js = ((torch.xlogy(p, p) - torch.xlogy(p, m)).sum(-1) + (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(-1)) / 2
-    return kl, js
+    return kl.clamp_min(0), js.clamp_min(0)  # both are >= 0; fp32 rounding of equal maps can fall a hair below
 
 # %% ../nbs/04_ensemble.ipynb #4d3b3796
 def _tokens(vit) -> int|None:
