@@ -112,7 +112,9 @@ def check_output_dir(path:str|Path, # the output folder (created when the first 
 
 # %% ../nbs/09_cli.ipynb #d98d18bb
 RESUME_KEYS = ('mode', 'model', 'nb_classes', 'input_size', 'global_pool', 'teacher', 'teacher_sha256', 'target', 'end_layer',
-               'layers', 'heads')
+               'layers', 'heads', # what is trained, and what is transferred
+               'data', 'seed', 'atd_weight', 'share_drop_path', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob', 'no_aug', 'drop_path', # losses, augmentation
+               'blr', 'lr', 'min_lr', 'warmup_epochs', 'layer_decay', 'layer_decay_rule', 'beta2', 'weight_decay', 'clip_grad', 'ema') # optimisation
 
 def _setting(k, v): return f"teacher weights sha256 {v[:12]}" if k == 'teacher_sha256' and v else f"--{k} {v}"
 

@@ -147,7 +147,11 @@ COPY_MISMATCH = [(['--mode', 'distill'], ['--mode copy', '--mode distill']),
                  (['--layers', 0], ['--layers None', '--layers [0]']),
                  (['--heads', 1], ['--heads None', '--heads [1]']),
                  (['--cls_token'], ['--global_pool avg', '--global_pool token']),
-                 (['--input_size', 16], ['--input_size 32', '--input_size 16'])]
+                 (['--input_size', 16], ['--input_size 32', '--input_size 16']),
+                 (['--lr', 0.01], ['--lr None', '--lr 0.01']),                      # what is learnt: optimisation,
+                 (['--smoothing', 0], ['--smoothing 0.1', '--smoothing 0']),         # the loss,
+                 (['--aa', 'none'], ['--aa rand-m9-mstd0.5-inc1', '--aa none']),     # augmentation,
+                 (['--seed', 1], ['--seed 0', '--seed 1'])]                          # and the seed
 
 
 @pytest.mark.parametrize('args,names', COPY_MISMATCH, ids=[' '.join(map(str, a)) for a, _ in COPY_MISMATCH])
