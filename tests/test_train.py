@@ -127,6 +127,7 @@ def test_two_processes_match_one(files, tmp_path):
     assert two['train_loss'] == pytest.approx(one['train_loss'], rel=1e-4)   # after one synchronised update, too
     assert two['test_n'] == one['test_n'] == 540                              # evaluation shards cover the set once
     assert two['test_top1'] == pytest.approx(one['test_top1'], abs=0.2)
+    assert two['attn_js'] == pytest.approx(one['attn_js'], rel=1e-3)          # the probe: 32 + 32 images = the same 64
     ck = torch.load(tmp_path/'two'/'checkpoint.pth', weights_only=True)
     assert len(ck['rng']) == 2 and ck['step'] == 2                            # both processes' RNG states saved
 
