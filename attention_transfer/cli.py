@@ -24,8 +24,8 @@ from .train import (LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_ch
 __all__ = ['OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'timm_name', 'parse_mode', 'check_ranges', 'check_aa',
            'check_output_dir', 'check_resume', 'TrainConfig', 'preset_args', 'expand_preset', 'apply_preset',
            'parse_layer_map', 'resolve', 'run_training', 'at_train', 'config_from_argv', 'preset_command', 'run_script',
-           'main', 'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data', 'at_eval',
-           'eval_main']
+           'main', 'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data',
+           'attention_reference', 'at_eval', 'eval_main']
 
 # %% ../nbs/09_cli.ipynb #b725e01a
 OFFICIAL_MODELS = {'vit_base_patch16': 'vit_base_patch16_224', 'vit_large_patch16': 'vit_large_patch16_224',
@@ -59,7 +59,7 @@ RANGES = dict(
     nb_classes='[1, inf)', input_size='[1, inf)', end_layer='(-inf, 0]', layers='[0, inf)', heads='[0, inf)', relation_heads='[1, inf)',
     num_workers='[0, inf)', seed='[0, 2**32)',  # seeds alias above numpy's 2**32
     mask_ratio='[0, 1)', decoder_dim='[1, inf)', decoder_depth='[1, inf)', decoder_heads='[1, decoder_dim]',
-    min_scale='(0, 1]', hflip='[0, 1]')
+    min_scale='(0, 1]', hflip='[0, 1]', attn_probe='[0, inf)')
 
 # %% ../nbs/09_cli.ipynb #679a4f35
 def _bound(b:str, f:dict):
@@ -184,6 +184,8 @@ class TrainConfig:
     preset:str|None=None # the paper's ViT-L recipe, copy or distill (expanded first: other flags override it)
     stop_epoch:int|None=None # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
     steps_per_epoch:int|None=None # cap the micro-batches per epoch (quick tests)
+    attn_probe:int=64 # validation images on which the student's attention is compared with the pre-trained model's after every epoch (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
+    attn_teacher:str|None=None # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
     teacher_sha256:str|None=None # not a flag: the SHA-256 of the teacher's weights, set by `resolve` (copy and distill)
     abs_lr:float|None=None # not a flag: the absolute peak lr, set by `run_training` from --blr or --lr and the processes
 
@@ -294,8 +296,17 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
     c = replace(apply_preset(cfg))
     check_ranges(asdict(c))
     amp_dtype(c.amp, 'cpu'); check_aa(c.aa)  # check the names
-    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c)
+    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c)
     return c
+
+# %% ../nbs/09_cli.ipynb #064cc31e
+def _resolve_probe(c:TrainConfig):
+    "Check and complete, in place, `--attn_teacher` (an existing file, made absolute; only with `--attn_probe`)."
+    if not c.attn_teacher: return
+    p = Path(c.attn_teacher)
+    if not p.is_file(): raise TrainError(f"--attn_teacher: {'not a file' if p.exists() else 'checkpoint not found'}: {p}")
+    if not c.attn_probe: raise TrainError("--attn_teacher is only used with --attn_probe N (N > 0): drop one of them")
+    c.attn_teacher = str(p.resolve())
 
 # %% ../nbs/09_cli.ipynb #2f3bce1c
 def _datasets(c:TrainConfig) -> tuple:
@@ -354,7 +365,8 @@ def _trainer(c:TrainConfig, student, teacher, train_ds, val_ds, device:torch.dev
                        layer_decay_rule=c.layer_decay_rule, beta2=c.beta2, accum_iter=c.accum_iter, clip_grad=c.clip_grad,
                        ema=c.ema, mixup=mix, amp=c.amp,
                        compile=c.compile, steps_per_epoch=c.steps_per_epoch, device=device,
-                       output_dir=None if c.eval else c.output_dir, meta=asdict(c))
+                       output_dir=None if c.eval else c.output_dir, meta=asdict(c),
+                       callbacks=default_callbacks() + _probe_callbacks(c, teacher, student))
     except ValueError as e: raise TrainError(str(e).splitlines()[0]) from None  # e.g. teacher and student do not fit
 
 def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
@@ -365,6 +377,24 @@ def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
             f"{c.input_size}px; {world} process(es) on {trainer.device}, effective batch {c.batch_size * c.accum_iter * world}, "
             f"lr {c.abs_lr:.3g}" + (f" (layer decay {c.layer_decay}, {c.layer_decay_rule} rule)" if c.layer_decay != 1 else '')
             + f", {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
+
+# %% ../nbs/09_cli.ipynb #e043b43e
+from .train import AttentionDivergence, default_callbacks
+
+# %% ../nbs/09_cli.ipynb #c5b4437e
+def _probe_callbacks(c:TrainConfig, teacher, student) -> list:
+    "`[AttentionDivergence]` against the run's pre-trained model (`--attn_teacher`, else `--finetune`); [] without one, with `--attn_probe 0` or `--eval`."
+    path = c.attn_teacher or c.finetune
+    if c.eval or not c.attn_probe or not path: return []
+    if teacher is None or path != c.finetune:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter('ignore', CheckpointNote)  # the run's own notes on these weights are printed already
+            teacher = create_teacher(c.teacher or c.model, path, num_classes=c.nb_classes, img_size=c.input_size, global_pool=c.global_pool)
+    t, s = vit_shape(teacher), vit_shape(student)
+    if any(t[k] != s[k] for k in ('depth', 'heads', 'tokens')):   # a teacher of another size: no block-by-block comparison
+        if rank() == 0: print(f"at_train: note: --attn_probe skipped: the pre-trained model ({t['depth']} blocks x {t['heads'][0]} heads) and the student ({s['depth']} x {s['heads'][0]}) are compared block by block only when they have the same shape")
+        return []
+    return [AttentionDivergence(teacher, c.attn_probe)]
 
 # %% ../nbs/09_cli.ipynb #09d1ddc2
 def run_training(cfg:TrainConfig, # a configuration checked and completed by `resolve`
@@ -443,6 +473,8 @@ def at_train(
     preset:str=None, # the paper's ViT-L recipe, copy or distill (expanded first: other flags override it)
     stop_epoch:int=None, # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
     steps_per_epoch:int=None, # cap the micro-batches per epoch (quick tests)
+    attn_probe:int=64, # validation images on which the student's attention is compared with the pre-trained model's after every epoch (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
+    attn_teacher:str=None, # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none unless given)
 ):
     "Train a ViT from scratch, by fine-tuning, by attention copy or by attention distillation."
     return run_training(resolve(TrainConfig(**locals())))
@@ -664,28 +696,59 @@ def _members(checkpoints:list, model, ema, teacher, data, data_path, input_size)
                                              + ', '.join(f"{c}: {h}" for c, h in zip(checkpoints, heads)))
     return nets, specs[0], classes, heads[0]
 
+# %% ../nbs/09_cli.ipynb #eafb5128
+def attention_reference(net:torch.nn.Module, # a network from `load_for_eval`
+                        meta:dict, # its description
+                        checkpoint:str|Path, # its file (a recorded teacher path is relative to it)
+                        teacher:str|None=None, # --teacher: a path given on the command line
+                       ) -> torch.nn.Module:
+    "The teacher a checkpoint's attention is compared with: the one a copy pair runs, else `teacher` or the recorded one (`find_teacher`)."
+    if hasattr(net, 'teacher'): return net.teacher
+    t = meta.get('teacher') or {}
+    if not teacher and not t:
+        raise TrainError(f"--attention: {checkpoint} records no teacher (a {meta.get('method') or 'plain'} run): pass --teacher PATH to compare it with")
+    tpath = find_teacher(meta, checkpoint, teacher)
+    return create_teacher(t.get('model') or meta['model'], tpath, **(t.get('model_args') or meta['model_args']))
+
+def _attention_of(net, meta, path, ref, dl, images, device) -> dict:
+    "Per block, mean over heads: KL and JS of `net`'s attention from `ref`'s on the first `images` of `dl` (all processes), and the transferred blocks."
+    try: d = ens.attention_divergence_loader(ref.to(device), net.to(device), dl, max_images=-(-images // world_size()), device=device)
+    except ValueError as e: raise TrainError(f"--attention: {path}: {e}") from None
+    tr = meta.get('transfer') or {}
+    moved = tr.get('layers') if tr.get('layers') is not None else transfer_layers(len(d['layers']), tr.get('end_layer') or 0) if tr else []
+    return dict(images=d['images'], layers=d['layers'], transferred=list(moved), kl=d['kl'].mean(1).tolist(), js=d['js'].mean(1).tolist(),
+                js_heads=d['js'].tolist())
+
+def _attention_text(name:str, a:dict) -> str:
+    head = (f"{name}: attention vs the teacher's on {a['images']} images, per block, mean over heads "
+            f"(nats; JS <= ln 2 = 0.693{'; * = transferred' if a['transferred'] else ''})")
+    return head + '\n' + ens.divergence_table({'KL': a['kl'], 'JS': a['js']}, a['layers'], a['transferred'])
+
 # %% ../nbs/09_cli.ipynb #8ad4ab83
 @call_parse
 def at_eval(
     checkpoints:Param("checkpoints: at_train's model.pth / model_ema.pth / checkpoint.pth, at_demo's students, or timm checkpoints with --model", str, nargs='+'),
-    model:str=None, # timm model name, for checkpoints that carry no description
-    teacher:str=None, # teacher weights of attention-copy checkpoints (default: the path recorded in the checkpoint)
+    model:str=None, # timm model name, for checkpoints that carry no description (default: the checkpoint's own)
+    teacher:str=None, # teacher weights: the one attention-copy checkpoints run, and the reference of --attention (default: the path recorded in the checkpoint)
     ema:store_true=False, # from training checkpoints (checkpoint.pth), evaluate the EMA weights
-    data:str=None, # built-in dataset, for checkpoints that do not record theirs
-    data_path:str='', # ImageFolder root with train/ and val/, for checkpoints that do not record theirs
+    data:str=None, # built-in dataset, for checkpoints that do not record theirs (default: the recorded data)
+    data_path:str=None, # ImageFolder root with train/ and val/, for checkpoints that do not record theirs (default: the recorded data)
     input_size:int=None, # image side, for checkpoints that do not record theirs (default: the model's)
     batch_size:int=128, # images per process and batch (at_demo scores with 128 too)
     num_workers:int=4, # DataLoader worker processes per process
-    device:str=None, # default: cuda when available
+    device:str=None, # cpu, cuda, cuda:N (default: cuda when available)
     amp:str='auto', # autocast: auto (bf16 on CUDA), bf16, fp16, off
     how:str='prob', # ensemble by averaging probabilities (prob) or logits (logit)
-    output:str=None, # also write the results to this JSON file (a new file; missing folders are made)
+    output:str=None, # also write the results to this JSON file (a new file; missing folders are made) (default: print only)
+    attention:int=0, # also compare each checkpoint's attention with its teacher's (--teacher, or the recorded one) on the first N evaluation images: KL and Jensen-Shannon divergence per block, in nats (0: off)
 ):
     "Evaluate checkpoints exactly as they were trained (copy students with their teacher) and the ensemble of their predictions."
     _check_eval_flags(batch_size, num_workers, how, data, data_path, input_size, amp)
+    if attention < 0: raise TrainError(f"--attention must be 0 (off) or a number of images, not {attention}")
     if output: check_output_file(output)
     device = init_distributed(device)[0]
     nets, spec, classes, head = _members(checkpoints, model, ema, teacher, data, data_path, input_size)
+    refs = [attention_reference(n, m, c, teacher) for c, (n, m) in zip(checkpoints, nets)] if attention else []  # fail before any work
     val_ds, names = eval_data(dict(nets[0][1], data=spec), num_workers)
     if classes and list(next(iter(classes))) != [str(c) for c in names]:
         who = f"--{'data' if data else 'data_path'} {data or data_path}" if (data or data_path) else f"the data {spec['name']}"
@@ -695,9 +758,12 @@ def at_eval(
     r = ens.evaluate({f'model{i}': n.to(device) for i, (n, _) in enumerate(nets)}, dl, how, topk=(1, min(5, head or 5)),
                      device=device, amp_dtype=amp_dtype(amp, device))
     res = {str(c): r[f'model{i}'] for i, c in enumerate(checkpoints)}
+    for c, (n, m), ref in zip(checkpoints, nets, refs): res[str(c)]['attention'] = _attention_of(n, m, c, ref, dl, attention, device)
     if len(nets) > 1: res[f'ensemble ({how})'] = r['ensemble']
     if rank() == 0:
         for k, v in res.items(): print(f"{k}: " + '  '.join(f"{m} {a:.2f}" for m, a in v.items() if m.startswith('top')) + f"  ({v['n']} images)")
+        for k, v in res.items():
+            if 'attention' in v: print(_attention_text(k, v['attention']))
         if output: write_atomic(json.dumps(res, indent=1) + '\n', output)
     return res
 

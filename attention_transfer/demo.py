@@ -30,8 +30,8 @@ __all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'la
            'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data', 'Report',
            'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
            'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
-           'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo', 'transfer_layers_of',
-           'config_from_flags', 'at_demo', 'main']
+           'attention_report', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
+           'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
 
 # %% ../nbs/11_demo.ipynb #13090c18
 def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
@@ -503,17 +503,34 @@ def plot_results(acc:dict, # from `summarise`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_demo.ipynb #0b89f355
+from .ensemble import attention_divergence, divergence_table
+
 # %% ../nbs/11_demo.ipynb #4ae4da09
 @torch.no_grad()
 def attention_agreement(teacher:nn.Module, # the pre-trained ViT
                         student:nn.Module, # a ViT with the same depth, heads and tokens
                         x:torch.Tensor, # `b c h w` images
                        ) -> list: # KL(teacher || student) per layer
-    "KL divergence from the teacher's attention maps to the student's, per layer, averaged over images, heads and queries."
-    kl = []
-    for t, s in zip(attention_maps(teacher.eval(), x), attention_maps(student.eval(), x)):
-        kl.append((t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1).mean().item())
-    return kl
+    "KL divergence from the teacher's attention maps to the student's, per layer, averaged over images, heads and queries (`ensemble.attention_divergence`)."
+    return attention_divergence(teacher, student, x)['kl'].mean(1).tolist()
+
+# %% ../nbs/11_demo.ipynb #8942e411
+def attention_report(models:dict, # {name: network}, the teacher among them under 'teacher (MAE)'
+                     teacher:nn.Module, # the reference
+                     x:torch.Tensor, # `b c h w` images
+                     transferred=(), # blocks distillation transfers, marked with *
+                     seed:int=0, # whose students, for the title
+                     extra:dict|None=None, # when given, receives {'attention_kl': {name: per block}, 'attention_js': ...}
+                    ) -> str:
+    "The per-block KL and JS (nats, mean over heads) of each student's attention from the teacher's, as a table with its title."
+    div = {k: attention_divergence(teacher, m, x) for k, m in models.items() if m is not teacher}
+    if extra is not None:
+        for q in ('kl', 'js'): extra[f'attention_{q}'] = {k: d[q].mean(1).tolist() for k, d in div.items()}
+    title = (f"attention vs the teacher's, seed {seed}, {len(x)} images, per block and mean over heads "
+             f"(KL and Jensen-Shannon in nats, JS <= ln 2 = 0.693{'; * = transferred by distill' if len(transferred) else ''}):")
+    cols = {f"{k} {q.upper()}": d[q].mean(1) for k, d in div.items() for q in ('kl', 'js')}
+    return title + '\n' + divergence_table(cols, next(iter(div.values()))['layers'], transferred)
 
 # %% ../nbs/11_demo.ipynb #39d6ecd6
 def _ink_query(img:torch.Tensor, grid:tuple) -> int:
@@ -654,9 +671,7 @@ def _run_demo(cfg:DemoConfig, out_dir:Path, workers:int|None, n_images:int, writ
         xs = data['x_eval'][distinct_examples(data['y_eval'], n_images)]
         fig = plot_attention(models, xs, layers, data['mean'], data['std'])
         save_figure(fig, out_dir/'attention.png', 120); plt.close(fig)
-        extra['attention_kl'] = {k: attention_agreement(teacher, m, data['x_eval'][:256]) for k, m in models.items() if k != 'teacher (MAE)'}
-        write("attention KL(teacher || student) per block, seed %d: " % cfg.seeds[0]
-              + '; '.join(f"{k} " + ' '.join(f'{v:.2f}' for v in kl) for k, kl in extra['attention_kl'].items()))
+        write(attention_report(models, teacher, data['x_eval'][:256], transfer_layers_of(cfg, teacher) if 'distill' in cfg.methods else [], cfg.seeds[0], extra))
     for (m, s), r in ((k, v) for k, v in res.items() if k != 'teacher'):  # weights and description (`at_eval` reproduces the numbers)
         save_timm_checkpoint(r['state_dict'], out_dir/'students'/f'{m}_seed{s}.pth', r['meta'])
     jobs = {f"{k[0]}_seed{k[1]}": dict(acc=v['acc'], seconds=v['seconds'], cpu_seconds=v['cpu_seconds'], history=v['history'])

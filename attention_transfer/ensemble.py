@@ -8,7 +8,8 @@ from contextlib import nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 
 # %% auto #0
-__all__ = ['COMBINE', 'combine', 'Ensemble', 'rank', 'world_size', 'all_reduce_sum', 'predict', 'score', 'evaluate']
+__all__ = ['COMBINE', 'combine', 'Ensemble', 'rank', 'world_size', 'all_reduce_sum', 'predict', 'score', 'evaluate',
+           'attention_kl_js', 'attention_divergence', 'attention_divergence_loader', 'divergence_table']
 
 # %% ../nbs/04_ensemble.ipynb #fb03ac74
 COMBINE = ('prob', 'logit')
@@ -134,3 +135,114 @@ def evaluate(models, # an `Ensemble`, a module, a list of modules, or {name: mod
     if how not in COMBINE: raise ValueError(f"how={how!r}: use one of {COMBINE}")
     ens = _members(models)
     return score(*predict(ens, loader, device, amp_dtype), ens.how if isinstance(models, Ensemble) else how, topk)
+
+# %% ../nbs/04_ensemble.ipynb #f2b0d99b
+import math
+from .attention import attention_layers, attention_maps
+
+# %% ../nbs/04_ensemble.ipynb #eeffa3e2
+_TINY = torch.finfo(torch.float32).tiny  # ~1.2e-38: the floor of a probability inside a log
+
+def attention_kl_js(p:torch.Tensor, # the teacher's attention `... n m`: rows sum to 1, or are 0 where fully masked
+                    q:torch.Tensor, # the student's, same shape
+                   ) -> tuple: # (KL(p ‖ q), JS(p, q)), each `... n`, in nats
+    "KL(p ‖ q) and the Jensen–Shannon divergence of each query row of two attention maps, in fp32, with 0·log 0 = 0."
+    if p.shape != q.shape: raise ValueError(f"attention maps differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
+    p, q = p.float(), q.float()
+    m = ((p + q) / 2).clamp_min(_TINY)
+    kl = (torch.xlogy(p, p) - torch.xlogy(p, q.clamp_min(_TINY))).sum(-1)
+    js = ((torch.xlogy(p, p) - torch.xlogy(p, m)).sum(-1) + (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(-1)) / 2
+    return kl.clamp_min(0), js.clamp_min(0)  # both are >= 0; fp32 rounding of equal maps can fall a hair below
+
+# %% ../nbs/04_ensemble.ipynb #4d3b3796
+def _tokens(vit) -> int|None:
+    "Tokens a timm ViT attends over (patches + class/register tokens), None when it does not say."
+    n = getattr(getattr(vit, 'patch_embed', None), 'num_patches', None)
+    return None if n is None else n + getattr(vit, 'num_prefix_tokens', 0)
+
+def _grid(teacher, student, layers) -> tuple:
+    "(layer ids, heads) shared by teacher and student; one-line ValueError when they do not match."
+    ts, ss = attention_layers(getattr(teacher, 'student', teacher)), attention_layers(getattr(student, 'student', student))
+    if layers is None and len(ts) != len(ss):
+        raise ValueError(f"the teacher has {len(ts)} blocks and the student {len(ss)}: name the `layers` to compare")
+    ids = sorted(set(int(l) for l in (range(len(ss)) if layers is None else layers)))
+    if not ids or ids[0] < 0 or ids[-1] >= min(len(ts), len(ss)):
+        raise ValueError(f"layers {ids} out of range for a teacher of {len(ts)} and a student of {len(ss)} blocks")
+    heads = {ts[i].num_heads for i in ids} | {ss[i].num_heads for i in ids}
+    tokens = {_tokens(getattr(m, 'student', m)) for m in (teacher, student)}
+    if len(tokens) > 1: raise ValueError(f"teacher and student see different numbers of tokens ({sorted(tokens)}): their maps cannot be compared")
+    if len(heads) > 1: raise ValueError(f"teacher and student attention differ in heads ({sorted(heads)}): maps cannot be compared head by head")
+    return ids, heads.pop()
+
+def _row_sums(t:torch.Tensor, s:torch.Tensor) -> torch.Tensor:
+    "`3 h` float64: KL and JS of maps `b h n m` summed over the live query rows (the teacher's row is not all zero), and their count."
+    kl, js = attention_kl_js(t, s)                                 # b h n
+    live = t.float().sum(-1) > 0                                   # a fully masked query has no distribution
+    return torch.stack([kl.where(live, 0.).sum((0, 2)), js.where(live, 0.).sum((0, 2)), live.sum((0, 2))]).double().cpu()
+
+@torch.no_grad()
+def _divergence_sums(teacher, student, x, ids, heads, chunk) -> torch.Tensor:
+    "`3 l h` float64: `_row_sums` of every compared layer on `x`."
+    out = torch.zeros(3, len(ids), heads, dtype=torch.float64)
+    for xs in x.split(chunk):
+        for j, (t, s) in enumerate(zip(attention_maps(teacher, xs, ids), attention_maps(student, xs, ids))): out[:, j] += _row_sums(t, s)
+    return out
+
+# %% ../nbs/04_ensemble.ipynb #2b6730e9
+def _run(teacher, student, batches, layers, chunk, device) -> dict:
+    ids, heads = _grid(teacher, student, layers)
+    dev = torch.device(device) if device is not None else next(teacher.parameters()).device
+    mods = [m for m in (teacher, student)]; modes = [m.training for m in mods]
+    s, n = torch.zeros(3, len(ids), heads, dtype=torch.float64), 0
+    try:
+        for m in mods: m.eval()
+        for x in batches:
+            if len(x): s += _divergence_sums(teacher, student, x.to(dev), ids, heads, chunk); n += len(x)
+    finally:
+        for m, t in zip(mods, modes): m.train(t)
+    s = all_reduce_sum(torch.cat([s.flatten(), torch.tensor([n], dtype=torch.float64)]))
+    s, n = s[:-1].view(3, len(ids), heads), int(s[-1])
+    kl, js = (s[:2] / s[2]).float()                                # no live row: NaN
+    return dict(kl=kl, js=js, layers=ids, images=n)
+
+def attention_divergence(teacher:nn.Module, # the reference ViT (usually the pre-trained teacher)
+                         student:nn.Module, # a ViT with the same heads and tokens, or a teacher–student pair (its student's maps as used)
+                         x:torch.Tensor, # images `b c h w`
+                         layers=None, # block indices to compare; None: all (teacher and student must have the same depth)
+                         chunk:int=16, # images per forward pass: every compared layer's `b h n n` maps are held at once
+                         device=None, # default: the teacher's
+                        ) -> dict: # {'kl': `l h`, 'js': `l h` (nats), 'layers': block ids, 'images': b}
+    "Per layer and head, KL(teacher ‖ student) and Jensen–Shannon divergence of their attention maps on `x`, in nats, averaged over query rows and images."
+    return _run(teacher, student, [x], layers, chunk, device)
+
+# %% ../nbs/04_ensemble.ipynb #a1d9577b
+def attention_divergence_loader(teacher:nn.Module, # the reference ViT
+                                student:nn.Module, # a ViT, or a teacher–student pair
+                                loader, # yields images `b c h w` or (images, labels, ...): this process's shard
+                                layers=None, # block indices; None: all
+                                max_images:int|None=None, # per process: stop after this many images; None: the whole shard
+                                chunk:int=16, # images per forward pass
+                                device=None, # default: the teacher's
+                               ) -> dict: # as `attention_divergence`, `images` counted over all processes
+    "`attention_divergence` averaged over every query row of `loader` (at most `max_images` per process), over all processes."
+    def batches():
+        n = 0
+        for b in loader:
+            x = b[0] if isinstance(b, (tuple, list)) else b
+            if max_images is not None: x = x[:max_images - n]
+            if not len(x): break
+            n += len(x); yield x
+    return _run(teacher, student, batches(), layers, chunk, device)
+
+# %% ../nbs/04_ensemble.ipynb #ab86a359
+def divergence_table(cols:dict, # {column header: one value per block}, e.g. {'KL': d['kl'].mean(1), 'JS': d['js'].mean(1)}
+                     layers:list, # the block ids of the rows
+                     transferred=(), # blocks marked with *
+                    ) -> str:
+    "Per-block values as text (3 significant digits): a row per block (* = transferred), a column per entry of `cols`, and the mean over blocks."
+    cols = {k: [float(v) for v in vs] for k, vs in cols.items()}
+    w = [max(6, len(k)) for k in cols]
+    line = lambda first, vals: f"{first:>6}  " + '  '.join(f"{v:>{n}}" for v, n in zip(vals, w))
+    rows = [line('block', cols)] + [line(f"{l}{'*' if l in transferred else ' '}", [f"{vs[j]:.3g}" for vs in cols.values()])
+                                    for j, l in enumerate(layers)]
+    return '\n'.join(rows + [line('mean ', [f"{sum(vs) / len(vs):.3g}" for vs in cols.values()])])

@@ -27,7 +27,7 @@ __all__ = ['LAYER_DECAY_RULES', 'AMP', 'LOG_KEYS', 'MODEL_KEYS', 'as_task', 'lay
            'build_scheduler', 'amp_dtype', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state',
            'seed_all', 'load_checkpoint', 'init_distributed', 'unused_parameters', 'Trainer', 'load_exact',
            'check_optimizer_state', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint',
-           'ExportModel', 'progress_shown', 'ProgressBar', 'default_callbacks']
+           'ExportModel', 'progress_shown', 'ProgressBar', 'default_callbacks', 'AttentionDivergence']
 
 # %% ../nbs/08_train.ipynb #ba5fa08a
 def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to train as classification
@@ -409,7 +409,7 @@ def save(self:Trainer, path:str|Path|None=None) -> Path|None:
     if path is None or rank() != 0: return None
     return save_atomic(ck, path)
 
-LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('kd_loss', 'kd'), ('test_top1', 'top1'), ('ema_top1', 'ema top1'), ('images_per_s', 'img/s'), ('seconds', 's')]
+LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('kd_loss', 'kd'), ('test_top1', 'top1'), ('ema_top1', 'ema top1'), ('attn_js', 'attn JS'), ('images_per_s', 'img/s'), ('seconds', 's')]
 
 def log_line(rec:dict) -> str:
     "The printed summary of an epoch record."
@@ -522,3 +522,49 @@ class ProgressBar(Callback):
 def default_callbacks() -> list:
     "What `Trainer` runs with unless told otherwise: progress bars, `log.jsonl` and its lines, checkpoints, the final model files."
     return [ProgressBar(), LogJSONL(), SaveCheckpoint(), ExportModel()]
+
+# %% ../nbs/08_train.ipynb #e1e30547
+def _probe_images(dl, n:int) -> torch.Tensor|None:
+    "The first `n` images of this process's shard of `dl` (through its sampler and dataset when it has them), or None."
+    if hasattr(dl, 'dataset') and hasattr(dl, 'sampler'):
+        idx = [i for _, i in zip(range(n), iter(dl.sampler))]
+        xs = [dl.dataset[i] for i in idx]
+        xs = [x[0] if isinstance(x, (tuple, list)) else x for x in xs]
+        return torch.stack(xs) if xs else None
+    out, k = [], 0
+    for b in dl:
+        x = (b[0] if isinstance(b, (tuple, list)) else b)[:n - k]
+        out.append(x); k += len(x)
+        if k >= n: break
+    return torch.cat(out) if out else None
+
+def _forked(device:torch.device):
+    "A context in which random numbers drawn (CPU, and `device` if CUDA) leave no trace."
+    return torch.random.fork_rng(devices=[device] if device.type == 'cuda' else [])
+
+# %% ../nbs/08_train.ipynb #1d5e9210
+class AttentionDivergence(Callback):
+    "After each epoch: KL and Jensen–Shannon divergence (nats) of the evaluated network's attention from `teacher`'s on a fixed probe: `attn_kl`, `attn_js`, `attn_js_<i>`."
+    order = -5  # before `LogJSONL` writes the record
+    def __init__(self, teacher:nn.Module, # the reference ViT (frozen), e.g. the pre-trained teacher
+                 images:int=64, # probe size: the first validation images, over all processes
+                 chunk:int=16, # images per forward pass
+                ):
+        self.teacher, self.images, self.chunk, self.x = teacher, images, chunk, None
+
+    def before_fit(self, tr):
+        self.x = None
+        if tr.val_dl is None or self.images <= 0: return
+        with _forked(tr.device): x = _probe_images(tr.val_dl, -(-self.images // world_size()))
+        self.x = x if x is not None else torch.zeros(0)  # an empty shard still takes part in the sums
+        self.teacher.to(tr.device)
+
+    def after_epoch(self, tr, rec):
+        if self.x is None: return
+        try:
+            with _forked(tr.device): d = ens.attention_divergence(self.teacher, tr.eval_model(), self.x, chunk=self.chunk, device=tr.device)
+        except ValueError as e:  # e.g. a teacher of another depth: said once, then the run goes on without
+            if rank() == 0: print(f"attention divergence not measured: {e}")
+            self.x = None; return
+        rec.update(attn_kl=d['kl'].mean().item(), attn_js=d['js'].mean().item(),
+                   **{f'attn_js_{i}': v for i, v in zip(d['layers'], d['js'].mean(1).tolist())})

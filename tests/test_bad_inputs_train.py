@@ -40,7 +40,8 @@ TRAIN_FLAGS = [('batch_size', 0), ('epochs', 0), ('accum_iter', 0), ('steps_per_
                ('lr', -1), ('min_lr', -1), ('warmup_epochs', 2), ('layer_decay', 1.5), ('beta2', 1), ('weight_decay', -0.1),
                ('clip_grad', 0), ('drop_path', 1.5), ('ema', 1),
                ('atd_weight', -1), ('reprob', 1.5), ('mixup', -0.5), ('cutmix', -1), ('smoothing', 1.5), ('nb_classes', 0),
-               ('input_size', 0), ('end_layer', 1), ('layers', -1), ('heads', -1), ('relation_heads', 0), ('num_workers', -1), ('seed', -1)]
+               ('input_size', 0), ('end_layer', 1), ('layers', -1), ('heads', -1), ('relation_heads', 0), ('num_workers', -1), ('seed', -1),
+               ('attn_probe', -1)]
 PRETRAIN_FLAGS = [('batch_size', 0), ('epochs', 0), ('accum_iter', 0), ('steps_per_epoch', 0), ('stop_epoch', 0), ('blr', -1),
                   ('lr', 0), ('min_lr', -1), ('warmup_epochs', 2), ('weight_decay', -1), ('beta2', 1.5), ('clip_grad', -1),
                   ('drop_path', 1.5), ('input_size', 0), ('min_scale', 0), ('hflip', 1.5), ('seed', -1), ('num_workers', -1),

@@ -75,6 +75,7 @@ def test_every_mode_writes_checkpoint_and_log(runs, data, mode):
     rec, = log(d)
     assert rec['epoch'] == 0 and rec['step'] == 2 and np.isfinite(rec['train_loss'])
     assert ('transfer_loss' in rec) == (mode == 'distill')
+    assert ('attn_js' in rec) == (mode != 'scratch')  # compared with the pre-trained model, when there is one
     for k in ('test_top1', 'test_top5', 'ema_top1', 'ema_top5', 'lr', 'seconds', 'images_per_s'): assert k in rec
     ck = torch.load(d/'checkpoint.pth', weights_only=True)
     assert (ck['epoch'], ck['step'], ck['args']['mode']) == (0, 2, mode)
@@ -98,6 +99,23 @@ def test_at_eval_runs_and_ensemble(runs):
     assert abs(copy_acc - log(runs['digits', 'copy'])[0]['test_top1']) < 1e-6  # same network as in training: the copy net
 
 
+def test_attention_divergence_logged_and_shown(runs, files, tmp_path):
+    "Runs with a pre-trained model log attn_* every epoch (a copy of every block reads 0); --attn_teacher gives scratch one; at_eval --attention prints the per-block table."
+    for mode in ('finetune', 'copy', 'distill'):
+        rec, = log(runs['digits', mode])
+        assert {'attn_kl', 'attn_js', 'attn_js_0', 'attn_js_1'} <= set(rec) and 0 <= rec['attn_js'] <= np.log(2) + 1e-6, (mode, rec)
+    assert log(runs['digits', 'copy'])[0]['attn_js'] == pytest.approx(0, abs=1e-6)
+    at(*MODEL, '--data', 'digits', '--epochs', 1, '--steps_per_epoch', 1, '--batch_size', 4, '--attn_teacher', files/'mae_teacher.pth',
+       '--attn_probe', 16, '--output_dir', tmp_path/'scratch')
+    assert 0 < log(tmp_path/'scratch')[0]['attn_js'] < np.log(2)
+    r = at(runs['digits', 'distill']/'model.pth', tmp_path/'scratch'/'model.pth', '--attention', 32, '--teacher', files/'mae_teacher.pth',
+           '--num_workers', 0, tool='at_eval')
+    assert r.stdout.count("attention vs the teacher's on 32 images") == 2, r.stdout
+    lines = r.stdout.splitlines()
+    i = next(j for j, l in enumerate(lines) if l.startswith(str(runs['digits', 'distill']/'model.pth') + ': attention'))
+    assert lines[i + 1].split() == ['block', 'KL', 'JS'] and lines[i + 2].split()[0] == '0*' and lines[i + 3].split()[0] == '1'
+
+
 def test_two_processes_match_one(files, tmp_path):
     "torchrun with 2 gloo processes and half the batch each: same first-step loss as one process with the whole batch."
     flags = [*MODEL, '--data', 'digits', '--mode', 'distill', '--finetune', files/'mae_teacher.pth', '--epochs', 1,
@@ -109,6 +127,7 @@ def test_two_processes_match_one(files, tmp_path):
     assert two['train_loss'] == pytest.approx(one['train_loss'], rel=1e-4)   # after one synchronised update, too
     assert two['test_n'] == one['test_n'] == 540                              # evaluation shards cover the set once
     assert two['test_top1'] == pytest.approx(one['test_top1'], abs=0.2)
+    assert two['attn_js'] == pytest.approx(one['attn_js'], rel=1e-3)          # the probe: 32 + 32 images = the same 64
     ck = torch.load(tmp_path/'two'/'checkpoint.pth', weights_only=True)
     assert len(ck['rng']) == 2 and ck['step'] == 2                            # both processes' RNG states saved
 
@@ -126,6 +145,7 @@ def test_resume_is_bit_exact(files, tmp_path):
         a, b = (torch.load(tmp_path/r/name, weights_only=True)['model'] for r in ('whole', 'split'))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert [r['train_loss'] for r in log(tmp_path/'whole')] == [r['train_loss'] for r in log(tmp_path/'split')]
+    assert [r['attn_js'] for r in log(tmp_path/'whole')] == [r['attn_js'] for r in log(tmp_path/'split')]  # the probe resumes too
 
 
 def test_bad_checkpoints_fail_with_one_line(files, tmp_path):
