@@ -23,7 +23,8 @@ from .train import Trainer, Callback, seed_all, write_atomic, save_figure, progr
 from .cli import run_script
 from .pretrain import create_mae, mae_trainer, save_encoder
 from .ensemble import predict, score
-from .transfer import transfer_layers
+from .transfer import transfer_layers, AttentionCopy
+from .distill import AttentionDistill
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
@@ -474,30 +475,56 @@ def results_table(acc:dict, # from `summarise`
     return '\n'.join(lines) + f"\n(accuracy in % on the {where} images; std over seeds)"
 
 # %% ../nbs/11_demo.ipynb #1a85db05
-def plot_results(acc:dict, # from `summarise`
+def _tick(k:str) -> str:
+    "A method's or ensemble's name as the tables spell it, broken over two lines for a figure's ticks."
+    n = _name(k)
+    return n.replace(' + ', '\n+ ') if ' + ' in n else n.replace(' ', '\n', 1) if len(n) > 10 else n
+
+def _banner(fig, text:str):
+    "Stamp `text` across the top of `fig` in red (e.g. that it shows a toy run, not the result)."
+    if text: fig.text(.5, .995, text, ha='center', va='bottom', fontsize=11, color='#b00020', weight='bold',
+                      bbox=dict(boxstyle='round', fc='#fff3f3', ec='#b00020'))
+
+def plot_results(acc:dict, # from summarise
                  title:str='', # figure title
+                 banner:str='', # stamped in red across the top, e.g. 'CI-size toy run: not the result'
                 ) -> plt.Figure:
-    "Bar chart of mean accuracy per method (dots: seeds; bars: ±1 std), beside the paper's ImageNet numbers."
+    "Bars: each method's mean gain over scratch, seed by seed (points); error bars ±1 std over seeds; beside the paper's."
     names = list(acc)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw=dict(width_ratios=[len(names), 5]))
-    cols = plt.cm.tab10(np.arange(len(names)))
-    means = [np.mean(acc[k]) for k in names]
-    stds = [np.std(acc[k], ddof=1) if len(acc[k]) > 1 else 0. for k in names]
-    ax.bar(range(len(names)), means, yerr=stds, color=cols, alpha=.8, capsize=3)
-    for i, k in enumerate(names):
-        ax.plot([i] * len(acc[k]), acc[k], 'k.', ms=4)
-        ax.text(i, means[i] + stds[i] + .15, f"{means[i]:.1f}", ha='center', fontsize=8)
-    lo = min(min(v) for v in acc.values())
-    ax.set_ylim(max(0, lo - 3), min(100, max(max(v) for v in acc.values()) + 1.5))
-    ax.set_xticks(range(len(names)), [_SHORT.get(k, k) for k in names], fontsize=8)
-    ax.set_ylabel('top-1 accuracy (%)'); ax.set_title(title or 'this run', fontsize=10)
-    pk = [k for k in names if k in PAPER]
-    ax2.bar(range(len(pk)), [PAPER[k] for k in pk], color=[cols[names.index(k)] for k in pk], alpha=.8)
-    for i, k in enumerate(pk): ax2.text(i, PAPER[k] + .1, f"{PAPER[k]:.1f}", ha='center', fontsize=8)
-    ax2.set_ylim(80, 87.5); ax2.set_xticks(range(len(pk)), [_SHORT.get(k, k) for k in pk], fontsize=8)
-    ax2.set_title('paper: ImageNet-1K, ViT-L/16, MAE teacher', fontsize=10)
+    base = 'scratch' if 'scratch' in acc else names[0]
+    n = len(acc[base])
+    d = {k: np.array(acc[k]) - np.array(acc[base]) for k in names if k != base}   # paired by seed
+    ks = list(d)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(width_ratios=[max(len(ks), 1), 4]))
+    cols = dict(zip(names, plt.cm.tab10(np.arange(len(names)))))
+    means = [d[k].mean() for k in ks]
+    stds = [d[k].std(ddof=1) if n > 1 else 0. for k in ks]
+    ax.bar(range(len(ks)), means, color=[cols[k] for k in ks], alpha=.8)
+    if n > 1: ax.errorbar(range(len(ks)), means, yerr=stds, fmt='none', ecolor='k', capsize=4, label=f'error bar: ±1 std over {n} seeds')
+    for i, k in enumerate(ks):
+        ax.plot([i] * n, d[k], 'k.', ms=5, label=('dot: one seed' if n > 1 else '1 seed: no error bar') if i == 0 else None)
+        end = max(means[i] + stds[i], d[k].max()) if means[i] >= 0 else min(means[i] - stds[i], d[k].min())  # above bar, dots and error bar
+        ax.annotate(f"{means[i]:+.2f}", (i, end), xytext=(0, 4 if means[i] >= 0 else -12), textcoords='offset points',
+                    ha='center', fontsize=8)
+    ax.axhline(0, color='k', lw=1); ax.margins(y=.15)
+    ax.set_xticks(range(len(ks)), [f"{_tick(k)}\n{np.mean(acc[k]):.2f} %" for k in ks], fontsize=8)
+    ax.set_ylabel(f'top-1 minus {_name(base)} (points, paired by seed)')
+    sb = f"{np.mean(acc[base]):.2f}" + (f" ± {np.std(acc[base], ddof=1):.2f}" if n > 1 else '')
+    ax.set_title((title + '\n' if title else '') + f"gain over {_name(base)} (0 = {_name(base)}: {sb} %)", fontsize=9)
+    ax.legend(fontsize=7, loc='best')
+    pk = [k for k in ks if k in PAPER] if base in PAPER else []
+    if pk:
+        ax2.bar(range(len(pk)), [PAPER[k] - PAPER[base] for k in pk], color=[cols[k] for k in pk], alpha=.8)
+        for i, k in enumerate(pk): ax2.annotate(f"{PAPER[k] - PAPER[base]:+.1f}", (i, PAPER[k] - PAPER[base]), xytext=(0, 4),
+                                                textcoords='offset points', ha='center', fontsize=8)
+        ax2.set_xticks(range(len(pk)), [f"{_tick(k)}\n{PAPER[k]:.1f} %" for k in pk], fontsize=8)
+    ax2.axhline(0, color='k', lw=1)
+    ax2.set_ylabel(f'top-1 minus {_name(base)} (points)')
+    ax2.set_title(f"paper: ImageNet-1K, ViT-L/16, MAE teacher, 1 run\n(0 = {_name(base)}: {PAPER.get(base, float('nan')):.1f} %)", fontsize=9)
     fig.tight_layout()
+    _banner(fig, banner)
     return fig
+
 
 # %% ../nbs/11_demo.ipynb #4ae4da09
 @torch.no_grad()
@@ -528,26 +555,45 @@ def distinct_examples(y:torch.Tensor, # labels
     return torch.stack([(y == c).nonzero()[0, 0] for c in pick])
 
 # %% ../nbs/11_demo.ipynb #3a1024ff
+def _transferred(models:dict) -> dict:
+    "{name: blocks} of the models that are attention-transfer pairs (copy, distillation): the blocks whose attention they transfer."
+    return {k: list(m.layers) for k, m in models.items() if isinstance(m, (AttentionCopy, AttentionDistill))}
+
 @torch.no_grad()
-def plot_attention(models:dict, # {name: timm ViT}, e.g. teacher and students
+def plot_attention(models:dict, # {name: timm ViT or copy/distill pair}, e.g. from `rebuild_models`
                    x:torch.Tensor, # `b c h w` normalised images (a few)
                    layers:list, # blocks whose attention is drawn
                    mean:tuple, std:tuple, # the normalisation, to draw the images
+                   transferred:dict|None=None, # {name: blocks} framed as transferred; None: the pairs' own layers
+                   banner:str='', # stamped in red across the top, e.g. 'CI-size toy run: not the result'
                   ) -> plt.Figure:
     "Rows: images; columns: models at each of `layers`; each panel one query patch's attention over the patches, averaged over heads."
     first = next(iter(models.values()))
+    first = getattr(first, 'student', first)
     grid, npt = tuple(first.patch_embed.grid_size), first.num_prefix_tokens
+    tr = _transferred(models) if transferred is None else transferred
     imgs = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
     cols = [(l, k, attention_maps(m.eval(), x, [l])[0].mean(1)[:, npt:, npt:]) for l in layers for k, m in models.items()]  # b n n
-    fig, axs = plt.subplots(len(x), len(cols), figsize=(1.7 * len(cols), 1.8 * len(x)), squeeze=False)
-    for i in range(len(x)):
-        q = _ink_query(imgs[i], grid)
+    qs = [_ink_query(imgs[i], grid) for i in range(len(x))]
+    vmax = max(float(a[i, q].max()) for _, _, a in cols for i, q in enumerate(qs))
+    fig, axs = plt.subplots(len(x), len(cols), figsize=(1.7 * len(cols) + 1, 1.8 * len(x) + .6), squeeze=False, layout='constrained')
+    for i, q in enumerate(qs):
         for j, (l, k, a) in enumerate(cols):
-            show_attention(imgs[i], a[i, q], ax=axs[i, j], query=q, grid=grid, title=f'{k}\nblock {l}' if i == 0 else None)
-            if i == 0: axs[i, j].title.set_fontsize(8)
-    fig.suptitle('attention of the cyan query patch (the one with the most ink) over the patches, mean over heads', fontsize=9)
-    fig.tight_layout()
+            t = l in tr.get(k, ())
+            name = _name(k) if k in METHODS else k
+            show_attention(imgs[i], a[i, q], ax=axs[i, j], query=q, grid=grid, vmin=0, vmax=vmax,
+                           title=f"{name}\nblock {l}" + (' (transferred)' if t else '') if i == 0 else None)
+            if i == 0: axs[i, j].title.set_fontsize(7)
+            if t:
+                for s in axs[i, j].spines.values(): s.set(color='limegreen', lw=3)
+    sm = plt.cm.ScalarMappable(norm=plt.Normalize(0, vmax), cmap='inferno')
+    fig.colorbar(sm, ax=axs, shrink=.8, label='attention weight (mean over heads)')
+    where = '; '.join(f"{_name(k) if k in METHODS else k} {b[0]}-{b[-1]}" for k, b in tr.items() if b)
+    fig.suptitle('attention of the cyan query patch (the one with the most ink) over the patches, mean over heads; green frame: '
+                 'a block whose attention the method transfers from the teacher' + (f' (transferred blocks: {where})' if where else ''), fontsize=9)
+    _banner(fig, banner)
     return fig
+
 
 # %% ../nbs/11_demo.ipynb #04252b2b
 def check_config(cfg:DemoConfig):
@@ -568,21 +614,25 @@ def check_config(cfg:DemoConfig):
         except ValueError as e: raise TrainError(f"--end_layer_{m}: {e}") from None
 
 # %% ../nbs/11_demo.ipynb #2467f5eb
-def rebuild_models(res:dict, # from `run_jobs`
+def rebuild_models(res:dict, # from run_jobs
                    cfg:DemoConfig, # the run's settings
-                   data:dict, # from `prepare_data`
+                   data:dict, # from prepare_data
                    teacher_path:str|Path, # the MAE encoder
                    seed:int, # whose students
-                  ) -> dict: # {'teacher (MAE)': teacher, 'scratch': ..., 'finetune': ..., 'distill': ...}
-    "The frozen teacher and the seed's scratch, fine-tuned and distilled students (those trained), rebuilt from their weights."
+                  ) -> dict: # {'teacher (MAE)': teacher, 'scratch': ..., 'finetune': ..., 'copy': pair, 'distill': pair}
+    "The frozen teacher and the seed's students (those trained), rebuilt from their weights; copy and distillation as their pairs."
     kw = dict(num_classes=data['classes'], global_pool='avg', **_arch(cfg))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', CheckpointNote)
-        out = {'teacher (MAE)': create_teacher(cfg.model, teacher_path, **kw)}
-    for m in ('scratch', 'finetune', 'distill'):
-        if (m, seed) in res:
-            s = create_model(cfg.model, None, **kw); s.load_state_dict(res[(m, seed)]['state_dict']); out[m] = s
+        teacher = create_teacher(cfg.model, teacher_path, **kw)
+    out = {'teacher (MAE)': teacher}
+    for m in cfg.methods:
+        if (m, seed) not in res: continue
+        s = create_model(cfg.model, None, **kw); s.load_state_dict(res[(m, seed)]['state_dict'])
+        t = res[(m, seed)]['meta'].get('transfer')   # copy/distill: the pair it was trained in (a copy student runs its teacher)
+        out[m] = build_task(m, s, teacher, **{k: t[k] for k in ('layers', 'heads', 'target')}).pair if t else s
     return out
+
 
 # %% ../nbs/11_demo.ipynb #1cf1ef9f
 def run_demo(cfg:DemoConfig, # the run's settings
