@@ -749,25 +749,32 @@ def config_from_flags(flags:dict) -> DemoConfig:
 def at_demo(
     data:str='mnist5k', # built-in dataset (mnist5k, digits) or an ImageFolder root with train/<class>/* and val/<class>/*
     output_dir:str='demo_output', # a new or empty folder for results.json, results.png, attention.png, run.json, teacher/, students/
-    seeds:Param("seeds: one student of each method per seed", int, nargs='+')=None,
-    epochs:int=None, # student epochs, the same for every method (default 40)
-    pretrain_epochs:int=None, # MAE pre-training epochs of the teacher (default 60)
-    model:str=None, # timm ViT for teacher and students (default vit_pico_patch7_28)
-    depth:int=None, # change the model's depth
-    embed_dim:int=None, # change the model's width
-    num_heads:int=None, # change the model's heads
+    seeds:Param("one student of each method per seed (default: 0 1)", int, nargs='+')=None,
+    epochs:int=None, # student epochs, the same for every method (default: 40)
+    pretrain_epochs:int=None, # MAE pre-training epochs of the teacher (default: 60)
+    model:str=None, # timm ViT for teacher and students (default: vit_pico_patch7_28)
+    depth:int=None, # blocks of teacher and students (default: the model's; 6 for vit_pico_patch7_28)
+    embed_dim:int=None, # width of teacher and students (default: the model's; 64 for vit_pico_patch7_28)
+    num_heads:int=None, # attention heads per block (default: the model's; 4 for vit_pico_patch7_28)
     n_labelled:int=None, # labelled training images for the students (default: all; the teacher always pre-trains on all, without labels)
-    batch_size:int=None, # student batch size (default 64)
+    batch_size:int=None, # student batch size (default: 64)
     workers:int=None, # parallel worker processes (default: one per CPU core; 0: everything in this process)
-    teacher:str=None, # an MAE encoder checkpoint to use instead of pre-training one (e.g. a previous run's teacher/encoder.pth)
-    methods:Param("methods to train: scratch finetune copy distill (default: all)", str, nargs='+')=None,
-    holdout:int=None, # tuning: evaluate on this many held-out training images instead of the test split
-    lr_scratch:float=None, lr_finetune:float=None, lr_copy:float=None, lr_distill:float=None, # per-method peak lr
-    layer_decay_scratch:float=None, layer_decay_finetune:float=None, layer_decay_copy:float=None, layer_decay_distill:float=None, # per-method layer-wise lr decay
-    end_layer_copy:int=None, end_layer_distill:int=None, # transfer blocks [0, depth + end_layer)
-    atd_weight:float=None, # weight of the distillation loss (default 3)
-    drop_path:float=None, # stochastic depth of the students (default 0.1)
-    mask_ratio:float=None, # MAE mask ratio (default 0.75)
+    teacher:str=None, # an MAE encoder checkpoint to use instead of pre-training one, e.g. a previous run's teacher/encoder.pth (default: pre-train one)
+    methods:Param("methods to train, names in the method table (default: scratch finetune copy distill)", str, nargs='+')=None,
+    holdout:int=None, # tuning: evaluate on this many held-out training images instead of the test split (default: 0, the test split)
+    lr_scratch:float=None, # peak lr of scratch (default: 0.003)
+    lr_finetune:float=None, # peak lr of fine-tune (default: 0.008)
+    lr_copy:float=None, # peak lr of attention copy (default: 0.002)
+    lr_distill:float=None, # peak lr of attention distillation (default: 0.016)
+    layer_decay_scratch:float=None, # layer-wise lr decay of scratch (default: 1.0, none)
+    layer_decay_finetune:float=None, # layer-wise lr decay of fine-tune (default: 0.85)
+    layer_decay_copy:float=None, # layer-wise lr decay of attention copy (default: 1.0, none)
+    layer_decay_distill:float=None, # layer-wise lr decay of attention distillation (default: 1.0, none)
+    end_layer_copy:int=None, # attention copy uses the teacher's maps in blocks [0, depth + end_layer) (default: -3)
+    end_layer_distill:int=None, # attention distillation matches the teacher's maps in blocks [0, depth + end_layer) (default: -2)
+    atd_weight:float=None, # weight of the distillation loss (default: 3.0)
+    drop_path:float=None, # stochastic depth of the students (default: 0.1)
+    mask_ratio:float=None, # MAE mask ratio of the teacher's pre-training (default: 0.75)
 ):
     "Pre-train an MAE teacher, train scratch / fine-tune / copy / distill students over seeds, and report them and their ensembles."
     flags = dict(locals())
