@@ -511,7 +511,7 @@ def plot_results(acc:dict, # from summarise
     ax.set_ylabel(f'top-1 minus {_name(base)} (points, paired by seed)')
     sb = f"{np.mean(acc[base]):.2f}" + (f" ± {np.std(acc[base], ddof=1):.2f}" if n > 1 else '')
     ax.set_title((title + '\n' if title else '') + f"gain over {_name(base)} (0 = {_name(base)}: {sb} %)", fontsize=9)
-    ax.legend(fontsize=7, loc='best')
+    if ks: ax.legend(fontsize=7, loc='best')   # (nothing to compare when only the baseline ran)
     pk = [k for k in ks if k in PAPER] if base in PAPER else []
     if pk:
         ax2.bar(range(len(pk)), [PAPER[k] - PAPER[base] for k in pk], color=[cols[k] for k in pk], alpha=.8)
