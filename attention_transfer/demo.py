@@ -482,7 +482,7 @@ def _tick(k:str) -> str:
 
 def _banner(fig, text:str):
     "Stamp `text` across the top of `fig` in red (e.g. that it shows a toy run, not the result)."
-    if text: fig.text(.5, .995, text, ha='center', va='bottom', fontsize=11, color='#b00020', weight='bold',
+    if text: fig.text(.5, 1.01, text, ha='center', va='bottom', fontsize=11, color='#b00020', weight='bold',
                       bbox=dict(boxstyle='round', fc='#fff3f3', ec='#b00020'))
 
 def plot_results(acc:dict, # from summarise
@@ -588,7 +588,7 @@ def plot_attention(models:dict, # {name: timm ViT or copy/distill pair}, e.g. fr
                 for s in axs[i, j].spines.values(): s.set(color='limegreen', lw=3)
     sm = plt.cm.ScalarMappable(norm=plt.Normalize(0, vmax), cmap='inferno')
     fig.colorbar(sm, ax=axs, shrink=.8, label='attention weight (mean over heads)')
-    where = '; '.join(f"{_name(k) if k in METHODS else k} {b[0]}-{b[-1]}" for k, b in tr.items() if b)
+    where = '; '.join(f"{_name(k) if k in METHODS else k} {b[0]}" + (f"–{b[-1]}" if len(b) > 1 else '') for k, b in tr.items() if b)
     fig.suptitle('attention of the cyan query patch (the one with the most ink) over the patches, mean over heads; green frame: '
                  'a block whose attention the method transfers from the teacher' + (f' (transferred blocks: {where})' if where else ''), fontsize=9)
     _banner(fig, banner)
