@@ -97,14 +97,22 @@ def unlink_code_blocks(md: str) -> str:
     return _fence.sub(lambda m: _code_link.sub(r'\1', m.group(0)), md)
 
 
-def tidy_proc(path: Path):
-    "Fix, in a processed notebook, what nbdev's processors leave that would show raw (see `unlink_code_blocks`)."
-    nb = nbformat.read(path, as_version=4)
+def code_links(md: str) -> int:
+    "How many of nbdev's doc links sit inside fenced code blocks of `md` (what `unlink_code_blocks` undoes)."
+    return sum(len(_code_link.findall(m.group(0))) for m in _fence.finditer(md))
+
+
+def tidy_proc(path: Path) -> int:
+    """Fix, in a processed notebook, what nbdev's processors leave that would show raw (see `unlink_code_blocks`); return
+    how many links it undid. The notebooks are written so that this is 0 (a site built by `nbdev_docs` alone is clean)."""
+    nb, n = nbformat.read(path, as_version=4), 0
     for c in nb.cells:
-        if c.cell_type == 'markdown': c.source = unlink_code_blocks(c.source)
+        if c.cell_type == 'markdown': n += code_links(c.source); c.source = unlink_code_blocks(c.source)
         for x in c.get('outputs', []):
-            if 'text/markdown' in x.get('data', {}): x.data['text/markdown'] = unlink_code_blocks(x.data['text/markdown'])
+            if 'text/markdown' in x.get('data', {}):
+                n += code_links(x.data['text/markdown']); x.data['text/markdown'] = unlink_code_blocks(x.data['text/markdown'])
     nbformat.write(nb, path)
+    return n
 
 
 def copy_assets(src_root: Path, dst_root: Path, suffixes=None):
@@ -484,7 +492,8 @@ def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bo
           execute: bool = True, log=print) -> dict:
     """Build the site into `out` (default settings.ini doc_path) from processed notebooks in `proc` (default `_proc/`).
     `executed`: {notebook path: nbexec.Executed} already run (the others CI runs are run here).
-    Returns {'pages': [...], 'exec_failed': {path: error}, 'proc_failed': {path: error}, 'renderer', 'out', ...}."""
+    Returns {'pages': [...], 'exec_failed': {path: error}, 'proc_failed': {path: error}, 'unlinked': {path: links undone},
+    'renderer', 'out', ...}."""
     cfg = get_config()
     nbs, root = cfg.nbs_path, cfg.config_path
     out = Path(out) if out else cfg.doc_path
@@ -516,7 +525,7 @@ def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bo
     log(f'processing {len(jobs)} notebooks with nbdev (FilterDefaults) into {proc}')
     t0 = time.time()
     proc_failed = process_all(jobs, n_workers)
-    for _, _, dst in jobs: tidy_proc(dst)
+    unlinked = {src.resolve(): n for src, _, dst in jobs if (n := tidy_proc(dst))}
     log(f'  {time.time() - t0:.0f}s')
     use_quarto = shutil.which('quarto') is not None if quarto is None else quarto
     shutil.rmtree(out, ignore_errors=True)
@@ -530,7 +539,7 @@ def build(out=None, executed: dict | None = None, n_workers: int = 2, quarto: bo
         pages, renderer = render(proc, nbs, out, cfg, entries), 'nbconvert'
         log(f'rendered {len(pages)} pages with nbconvert into {out} in {time.time() - t0:.0f}s')
     return dict(pages=pages, exec_failed=exec_failed, proc_failed=proc_failed, renderer=renderer, out=out, proc=proc,
-                executed=executed)
+                executed=executed, unlinked=unlinked)
 
 
 def main():

@@ -252,7 +252,7 @@ def _tapped_forward(self:nn.Module, tap:AttentionTap, x:torch.Tensor, *args, **k
     return self.proj_drop(self.proj(o))
 
 # %% ../nbs/01_attention.ipynb #0222ef75
-def taps(model:nn.Module, # a timm ViT (see `attention_layers`)
+def taps(model:nn.Module, # a timm ViT (see attention_layers)
         ) -> list[AttentionTap]:
     "One `AttentionTap` per block of `model`, installed on first use."
     out = []
@@ -296,7 +296,7 @@ def recording(model:nn.Module, # a timm ViT
 # %% ../nbs/01_attention.ipynb #6a096dcc
 @contextmanager
 def injecting(model:nn.Module, # a timm ViT
-              values:dict, # {layer: {name from `INJECTABLE`: tensor `b h n n` / `QK` ('attn') or `b h n d`}}
+              values:dict, # {layer: {name from `INJECTABLE`: tensor `b h n n` / QK ('attn') or `b h n d`}}
               heads=None, # heads that receive the injection; None: all
               record=(), # quantities to record meanwhile in the same layers
              ):
@@ -326,7 +326,7 @@ def forward_blocks(model:nn.Module, # a timm ViT
 
 # %% ../nbs/01_attention.ipynb #11044d30
 @torch.no_grad()
-def attention_maps(model:nn.Module, # a timm ViT, or a teacher–student pair (`AttentionCopy`, `AttentionDistill`)
+def attention_maps(model:nn.Module, # a timm ViT, or a teacher–student pair (AttentionCopy, AttentionDistill)
                    x:torch.Tensor, # images `b c h w`
                    layers=None, # block indices; None: all
                   ) -> list[torch.Tensor]:

@@ -186,7 +186,7 @@ def build_dataset(data:str|Path, # built-in name ('mnist5k', 'digits') or an Ima
                   *, augment:bool=True, # False: the training split gets the evaluation transform
                   transform=None, # a transform to use instead of timm's (e.g. for MAE pre-training)
                   hflip:float|None=None, scale:tuple|None=None, crop_pct:float|None=None, # None: per-dataset default
-                  **kw, # `build_transform` options: aa, reprob, remode, recount, color_jitter, interpolation, ratio, mean, std, model
+                  **kw, # build_transform options: aa, reprob, remode, recount, color_jitter, interpolation, ratio, mean, std, model
                  ) -> tuple[Dataset, int]:
     "The train or validation split of `data` with timm's transforms, and the number of classes."
     builtin = isinstance(data, str) and data in BUILTIN
@@ -237,7 +237,7 @@ def dist_info(distributed:bool|None=None) -> tuple[int, int]:
     return (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
 
 # %% ../nbs/05_data.ipynb #495854d4
-def build_loader(dataset:Dataset, # from `build_dataset`
+def build_loader(dataset:Dataset, # from build_dataset
                  batch_size:int, # per-process batch size
                  train:bool, # shuffle + drop_last (training) or ordered, complete shards (evaluation)
                  num_workers:int=0, # DataLoader worker processes
@@ -274,7 +274,7 @@ def build_mixup(mixup:float, # Mixup alpha (0: off)
                  mode=mode, label_smoothing=smoothing, num_classes=nb_classes)
 
 # %% ../nbs/05_data.ipynb #b1b4267e
-def build_criterion(mixup_fn:Mixup|None, # from `build_mixup`
+def build_criterion(mixup_fn:Mixup|None, # from build_mixup
                     smoothing:float=0., # label smoothing (used only without Mixup: Mixup smooths its own targets)
                    ) -> nn.Module:
     "The training loss that matches the targets: soft-target CE with Mixup, label-smoothing CE, or plain CE."

@@ -26,7 +26,7 @@ def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
     return ce.view(dead.shape).masked_fill(dead, 0.).mean()
 
 # %% ../nbs/03_distill.ipynb #f81e6630
-def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its `QK` ('attn'), or q/k/v `b h n d`
+def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its QK ('attn'), or q/k/v `b h n d`
                   student, # the student's, of the same kind and shape
                   target:str='attn', # 'attn': cross-entropy of the attention distributions; 'q'/'k'/'v': MSE
                   heads=None, # heads that enter the loss; None: all

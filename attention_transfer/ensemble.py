@@ -75,7 +75,7 @@ def _members(models) -> Ensemble:
 
 # %% ../nbs/04_ensemble.ipynb #2da128d8
 @torch.no_grad()
-def predict(models, # a module, a list of modules, {name: module}, or an `Ensemble`
+def predict(models, # a module, a list of modules, {name: module}, or an Ensemble
             loader, # yields (images, integer labels): this process's shard
             device=None, # where to run; default: the device of the first parameter found
             amp_dtype=None, # e.g. torch.bfloat16 to run the members under autocast
@@ -99,7 +99,7 @@ def predict(models, # a module, a list of modules, {name: module}, or an `Ensemb
     return {n: torch.cat(l) for n, l in outs.items()}, torch.cat(ys)
 
 # %% ../nbs/04_ensemble.ipynb #ae9ecf85
-def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
+def score(logits:dict, # {name: `n classes` logits}, e.g. from predict
           y:torch.Tensor, # `n` labels
           how:str='prob', # how the ensemble combines its members: 'prob' or 'logit'
           topk=(1, 5), # accuracies to report
@@ -124,9 +124,9 @@ def score(logits:dict, # {name: `n classes` logits}, e.g. from `predict`
             for i, nm in enumerate(names)}
 
 # %% ../nbs/04_ensemble.ipynb #82f9fd7b
-def evaluate(models, # an `Ensemble`, a module, a list of modules, or {name: module}
+def evaluate(models, # an Ensemble, a module, a list of modules, or {name: module}
              loader, # yields (images, integer labels): this process's shard
-             how:str='prob', # how the ensemble combines its members: 'prob' or 'logit' (an `Ensemble` keeps its own)
+             how:str='prob', # how the ensemble combines its members: 'prob' or 'logit' (an Ensemble keeps its own)
              topk=(1, 5), # accuracies to report
              device=None, # where to run; default: the device of the first parameter found
              amp_dtype=None, # e.g. torch.bfloat16 to run the members under autocast

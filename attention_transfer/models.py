@@ -155,7 +155,7 @@ def _resize_pos_embed(model, sd, notes):
 
 # %% ../nbs/06_models.ipynb #7b6b724c
 def load_weights(model:nn.Module, # a timm model
-                 state_dict:dict, # e.g. from `load_state_dict`
+                 state_dict:dict, # e.g. from load_state_dict
                  name:str='state dict', # the checkpoint's name for messages (its path)
                 ) -> dict:
     "Load `state_dict` into `model` (MAE or timm format), or raise `CheckpointError`; returns a report."
@@ -227,13 +227,13 @@ def freeze(model:nn.Module) -> nn.Module:
 # %% ../nbs/06_models.ipynb #e815be49
 def create_teacher(name:str, # timm registry name
                    checkpoint:str|Path|None=None, # local teacher weights (MAE, timm/DeiT, safetensors)
-                   **kw, # `create_model` options (num_classes, img_size, global_pool, use_ema, ...)
+                   **kw, # create_model options (num_classes, img_size, global_pool, use_ema, ...)
                   ) -> nn.Module:
     "A frozen teacher (eval mode, no gradients) built by `create_model`."
     return freeze(create_model(name, checkpoint, **kw))
 
 # %% ../nbs/06_models.ipynb #cd3385d8
-def create_student(teacher:str|nn.Module, # registry name, or a model made by `create_model`/`create_teacher`
+def create_student(teacher:str|nn.Module, # registry name, or a model made by create_model/create_teacher
                    *, num_classes:int|None=None, # classes of the task (default: the teacher's)
                    drop_path:float=0., # stochastic depth rate of the student
                    **kw, # overrides of the teacher's creation arguments (img_size, global_pool, ...); None: the teacher's
@@ -295,7 +295,7 @@ def atomic_write(path:str|Path, # destination; missing parent folders are create
 # %% ../nbs/06_models.ipynb #737293f5
 def save_timm_checkpoint(model:nn.Module|dict, # a timm model (possibly wrapped by DDP or torch.compile), or its state dict
                          path:str|Path, # destination (.pth, or .safetensors)
-                         meta:dict|None=None, # what the model is (`model_meta`), stored in the file itself
+                         meta:dict|None=None, # what the model is (model_meta), stored in the file itself
                         ) -> Path:
     "Atomically write `model`'s plain state dict (and `meta`) to `path`, loadable by `timm.create_model(..., checkpoint_path=path)`."
     sd = model if isinstance(model, dict) else model.state_dict()
@@ -328,7 +328,7 @@ def _unwrap(model:nn.Module) -> nn.Module:
 def _plain(v): return list(v) if isinstance(v, tuple) else v
 
 # %% ../nbs/06_models.ipynb #844ff8cd
-def model_args(model:nn.Module, # a timm model (from `create_model`, or a timm VisionTransformer)
+def model_args(model:nn.Module, # a timm model (from create_model, or a timm VisionTransformer)
               ) -> tuple: # (timm name, `timm.create_model` keyword arguments)
     "The registry name and creation arguments that rebuild `model`'s architecture."
     model = _unwrap(model)
@@ -366,7 +366,7 @@ def model_meta(model:nn.Module, # the timm model the checkpoint holds
     return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
 
 # %% ../nbs/06_models.ipynb #0544813d
-def placed_meta(meta:dict, # a description from `model_meta`
+def placed_meta(meta:dict, # a description from model_meta
                 folder:str|Path, # where the checkpoint that carries it is written
                ) -> dict:
     "`meta` with the teacher's path also given relative to `folder` (where the checkpoint is written)."
@@ -377,7 +377,7 @@ def placed_meta(meta:dict, # a description from `model_meta`
     return {**meta, 'teacher': {**t, 'path': rel}}
 
 # %% ../nbs/06_models.ipynb #54dc565a
-def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoint`, a training checkpoint, or any other
+def checkpoint_meta(path:str|Path, # a checkpoint written by save_timm_checkpoint, a training checkpoint, or any other
                    ) -> dict|None:
     "The description stored in checkpoint `path` (its `meta`), or None when it has none; `CheckpointError` if unreadable."
     p = Path(path)
@@ -398,11 +398,11 @@ def checkpoint_meta(path:str|Path, # a checkpoint written by `save_timm_checkpoi
 from .transfer import AttentionTransfer, AttentionCopy
 from .distill import AttentionDistill
 
-def save_student(pair:AttentionTransfer, # an `AttentionCopy` or `AttentionDistill` (any `AttentionTransfer`: method not recorded)
+def save_student(pair:AttentionTransfer, # an AttentionCopy or AttentionDistill (any AttentionTransfer: method not recorded)
                  path:str|Path, # `.pth`/`.pt` (torch.save) or `.safetensors`
                  teacher_path:str|Path|None=None, # the teacher's weights: recorded relative to `path` (and absolute, with its SHA-256)
                  classes:list|None=None, # class names in label order
-                 data:dict|None=None, # how the evaluation images are made (see `model_meta`)
+                 data:dict|None=None, # how the evaluation images are made (see model_meta)
                 ) -> Path:
     "Save `pair`'s student as a timm checkpoint that says what it is (method, target, layers, heads, teacher), atomically."
     if not isinstance(pair, AttentionTransfer):

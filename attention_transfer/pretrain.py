@@ -309,9 +309,9 @@ class ExportEncoder(Callback):
 def mae_trainer(mae:MaskedAutoencoder, # the model to pre-train
                 train_dl, # unlabeled training images (labels, if any, are ignored)
                 *, weight_decay:float=0.05, beta2:float=0.95, min_lr:float=0., layer_decay:float=1., # MAE's defaults
-                recon_images:torch.Tensor|None=None, norm:tuple=((0.,), (1.,)), # for `reconstructions.png` (see `ExportEncoder`)
-                callbacks:list|None=None, # None: progress, `log.jsonl`, checkpoints and `ExportEncoder`
-                **kw, # `Trainer` options: epochs, lr, warmup_epochs, accum_iter, clip_grad, amp, device, output_dir, meta, ...
+                recon_images:torch.Tensor|None=None, norm:tuple=((0.,), (1.,)), # for `reconstructions.png` (see ExportEncoder)
+                callbacks:list|None=None, # None: progress, `log.jsonl`, checkpoints and ExportEncoder
+                **kw, # Trainer options: epochs, lr, warmup_epochs, accum_iter, clip_grad, amp, device, output_dir, meta, ...
                ) -> Trainer:
     "A `Trainer` for MAE pre-training: `MAETask`, MAE's optimizer defaults, and the encoder written at the end."
     if callbacks is None: callbacks = [ProgressBar(), LogJSONL(), SaveCheckpoint(), ExportEncoder(recon_images, norm)]

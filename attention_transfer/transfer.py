@@ -177,7 +177,7 @@ def _checkpointed_forward(blk:nn.Module, masks:dict|None, teacher:nn.Module|None
 # %% ../nbs/02_copy.ipynb #f9c570cc
 @contextmanager
 def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens unless its `grad_checkpointing` is on
-                        masks:dict|None=None, # shared drop-path masks to replay (see `shared_drop_path`)
+                        masks:dict|None=None, # shared drop-path masks to replay (see shared_drop_path)
                         teacher:nn.Module|None=None, # the teacher the masks are shared with
                        ):
     "Within the block, a gradient-checkpointing `student`'s blocks are checkpointed so that recomputation replays their taps."

@@ -84,14 +84,54 @@ def test_no_raw_markdown_in_code(site):
 
 
 def test_subtitles_without_raw_backticks(site):
-    "A page's description shows its backticked names as code, never as backticks."
-    coded = 0
+    """A page's description (the notebook's `> summary` line) has no backticks, so no renderer shows them raw: not this
+    site's, not Quarto's (nbdev_docs), not the <meta> description or a search result."""
+    assert any(p['description'] for p in site['pages']), 'no page has a description: the check was never exercised'
     for p in site['pages']:
+        assert '`' not in p['description'], (p['href'], p['description'])
         d = site['html'][p['href']].select_one('header.page-header p.description')
-        if d is None: continue
-        assert '`' not in d.get_text(), (p['href'], d.get_text())
-        if '`' in p['description']: assert d.find('code'), p['href']; coded += 1
-    assert coded > 0, 'no page description has code: the check above was never exercised'
+        if d is not None: assert '`' not in d.get_text(), (p['href'], d.get_text())
+
+
+def test_signatures_need_no_unlinking(site):
+    """nbdev's own processing leaves no doc link inside a show_doc signature (no backticked names in the parameter
+    comments), so the docs are clean without the site's fix-up: `nbdev_docs` and Quarto alone render them the same."""
+    assert not site['unlinked'], {p.name: n for p, n in site['unlinked'].items()}
+
+
+def _machine_strings() -> list:
+    "Paths of the machine that built the site: they have no place in a page (the reader's machine has none of them)."
+    import sys, tempfile
+    return sorted({str(ROOT), sys.prefix, os.path.realpath(sys.prefix), tempfile.gettempdir().rstrip('/') + '/',
+                   str(Path.home()).rstrip('/') + '/', 'site-packages', '/.venv/'} - {'/'})
+
+
+_WARNING = re.compile(r'[\w/.-]+\.py:\d+: \w+|Traceback \(most recent call last\)')  # a Python warning's location line
+
+
+def test_outputs_without_warnings_or_machine_paths(site):
+    "No cell output on any page shows a Python warning (file:line: Category) or a path of the machine that built it."
+    bad, n = [], 0
+    for href, soup in site['html'].items():
+        for o in soup.select('.jp-OutputArea-output'):
+            t, n = o.get_text(), n + 1
+            bad += [f'{href}: {s!r} in {t.strip()[:150]!r}' for s in _machine_strings() if s in t]
+            bad += [f'{href}: warning {m.group(0)!r}' for m in _WARNING.finditer(t)]
+    assert n > 0 and not bad, '\n'.join(bad)
+
+
+def test_tutorial_figures_real_or_marked_toy(site):
+    """The tutorial's figures in prose are the real run's, captioned with its command; the figures its cells draw at CI
+    size carry a banner on the figure itself (the cells assert the banner is drawn unless AT_FULL=1)."""
+    p = _tutorial(site['pages'])
+    soup = site['html'][p['href']]
+    imgs = soup.select('.jp-RenderedMarkdown img')
+    assert imgs and all('real default run' in i.get('alt', '') for i in imgs), [i.get('alt') for i in imgs]
+    assert 'at_demo --output_dir runs/demo' in soup.get_text(' ')
+    r = {k.resolve(): v for k, v in site['executed'].items()}.get(p['src'])
+    drawn = [c.source for c in (r.nb.cells if r else []) if c.cell_type == 'code'
+             and any(m in o.get('data', {}) for o in c.get('outputs', []) for m in _IMG) and 'plot_' in ''.join(c.source)]
+    assert drawn and all('banner=' in ''.join(s) for s in drawn), drawn
 
 
 def _internal_refs(soup):
@@ -304,3 +344,28 @@ def test_index_and_tutorial_render_in_chromium(site, chromium):
         w, h = _png_size(shot.read_bytes())
         assert (w, h) == (1280, 1000), (name, w, h)
         (SHOTS/f'{name}.json').write_text(json.dumps(dict(page=p['href'], **r), indent=1))
+
+
+_QUARTO_LIKE = """<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="{css}"></head>
+<body><main style="width: 500px">
+<pre id="shell"><code>at_demo --data path/to/imagefolder --model vit_pico_patch4_32 --output_dir runs/a_folder_name_longer_than_the_box</code></pre>
+<div class="sourceCode"><pre id="bash" class="sourceCode bash"><code class="sourceCode bash">torchrun --nproc_per_node=8 --no-python at_train --preset distill --finetune mae_pretrain_vit_large.pth</code></pre></div>
+<div class="cell-output cell-output-stdout"><pre id="out"><code>epoch 0: loss 27.36  transfer 8.349  top1 10.19</code></pre></div>
+</main></body></html>"""
+
+
+def test_quarto_stylesheet_styles_shell_blocks(chromium, tmp_path):
+    """nbs/styles.css (Quarto's stylesheet for nbdev_docs) on Quarto's markup: a fenced block without a language (the
+    shell commands in prose) has a code block's background, long lines scroll in every code block, outputs stay plain."""
+    cfg = get_config()
+    css = cfg.nbs_path/'styles.css'
+    assert 'styles.css' in (cfg.nbs_path/'_quarto.yml').read_text()
+    page = tmp_path/'quarto_like.html'
+    page.write_text(_QUARTO_LIKE.format(css=css.as_uri()))
+    chromium.goto(page.as_uri())
+    got = chromium.evaluate("""(() => { const s = id => { const e = document.getElementById(id), c = getComputedStyle(e);
+        return {bg: c.backgroundColor, overflow: c.overflowX, wider: e.scrollWidth > e.clientWidth}; };
+        return {shell: s('shell'), bash: s('bash'), out: s('out')}; })()""")
+    assert got['shell']['bg'] not in ('rgba(0, 0, 0, 0)', 'transparent'), got
+    for k in ('shell', 'bash'): assert got[k]['wider'] and got[k]['overflow'] in ('auto', 'scroll'), (k, got)
+    assert got['out']['bg'] in ('rgba(0, 0, 0, 0)', 'transparent'), got
