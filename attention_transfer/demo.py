@@ -266,7 +266,7 @@ def build_student(method:str, # a name in the method table, e.g. 'scratch', 'fin
             else: teacher = create_teacher(cfg.model, teacher_path, **dict(kw, **_arch(cfg, True)))
         if teacher is not None:   # the teacher's exact architecture, unless another one is asked for
             student = create_student(teacher, drop_path=cfg.drop_path) if same else create_model(cfg.model, None, drop_path=cfg.drop_path, **kw)
-    opts = dict(end_layer=cfg.recipes.get(method, {}).get('end_layer', 0), atd_weight=cfg.atd_weight)
+    opts = dict(end_layer=0, atd_weight=cfg.atd_weight) | {k: v for k, v in cfg.recipes.get(method, {}).items() if k in m.options}  # a recipe may set any option the method takes: layers, heads, target, ...
     return student, build_task(m, student, teacher, criterion, **{k: v for k, v in opts.items() if k in m.options})
 
 # %% ../nbs/11_demo.ipynb #d826f60d

@@ -1,0 +1,72 @@
+"""`at_ablate` as a user runs it, at a toy size: its code path end to end (teachers, arms, seeds, files), the resume,
+and one-line refusals of bad flags and of a folder holding a run with other settings."""
+import json
+from pathlib import Path
+import pytest
+from attention_transfer.ablations import main, at_ablate
+
+TINY = ['--data', 'digits', '--shift_data', 'mnist5k', '--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100',
+        '--depth', '4', '--batch_size', '50', '--seeds', '0', '1']
+ARMS = ['scratch', 'distill', 'distill_avg_examples', 'distill_avg_queries', 'distill_heads1', 'distill_heads2', 'finetune',
+        'finetune_shift', 'distill_shift']
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('abl')/'run'
+    main([*TINY, '--ablations', 'averaged', 'heads', 'shift', '--output_dir', str(out)])
+    return out
+
+
+def test_files_and_arms(run):
+    res = json.loads((run/'results.json').read_text())
+    assert list(res['accuracy']) == ARMS and res['seeds'] == [0, 1] and res['epochs'] == 1
+    assert all(len(v) == 2 and all(0 <= a <= 100 for a in v) for v in res['accuracy'].values())
+    assert res['ablations']['averaged'] == ['distill', 'distill_avg_examples', 'distill_avg_queries']
+    assert res['refs'] == {'distill_avg_examples': 'distill', 'distill_avg_queries': 'distill', 'distill_heads1': 'distill',
+                           'distill_heads2': 'distill', 'finetune_shift': 'finetune', 'distill_shift': 'distill'}
+    assert res['labels']['distill_heads1'] == 'attention distillation, 1 of 4 heads'
+    jobs = [json.loads(l) for l in (run/'jobs.jsonl').read_text().splitlines()]
+    assert [(j['variant'], j['seed']) for j in jobs] == [(a, s) for s in (0, 1) for a in ARMS]  # seed by seed
+    md = (run/'results.md').read_text()
+    assert md.count('### ') == 3 and '| attention distillation, map averaged over queries |' in md and '− scratch, paired' in md
+    assert (run/'results.png').read_bytes()[:4] == b'\x89PNG'
+    assert (run/'teacher'/'encoder.pth').is_file() and (run/'teacher_shift'/'encoder.pth').is_file()
+    shift = json.loads((run/'teacher_shift'/'encoder.json').read_text())  # mnist5k: 27 steps an epoch against digits' 2 (batch 128)
+    assert len(shift['history']) == 1
+
+
+def test_resume_trains_nothing(run, capsys):
+    before = (run/'jobs.jsonl').read_text()
+    main([*TINY, '--ablations', 'averaged', 'heads', 'shift', '--output_dir', str(run)])
+    out = capsys.readouterr().out
+    assert (run/'jobs.jsonl').read_text() == before and 'seed 0 scratch' not in out and 'teacher: MAE' not in out
+
+
+def test_other_settings_refused(run, capsys):
+    with pytest.raises(SystemExit) as e: main([*TINY, '--ablations', 'averaged', '--output_dir', str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1 and 'other settings' in err[0] and err[0].startswith('at_ablate: error: ')
+
+
+@pytest.mark.parametrize('args, code, name', [
+    (['--ablations', 'depth'], 1, '--ablations'),
+    (['--epochs', '0'], 1, '--epochs'),
+    (['--seeds', '1', '1'], 1, '--seeds'),
+    (['--bogus'], 2, '--bogus'),
+])
+def test_bad_flags_refused_in_one_line(args, code, name, tmp_path, capsys):
+    out = tmp_path/'never'
+    with pytest.raises(SystemExit) as e: main([*TINY, *args, '--output_dir', str(out)])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == code and len(err) == 1 and err[0].startswith('at_ablate: error: ') and name in err[0], err
+    assert not out.exists()
+
+
+def test_every_flag_has_help(capsys):
+    with pytest.raises(SystemExit) as e: main(['--help'])
+    h = ' '.join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    for flag in at_ablate.__wrapped__.__code__.co_varnames[:at_ablate.__wrapped__.__code__.co_argcount]:
+        i = h.index(f'--{flag}')
+        assert len(h[i:].split('--')[1].split()) > 2, flag  # the flag, its metavar, then words of help
