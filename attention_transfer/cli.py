@@ -520,7 +520,8 @@ def run_script(func, # a `call_parse` function
     show = warnings.showwarning
     def note(msg, cat, *args, **kw):
         if not issubclass(cat, (CheckpointNote, vit.ArchitectureWarning)): return show(msg, cat, *args, **kw)
-        if rank() == 0: print(f"{prog}: {'warning' if issubclass(cat, vit.ArchitectureWarning) else 'note'}: {msg}")
+        if rank() == 0: print(f"{prog}: {'warning' if issubclass(cat, vit.ArchitectureWarning) else 'note'}: {msg}"
+                              + (' (at_train does so when --model is left out)' if prog == 'at_train' and issubclass(cat, vit.ArchitectureWarning) else ''))
     try:
         warnings.showwarning = note
         p = anno_parser(func, prog)
@@ -593,11 +594,11 @@ def find_teacher(meta:dict, # a copy checkpoint's description
     for p in cands:
         if not p.is_file(): continue
         if t.get('sha256') and file_sha256(p) != t['sha256']:
-            raise TrainError(f"{checkpoint} is an attention-copy student, and its teacher {p} has changed since it was trained "
-                             f"(SHA-256 differs): pass --teacher PATH with the original teacher")
+            raise TrainError(f"{checkpoint} was trained with the teacher {p}, which has changed since (SHA-256 differs): "
+                             f"pass --teacher PATH with the original teacher")
         return p
     where = ' or '.join(map(str, cands)) or 'no recorded path'
-    raise TrainError(f"{checkpoint} is an attention-copy student and runs its teacher, which is not found ({where}): pass --teacher PATH")
+    raise TrainError(f"{checkpoint}: the teacher it was trained with is not found ({where}): pass --teacher PATH")
 
 # %% ../nbs/09_cli.ipynb #295187bd
 def load_for_eval(path:str|Path, # a checkpoint (at_train's, at_demo's, save_student's, or a timm checkpoint with `model`)

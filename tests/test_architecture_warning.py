@@ -37,7 +37,8 @@ def test_plain_student_warns_in_one_line(teacher, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     warned = _lines(r.stdout, 'at_train: warning: ')
     assert len(warned) == 1, r.stdout
-    for part in ('patch-embed bias', 'pre-norm', 'layer scale', 'activation (teacher QuickGELU, student GELU)', 'arXiv 2605.07191'):
+    for part in ('patch-embed bias', 'pre-norm', 'layer scale', 'activation (teacher QuickGELU, student GELU)', 'arXiv 2605.07191',
+                 'at_train does so when --model is left out'):
         assert part in warned[0], warned[0]
     assert 'ArchitectureWarning' not in r.stdout + r.stderr and 'Traceback' not in r.stdout + r.stderr, r.stderr[-3000:]
     assert r.stderr == '', r.stderr[-3000:]
