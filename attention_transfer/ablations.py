@@ -36,9 +36,9 @@ def averaged_logits(logits:torch.Tensor, # attention logits `b h n n` (before th
 # %% ../nbs/14_ablations.ipynb #caac5a68
 class AveragedDistill(AttentionDistill):
     "Attention distillation toward the teacher's maps averaged over examples or query tokens (the paper's control)."
-    def __init__(self, teacher:nn.Module, student:nn.Module, # as for `AttentionDistill`
+    def __init__(self, teacher:nn.Module, student:nn.Module, # as for AttentionDistill
                  over:str='examples', # 'examples' or 'queries'
-                 **kw, # `AttentionDistill`'s options: end_layer, layers, heads, share_drop_path
+                 **kw, # AttentionDistill's options: end_layer, layers, heads, share_drop_path
                 ):
         if over not in AVERAGE_OVER: raise ValueError(f"over={over!r}: use one of {', '.join(AVERAGE_OVER)}")
         if kw.get('target', 'attn') != 'attn' or kw.get('fused', False):
@@ -186,7 +186,7 @@ def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epo
 
 # %% ../nbs/14_ablations.ipynb #12c9a7a8
 def write_results(done:dict, # {(arm, seed): record}
-                  arms:dict, # from `ablation_variants`
+                  arms:dict, # from ablation_variants
                   variants:dict, # {arm: Variant}, scratch included
                   cfg:DemoConfig, # the run's settings
                   out:Path, # the output folder

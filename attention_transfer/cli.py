@@ -698,7 +698,7 @@ def _members(checkpoints:list, model, ema, teacher, data, data_path, input_size)
     return nets, specs[0], classes, heads[0]
 
 # %% ../nbs/09_cli.ipynb #eafb5128
-def attention_reference(net:torch.nn.Module, # a network from `load_for_eval`
+def attention_reference(net:torch.nn.Module, # a network from load_for_eval
                         meta:dict, # its description
                         checkpoint:str|Path, # its file (a recorded teacher path is relative to it)
                         teacher:str|None=None, # --teacher: a path given on the command line

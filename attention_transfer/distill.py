@@ -184,7 +184,7 @@ def relations(x:torch.Tensor, # q, k or v of one layer `b h n d`
 # %% ../nbs/03_distill.ipynb #644171f6
 def relation_loss(teacher:dict, # the teacher's {'q', 'k', 'v'} of one layer, each `b h n d`
                   student:dict, # the student's, any head count and width
-                  relation_heads:int, # R (see `relations`)
+                  relation_heads:int, # R (see relations)
                   what=('q', 'k', 'v'), # the relations compared
                  ) -> torch.Tensor:
     "MiniLMv2's loss of one layer, in fp32: Σ over q, k, v of the mean over relation rows of CE(softmax(teacher relations), softmax(student relations))."

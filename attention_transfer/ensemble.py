@@ -223,7 +223,7 @@ def attention_divergence_loader(teacher:nn.Module, # the reference ViT
                                 max_images:int|None=None, # per process: stop after this many images; None: the whole shard
                                 chunk:int=16, # images per forward pass
                                 device=None, # default: the teacher's
-                               ) -> dict: # as `attention_divergence`, `images` counted over all processes
+                               ) -> dict: # as attention_divergence, `images` counted over all processes
     "`attention_divergence` averaged over every query row of `loader` (at most `max_images` per process), over all processes."
     def batches():
         n = 0

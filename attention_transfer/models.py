@@ -347,7 +347,7 @@ def model_args(model:nn.Module, # a timm model (from create_model, or a timm Vis
 # %% ../nbs/06_models.ipynb #aae61bab
 def model_meta(model:nn.Module, # the timm model the checkpoint holds
                method:str|None=None, # 'scratch', 'finetune', 'copy' or 'distill' (None: not recorded)
-               transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads', 'layer_map', 'head_map'} (`AttentionTransfer.transfer_meta`)
+               transfer:dict|None=None, # copy/distill: {'target', 'layers', 'heads', 'layer_map', 'head_map'} (AttentionTransfer.transfer_meta)
                teacher:nn.Module|None=None, # copy/distill: the teacher (its architecture is recorded)
                teacher_path:str|Path|None=None, # the teacher's weights: absolute path and SHA-256 recorded
                classes:list|None=None, # class names in label order

@@ -84,7 +84,7 @@ def check_pair(teacher:nn.Module, # the pre-trained ViT
 # %% ../nbs/02_copy.ipynb #fc1a6980
 def map_layers(teacher_depth:int, # blocks of the teacher (Dt)
                student_depth:int, # blocks of the student (Ds)
-               layers=None, # the student's transferred blocks (`transfer_layers`); None: all, or the keys of `layer_map`
+               layers=None, # the student's transferred blocks (transfer_layers); None: all, or the keys of `layer_map`
                layer_map=None, # {student block: teacher block}, or [(student, teacher), ...]; None: the default
               ) -> dict:
     "{student block: teacher block} for the transferred blocks: `layer_map` checked, or by default student block i ← teacher block ⌈(i+1)·Dt/Ds⌉−1."
@@ -128,7 +128,7 @@ def map_heads(teacher_heads:int, # heads per teacher block
 
 # %% ../nbs/02_copy.ipynb #33ff0ccf
 def average_heads(x:torch.Tensor, # teacher maps `b Ht n n` (or q/k/v `b Ht n d`)
-                  head_map:list|None, # from `map_heads`
+                  head_map:list|None, # from map_heads
                  ) -> torch.Tensor:
     "`x` regrouped for the student, `b Hs ...`: student head j gets the mean of the teacher heads `head_map[j]`."
     if head_map is None: return x
@@ -212,7 +212,7 @@ class AttentionTransfer(nn.Module):
                  target:str='attn', # 'attn' (the attention map), 'q', 'k' or 'v'
                  share_drop_path:bool=False, # share the student's drop-path masks with the teacher, like the reference code
                  fused:bool=True, # target 'attn': hand the teacher's map over as its q and k (fused kernels); False: as `b h n n` maps
-                 layer_map=None, # {student block: teacher block}; None: the same relative depth (`map_layers`); alone, its keys are the transferred blocks
+                 layer_map=None, # {student block: teacher block}; None: the same relative depth (map_layers); alone, its keys are the transferred blocks
                  head_map=None, # per student head, the teacher head(s) averaged into it; None: one-to-one, or groups of k when the teacher has k times the heads
                 ):
         super().__init__()

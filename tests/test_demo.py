@@ -58,7 +58,7 @@ def test_files_and_output(run):
     assert 'scratch < distill < fine-tune in every seed' in r.stdout and 'paper, ImageNet' in r.stdout
     assert 'paired by seed: distill - scratch = ' in r.stdout and '(> 0 in ' in r.stdout
     assert "attention vs the teacher's, seed 0" in r.stdout and '* = transferred by distill' in r.stdout  # labelled per-block table
-    assert set(run_['attention_js']) == {'scratch', 'finetune', 'distill'} and len(run_['attention_kl']['distill']) == 4
+    assert set(run_['attention_js']) == {'scratch', 'finetune', 'copy', 'distill'} and len(run_['attention_kl']['distill']) == 4
     assert '\r' not in r.stdout and '%' + ' [' not in r.stdout  # piped: no progress-bar frames, only lines
     assert all(l.startswith(('seed ', 'teacher: ')) for l in r.stdout.splitlines()[1:10])  # each job's line on its own
 
