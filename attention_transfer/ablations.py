@@ -162,6 +162,8 @@ def check_ablations(cfg:DemoConfig, # the demo's settings (as `run_ablations` ge
                    ) -> dict: # the arms, as `ablation_variants` gives them
     "Raise `TrainError` (one line) for settings that cannot run, before anything is trained or written; the arms of each ablation."
     if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+    if cfg.data not in BUILTIN and not Path(cfg.data).is_dir():
+        raise TrainError(f"--data: {cfg.data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
     _check_teacher(cfg, '--teacher', cfg.teacher)  # seeds, --model, and --teacher: found, and loading into the model's architecture
     m = timm.create_model(cfg.model, **cfg.arch)
     arms = ablation_variants(len(m.blocks), m.blocks[0].attn.num_heads, ablations, cfg.recipes['distill'].get('end_layer', 0), shift_data)
