@@ -209,6 +209,8 @@ def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epo
     t0, out = time.perf_counter(), Path(output_dir)
     arms = check_ablations(cfg, ablations, shift_data, shift_teacher)  # before any training, and before any file is written
     data, cfg = prepare_data(cfg)
+    if len(data['x']) < cfg.batch_size:  # the students' loader drops the last partial batch: refused now, not after the teacher
+        raise TrainError(f"--n_labelled/--batch_size: {len(data['x'])} labelled images make no full batch of {cfg.batch_size}: lower --batch_size")
     variants = {}
     for v in [Variant(BASELINE, BASELINE, get_method(BASELINE).label)] + [v for a in arms.values() for v in a]: variants.setdefault(v.name, v)
     settings = dict(config=asdict(cfg), ablations=list(ablations), shift_data=shift_data, shift_teacher=shift_teacher,

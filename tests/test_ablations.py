@@ -78,6 +78,7 @@ def test_teacher_of_another_architecture_refused_before_work(run, flag, tmp_path
     (['--depth', '2', '--ablations', 'target'], 1, 'none for a model with 2 blocks'),
     (['--model', 'vit_nano_patch4_32', '--depth', '2'], 1, 'use at least 3 blocks'),
     (['--data', 'nope'], 1, "--data: 'nope'"),
+    (['--n_labelled', '40'], 1, '40 labelled images make no full batch of 50'),
     (['--teacher', 'nope.pth'], 1, '--teacher: checkpoint not found: nope.pth'),
     (['--shift_data', 'nope', '--ablations', 'shift'], 1, "--shift_data: 'nope'"),
     (['--shift_teacher', 'nope.pth', '--ablations', 'shift'], 1, '--shift_teacher: checkpoint not found'),
