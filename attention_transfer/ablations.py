@@ -14,14 +14,16 @@ from fastcore.script import call_parse, Param
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .methods import TrainError, METHODS, register_method, get_method, build_task, TransferTask
 from .distill import AttentionDistill
-from .models import CheckpointNote
+from .models import CheckpointNote, CheckpointError
 from .train import write_atomic, save_figure
 from .cli import run_script
-from .demo import DemoConfig, default_recipes, prepare_data, pretrain_teacher, train_student, build_student, paired, environment, config_from_flags
+from .data import BUILTIN, DataError
+from .demo import check_config, DemoConfig, default_recipes, prepare_data, pretrain_teacher, train_student, build_student, paired, environment, config_from_flags
 
 # %% auto #0
 __all__ = ['AVERAGE_OVER', 'ABLATIONS', 'BASELINE', 'averaged_logits', 'AveragedDistill', 'Variant', 'ablation_variants',
-           'matched_epochs', 'run_ablations', 'write_results', 'ablation_table', 'plot_ablations', 'at_ablate', 'main']
+           'matched_epochs', 'check_ablations', 'settings_diff', 'run_ablations', 'write_results', 'ablation_table',
+           'plot_ablations', 'at_ablate', 'main']
 
 # %% ../nbs/14_ablations.ipynb #24b906d1
 AVERAGE_OVER = {'examples': 0, 'queries': 2}  # the dimension of a `b h n n` map that is averaged
@@ -97,7 +99,10 @@ def ablation_variants(depth:int, # blocks of the ViT
                      ) -> dict: # {ablation: [Variant, ...]}, the reference arm first
     "The arms of each ablation; each is compared with scratch and with its `ref` arm, seed by seed."
     if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-    if depth < 2: raise TrainError(f"the layers ablation needs at least 2 blocks, not {depth}")
+    if depth < 2: raise TrainError(f"--model/--depth: the ablations need at least 2 blocks, not {depth}")
+    if not 0 < depth + end_layer <= depth:  # the reference distillation must transfer at least one block
+        raise TrainError(f"--model/--depth: the reference distillation (end_layer={end_layer}) transfers blocks [0, depth{end_layer:+d}): "
+                         f"none for a model with {depth} blocks; use at least {1 - min(end_layer, 0)} blocks")
     D = get_method('distill').label
     ref = Variant('distill', 'distill', f"{D}, {_blocks(list(range(depth + end_layer)))}, all {num_heads} heads, map")
     half, ks = depth // 2, sorted({1, num_heads // 2} - {num_heads})
@@ -125,13 +130,15 @@ def matched_epochs(epochs:float, # epochs on the main data
     return epochs * max(1, n_main // batch_size) / max(1, n_shift // batch_size)
 
 # %% ../nbs/14_ablations.ipynb #0c6b41b7
+def _n(k, word:str) -> str: return f"{k:g} {word}{'' if k == 1 else 's'}"  # '1 epoch', '20 epochs'
+
 def _teacher(data:dict, cfg:DemoConfig, path:Path, given:str, what:str, write) -> str:
     "The MAE encoder for `what`: `given`, one pre-trained earlier into `path`, or pre-trained now."
     if given: return given
     if not path.is_file():
         r = pretrain_teacher(data, cfg, path)
         write_atomic(json.dumps({k: r[k] for k in ('seconds', 'cpu_seconds', 'history')}) + '\n', path.with_suffix('.json'))
-        write(f"{what} teacher: MAE on {cfg.data}, {cfg.pretrain_epochs:g} epochs, loss {r['history'][-1]['train_loss']:.3f} ({r['seconds']:.0f} s)")
+        write(f"{what} teacher: MAE on {cfg.data}, {_n(cfg.pretrain_epochs, 'epoch')}, loss {r['history'][-1]['train_loss']:.3f} ({r['seconds']:.0f} s)")
     return str(path)
 
 def _done(path:Path) -> dict:
@@ -139,6 +146,56 @@ def _done(path:Path) -> dict:
     if not path.is_file(): return {}
     recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
     return {(r['variant'], r['seed']): r for r in recs}
+
+# %% ../nbs/14_ablations.ipynb #be4ece78
+def _check_teacher(cfg:DemoConfig, flag:str, path:str):
+    "`demo.check_config` with `path` as the teacher, its refusal naming `flag` (a checkpoint that does not fit names only the file)."
+    try: check_config(replace(cfg, methods=['finetune'], teacher=path))
+    except (TrainError, CheckpointError) as e:
+        msg = str(e).replace('--teacher', flag, 1)
+        raise TrainError(msg if msg.startswith('--') else f"{flag}: {msg}") from None
+
+def check_ablations(cfg:DemoConfig, # the demo's settings (as `run_ablations` gets them)
+                    ablations=ABLATIONS, # which ablations
+                    shift_data:str='digits', # the shifted teacher's pre-training data
+                    shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`, or ''
+                   ) -> dict: # the arms, as `ablation_variants` gives them
+    "Raise `TrainError` (one line) for settings that cannot run, before anything is trained or written; the arms of each ablation."
+    if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+    if cfg.data not in BUILTIN and not Path(cfg.data).is_dir():
+        raise TrainError(f"--data: {cfg.data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
+    _check_teacher(cfg, '--teacher', cfg.teacher)  # seeds, --model, and --teacher: found, and loading into the model's architecture
+    m = timm.create_model(cfg.model, **cfg.arch)
+    arms = ablation_variants(len(m.blocks), m.blocks[0].attn.num_heads, ablations, cfg.recipes['distill'].get('end_layer', 0), shift_data)
+    if any(v.teacher == 'shift' for vs in arms.values() for v in vs):
+        if shift_data not in BUILTIN and not Path(shift_data).is_dir():
+            raise TrainError(f"--shift_data: {shift_data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
+        if shift_teacher: _check_teacher(cfg, '--shift_teacher', shift_teacher)
+    return arms
+
+
+# %% ../nbs/14_ablations.ipynb #181cb9ef
+def _flat(d:dict, pre:str='') -> dict:
+    "{'config.arch.depth': 4, ...} from nested settings; the arms (`variants`) stay one value."
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{pre}{k}.").items() if isinstance(v, dict) and v and k != 'variants' else [(f"{pre}{k}", v)])}
+
+def _flag(k:str) -> str:
+    k = k.removeprefix('config.').removeprefix('arch.')
+    return "the arms' definitions (another version of at_ablate?)" if k == 'variants' else f"--{k}" if '.' not in k else f"the recipe's {k}"
+
+def _fmt(v) -> str: return ' '.join(map(str, v)) if isinstance(v, (list, tuple)) else '(none)' if v in (None, '') else str(v)
+
+def settings_diff(old:dict, # the folder's settings.json
+                  new:dict, # this run's settings
+                 ) -> str: # 'it has --epochs 10; this run asks for --epochs 20' ('' when they agree)
+    "What differs between two runs' settings, as flags."
+    o, n = _flat(old), _flat(new)
+    keys = [k for k in dict.fromkeys([*o, *n]) if o.get(k, KeyError) != n.get(k, KeyError)]
+    if len(keys) > 1 and 'variants' in keys: keys.remove('variants')  # the arms follow from the flags
+    if not keys: return ''
+    if keys == ['variants']: return f"it has other {_flag('variants')}"
+    return f"it has {', '.join(f'{_flag(k)} {_fmt(o.get(k))}' for k in keys)}; this run asks for {', '.join(f'{_flag(k)} {_fmt(n.get(k))}' for k in keys)}"
+
 
 # %% ../nbs/14_ablations.ipynb #9179570c
 def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epochs, recipes, teacher pre-training
@@ -150,23 +207,25 @@ def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epo
                  ) -> dict: # results.json's content
     "Pre-train the teachers, train every arm of `ablations` for every seed with the same budget, and write tables and a figure."
     t0, out = time.perf_counter(), Path(output_dir)
-    if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+    arms = check_ablations(cfg, ablations, shift_data, shift_teacher)  # before any training, and before any file is written
     data, cfg = prepare_data(cfg)
-    m = timm.create_model(cfg.model, **cfg.arch)
-    arms = ablation_variants(len(m.blocks), m.blocks[0].attn.num_heads, ablations, cfg.recipes['distill'].get('end_layer', 0), shift_data)
+    if len(data['x']) < cfg.batch_size:  # the students' loader drops the last partial batch: refused now, not after the teacher
+        raise TrainError(f"--n_labelled/--batch_size: {len(data['x'])} labelled images make no full batch of {cfg.batch_size}: lower --batch_size")
     variants = {}
     for v in [Variant(BASELINE, BASELINE, get_method(BASELINE).label)] + [v for a in arms.values() for v in a]: variants.setdefault(v.name, v)
     settings = dict(config=asdict(cfg), ablations=list(ablations), shift_data=shift_data, shift_teacher=shift_teacher,
                     variants={k: asdict(v) for k, v in variants.items()})
-    out.mkdir(parents=True, exist_ok=True)
+    if any(v.teacher == 'shift' for v in variants.values()):  # the shift data is read before the folder is made: a bad one leaves nothing
+        try: sdata, scfg = prepare_data(replace(cfg, data=shift_data, teacher=''))
+        except (DataError, OSError, ValueError) as e: raise TrainError(f"--shift_data: {e}") from None
     if (out/'settings.json').is_file():
-        if json.loads((out/'settings.json').read_text()) != json.loads(json.dumps(settings)):
-            raise TrainError(f"--output_dir: {out} holds a run with other settings: choose a new folder (results are never mixed)")
-    else: write_atomic(json.dumps(settings, indent=1) + '\n', out/'settings.json')
-    write(f"at_ablate: {cfg.model} on {cfg.data}, {len(data['x'])} labelled images, {cfg.epochs} epochs; {len(variants)} arms x {len(cfg.seeds)} seeds")
+        if diff := settings_diff(json.loads((out/'settings.json').read_text()), json.loads(json.dumps(settings))):
+            raise TrainError(f"--output_dir: {out} holds a run with other settings ({diff}): choose a new folder (results are never mixed)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out/'settings.json').is_file(): write_atomic(json.dumps(settings, indent=1) + '\n', out/'settings.json')
+    write(f"at_ablate: {cfg.model} on {cfg.data}, {len(data['x'])} labelled images, {_n(cfg.epochs, 'epoch')}; {_n(len(variants), 'arm')} x {_n(len(cfg.seeds), 'seed')}")
     teachers = {'main': _teacher(data, cfg, out/'teacher'/'encoder.pth', cfg.teacher, 'main', write)}
     if any(v.teacher == 'shift' for v in variants.values()):
-        sdata, scfg = prepare_data(replace(cfg, data=shift_data, teacher=''))
         f = matched_epochs(1, len(data['x_all']), len(sdata['x_all']), cfg.pretrain_batch_size)
         scfg = replace(scfg, pretrain_epochs=max(1, round(cfg.pretrain_epochs * f)), pretrain_warmup_epochs=cfg.pretrain_warmup_epochs * f)
         teachers['shift'] = _teacher(sdata, scfg, out/'teacher_shift'/'encoder.pth', shift_teacher, 'shifted', write)
@@ -216,7 +275,7 @@ def ablation_table(res:dict, # results.json's content
                   ) -> str:
     "A markdown table of one ablation: accuracy of scratch and each arm, and paired differences to scratch and to the arm's reference."
     acc, seeds = res['accuracy'], res['seeds']
-    rows = [f"| method | top-1 (%), mean ± std over {len(seeds)} seeds | per seed ({', '.join(map(str, seeds))}) | − scratch, paired | − reference, paired |",
+    rows = [f"| method | top-1 (%), mean ± std over {_n(len(seeds), 'seed')} | per seed ({', '.join(map(str, seeds))}) | − scratch, paired | − reference, paired |",
             '|---|---|---|---|---|']
     for k in [BASELINE] + res['ablations'][ablation]:
         if k not in acc: rows.append(f"| {res['labels'][k]} | not run | | | |"); continue
@@ -243,8 +302,8 @@ def plot_ablations(res:dict, # results.json's content
         for yi, x in zip(y, d): ax.plot(x, [yi] * len(x), 'k.', ms=4)
         ax.axvline(0, color='k', lw=1)
         ax.set_yticks(y, [res['labels'][k] for k in ks], fontsize=8); ax.set_title(a, fontsize=9, loc='left')
-    axs[-1, 0].set_xlabel(f"top-1 accuracy − scratch ({np.mean(base):.2f} %), points, paired by seed; error bars: std over {n} seeds; dots: seeds", fontsize=8)
-    fig.suptitle(f"ablations, {res['epochs']} epochs per student; 0 = scratch", fontsize=10)
+    axs[-1, 0].set_xlabel(f"top-1 accuracy − scratch ({np.mean(base):.2f} %), points, paired by seed; error bars: std over {_n(n, 'seed')}; dots: seeds", fontsize=8)
+    fig.suptitle(f"ablations, {_n(res['epochs'], 'epoch')} per student; 0 = scratch", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -255,20 +314,20 @@ def at_ablate(
     ablations:Param("ablations to run: layers heads target averaged features shift (default: all)", str, nargs='+')=None,
     data:str='mnist5k', # the students' data (built-in mnist5k or digits, or an ImageFolder root); the main teacher pre-trains on its training images
     shift_data:str='digits', # the shifted teacher's pre-training data (ablation 'shift')
-    seeds:Param("seeds: one student of each arm per seed (default 0 1 2)", int, nargs='+')=None,
+    seeds:Param("seeds: one student of each arm per seed (default: 0 1 2)", int, nargs='+')=None,
     epochs:int=20, # student epochs, the same for every arm
     pretrain_epochs:int=60, # MAE epochs of the main teacher; the shifted one gets as many optimiser steps
-    model:str=None, # timm ViT for teachers and students (default vit_pico_patch7_28)
-    depth:int=None, # change the model's depth
+    model:str=None, # timm ViT for teachers and students (default: vit_pico_patch7_28)
+    depth:int=None, # change the model's depth (default: the model's)
     n_labelled:int=None, # labelled training images for the students (default: all)
-    batch_size:int=None, # student batch size (default 64)
-    teacher:str=None, # an MAE encoder pre-trained on --data, instead of pre-training one
-    shift_teacher:str='', # an MAE encoder pre-trained on --shift_data, instead of pre-training one
+    batch_size:int=None, # student batch size (default: 64)
+    teacher:str=None, # an MAE encoder pre-trained on --data, instead of pre-training one (default: pre-train one)
+    shift_teacher:str=None, # an MAE encoder pre-trained on --shift_data, instead of pre-training one (default: pre-train one)
 ):
     "Run the paper's ablations at small scale: every arm, several seeds, the demo's teacher and budget; tables and a figure."
     flags = dict(data=data, seeds=seeds if seeds is not None else [0, 1, 2], epochs=epochs, pretrain_epochs=pretrain_epochs, model=model,
                  depth=depth, n_labelled=n_labelled, batch_size=batch_size, teacher=teacher)
-    return run_ablations(config_from_flags(flags), output_dir, ablations or ABLATIONS, shift_data, shift_teacher)
+    return run_ablations(config_from_flags(flags), output_dir, ablations or ABLATIONS, shift_data, shift_teacher or '')
 
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):

@@ -1,6 +1,6 @@
 """`at_ablate` as a user runs it, at a toy size: its code path end to end (teachers, arms, seeds, files), the resume,
 and one-line refusals of bad flags and of a folder holding a run with other settings."""
-import json
+import json, re
 from pathlib import Path
 import pytest
 from attention_transfer.ablations import main, at_ablate
@@ -41,12 +41,32 @@ def test_resume_trains_nothing(run, capsys):
     main([*TINY, '--ablations', 'averaged', 'heads', 'shift', '--output_dir', str(run)])
     out = capsys.readouterr().out
     assert (run/'jobs.jsonl').read_text() == before and 'seed 0 scratch' not in out and 'teacher: MAE' not in out
+    assert ', 1 epoch; 9 arms x 2 seeds' in out  # singular for one
 
 
 def test_other_settings_refused(run, capsys):
     with pytest.raises(SystemExit) as e: main([*TINY, '--ablations', 'averaged', '--output_dir', str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1 and 'other settings' in err[0] and err[0].startswith('at_ablate: error: ')
+    assert 'it has --ablations averaged heads shift; this run asks for --ablations averaged' in err[0], err
+
+
+def test_other_settings_named(run, capsys):
+    before = sorted(p.name for p in run.rglob('*'))
+    with pytest.raises(SystemExit) as e: main([*TINY, '--ablations', 'averaged', 'heads', 'shift', '--epochs', '2', '--output_dir', str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1 and '(it has --epochs 1; this run asks for --epochs 2)' in err[0], err
+    assert sorted(p.name for p in run.rglob('*')) == before
+
+
+@pytest.mark.parametrize('flag', ['--teacher', '--shift_teacher'])
+def test_teacher_of_another_architecture_refused_before_work(run, flag, tmp_path, capsys):
+    out = tmp_path/'never'  # the fixture's teachers have 4 blocks; this run's model has 3
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, '--depth', '3', flag, str(run/'teacher'/'encoder.pth'), '--ablations', 'heads', 'shift', '--output_dir', str(out)])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 1 and len(err) == 1 and err[0].startswith(f'at_ablate: error: {flag}: '), err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize('args, code, name', [
@@ -54,6 +74,14 @@ def test_other_settings_refused(run, capsys):
     (['--epochs', '0'], 1, '--epochs'),
     (['--seeds', '1', '1'], 1, '--seeds'),
     (['--bogus'], 2, '--bogus'),
+    (['--depth', '2', '--ablations', 'heads'], 1, '--model/--depth'),  # the reference distillation's end_layer=-2 leaves no block
+    (['--depth', '2', '--ablations', 'target'], 1, 'none for a model with 2 blocks'),
+    (['--model', 'vit_nano_patch4_32', '--depth', '2'], 1, 'use at least 3 blocks'),
+    (['--data', 'nope'], 1, "--data: 'nope'"),
+    (['--n_labelled', '40'], 1, '40 labelled images make no full batch of 50'),
+    (['--teacher', 'nope.pth'], 1, '--teacher: checkpoint not found: nope.pth'),
+    (['--shift_data', 'nope', '--ablations', 'shift'], 1, "--shift_data: 'nope'"),
+    (['--shift_teacher', 'nope.pth', '--ablations', 'shift'], 1, '--shift_teacher: checkpoint not found'),
 ])
 def test_bad_flags_refused_in_one_line(args, code, name, tmp_path, capsys):
     out = tmp_path/'never'
@@ -70,3 +98,6 @@ def test_every_flag_has_help(capsys):
     for flag in at_ablate.__wrapped__.__code__.co_varnames[:at_ablate.__wrapped__.__code__.co_argcount]:
         i = h.index(f'--{flag}')
         assert len(h[i:].split('--')[1].split()) > 2, flag  # the flag, its metavar, then words of help
+        j = h.index(f'--{flag}', h.index('options:'))  # its entry in the option list
+        entry = re.split(r' --\w+ [A-Z][A-Z_]+ ', h[j + 2:])[0]  # up to the next option (help text may name other flags)
+        assert '(default: ' in entry and '(default: )' not in h, flag  # one spelling, never empty
