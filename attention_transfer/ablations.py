@@ -159,7 +159,7 @@ def check_ablations(cfg:DemoConfig, # the demo's settings (as `run_ablations` ge
                     ablations=ABLATIONS, # which ablations
                     shift_data:str='digits', # the shifted teacher's pre-training data
                     shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`, or ''
-                   ) -> dict: # the arms, as `ablation_variants` gives them
+                   ) -> dict: # the arms, as ablation_variants gives them
     "Raise `TrainError` (one line) for settings that cannot run, before anything is trained or written; the arms of each ablation."
     if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
     if cfg.data not in BUILTIN and not Path(cfg.data).is_dir():
