@@ -155,7 +155,7 @@ def _check_teacher(cfg:DemoConfig, flag:str, path:str):
         msg = str(e).replace('--teacher', flag, 1)
         raise TrainError(msg if msg.startswith('--') else f"{flag}: {msg}") from None
 
-def check_ablations(cfg:DemoConfig, # the demo's settings (as `run_ablations` gets them)
+def check_ablations(cfg:DemoConfig, # the demo's settings (as run_ablations gets them)
                     ablations=ABLATIONS, # which ablations
                     shift_data:str='digits', # the shifted teacher's pre-training data
                     shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`, or ''
