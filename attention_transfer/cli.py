@@ -25,7 +25,7 @@ __all__ = ['OFFICIAL_MODELS', 'RANGES', 'RESUME_KEYS', 'PRESETS', 'timm_name', '
            'check_output_dir', 'check_resume', 'TrainConfig', 'preset_args', 'expand_preset', 'apply_preset',
            'parse_layer_map', 'resolve', 'run_training', 'at_train', 'config_from_argv', 'preset_command', 'run_script',
            'main', 'eval_meta', 'find_teacher', 'load_for_eval', 'check_output_file', 'eval_data',
-           'attention_reference', 'at_eval', 'eval_main']
+           'attention_reference', 'check_attention_pair', 'at_eval', 'eval_main']
 
 # %% ../nbs/09_cli.ipynb #b725e01a
 OFFICIAL_MODELS = {'vit_base_patch16': 'vit_base_patch16_224', 'vit_large_patch16': 'vit_large_patch16_224',
@@ -237,6 +237,8 @@ def _resolve_method(c:TrainConfig):
     if role == 'none' and c.finetune: raise TrainError(f"--mode {c.mode} trains from random weights: drop --finetune (or use --mode finetune)")
     if c.finetune and not Path(c.finetune).is_file():
         raise TrainError(f"--finetune: {'not a file' if Path(c.finetune).exists() else 'checkpoint not found'}: {c.finetune}")
+    if c.teacher and not transfer:  # refused, not ignored: the run would record no teacher
+        raise TrainError(f"--teacher does not apply to --mode {c.mode} ({'the student trains from random weights' if role == 'none' else '--finetune holds the student itself'}, with no teacher)")
     c.model = timm_name(c.model); c.teacher = timm_name(c.teacher or c.model) if transfer else None
     for k in ('model', 'teacher'):
         name = getattr(c, k)
@@ -276,7 +278,8 @@ def _resolve_inputs(c:TrainConfig):
     given = dict(end_layer=c.end_layer, layers=c.layers, heads=c.heads, target=c.target != 'attn', share_drop_path=c.share_drop_path,
                  atd_weight=c.atd_weight is not None, layer_map=c.layer_map, relation_heads=c.relation_heads)
     if bad := [k for k, v in given.items() if v and k not in m.options]:
-        raise TrainError(f"--{bad[0]} does not apply to --mode {c.mode} (its settings: {' '.join('--' + o for o in m.options) or 'none'})")
+        flags = [o for o in m.options if o in {f.name for f in fields(TrainConfig)}]  # not the method's internal options (fused, head_map)
+        raise TrainError(f"--{bad[0]} does not apply to --mode {c.mode} (its settings: {' '.join('--' + o for o in flags) or 'none'})")
     if c.atd_weight is None: c.atd_weight = option_defaults(m).get('atd_weight')  # the method's own weight, recorded in the run's args
 
 # %% ../nbs/09_cli.ipynb #ccc230dd
@@ -342,7 +345,7 @@ def _check_models(c:TrainConfig, teacher, student):
     try: ls = None if alone else transfer_layers(s['depth'], c.end_layer, c.layers)
     except ValueError as e: raise TrainError(f"--{'layers' if c.layers else 'end_layer'}: {e}") from None
     try: map_layers(t['depth'], s['depth'], ls, c.layer_map)
-    except ValueError as e: raise TrainError(f"--layer_map: {e}") from None
+    except ValueError as e: raise TrainError(f"--{e}" if str(e).startswith('layer_map') else f"--layer_map: {e}") from None  # the message names it
     if 'heads' not in opts: return
     try: transfer_heads(min(s['heads']), c.heads)
     except ValueError as e: raise TrainError(f"--heads: {e}") from None
@@ -667,6 +670,8 @@ def _data_of(meta:dict, data, data_path, input_size, path) -> dict:
         return dict(name=name, split='val', holdout=0, input_size=input_size, mean=None, std=None, pipeline='timm')
     if input_size and d.get('input_size') and input_size != d['input_size']:
         raise TrainError(f"--input_size {input_size} contradicts {path}, trained and evaluated at {d['input_size']}px: drop the flag")
+    if data and d['name'] in BUILTIN and data != d['name']:  # another built-in set is not other images of the recorded one
+        raise TrainError(f"--data {data} contradicts {path}, trained on {d['name']}: drop the flag (--data_path FOLDER evaluates on other images of its classes)")
     if name is None or name == d['name']: return d
     return {**d, 'name': name, 'split': 'val' if d.get('pipeline') == 'timm' else 'test', 'holdout': 0}  # other images, same classes (checked)
 
@@ -725,6 +730,18 @@ def _attention_text(name:str, a:dict) -> str:
             f"(nats; JS <= ln 2 = 0.693{'; * = transferred' if a['transferred'] else ''})")
     return head + '\n' + ens.divergence_table({'KL': a['kl'], 'JS': a['js']}, a['layers'], a['transferred'])
 
+# %% ../nbs/09_cli.ipynb #5d2b9c41
+def check_attention_pair(ref:torch.nn.Module, # the teacher from `attention_reference`
+                         net:torch.nn.Module, # the network from `load_for_eval` (a copy pair: its student is compared)
+                         path:str|Path, # the checkpoint, named in the message
+                        ):
+    "Refuse, in one line, a teacher whose attention cannot be compared block by block with the student's (`--attention`)."
+    t, s = (vit_shape(getattr(m, 'student', m)) for m in (ref, net))
+    if all(t[k] == s[k] for k in ('depth', 'heads', 'tokens')): return
+    shape = lambda v: f"{v['depth']} blocks of {'/'.join(map(str, sorted(set(v['heads']))))} heads over {v['tokens']} tokens"
+    raise TrainError(f"--attention compares block by block and needs a teacher of the student's shape (depth, heads, tokens): "
+                     f"{path}'s teacher has {shape(t)}, its student {shape(s)}, so it is not available for this checkpoint")
+
 # %% ../nbs/09_cli.ipynb #8ad4ab83
 @call_parse
 def at_eval(
@@ -732,8 +749,8 @@ def at_eval(
     model:str=None, # timm model name, for checkpoints that carry no description (default: the checkpoint's own)
     teacher:str=None, # teacher weights: the one attention-copy checkpoints run, and the reference of --attention (default: the path recorded in the checkpoint)
     ema:store_true=False, # from training checkpoints (checkpoint.pth), evaluate the EMA weights
-    data:str=None, # built-in dataset, for checkpoints that do not record theirs (default: the recorded data)
-    data_path:str=None, # ImageFolder root with train/ and val/, for checkpoints that do not record theirs (default: the recorded data)
+    data:str=None, # built-in dataset, for checkpoints that do not record theirs (another than the recorded one is refused) (default: the recorded data)
+    data_path:str=None, # ImageFolder root with train/ and val/: for checkpoints that do not record theirs, or other images of the recorded classes (default: the recorded data)
     input_size:int=None, # image side, for checkpoints that do not record theirs (default: the model's)
     batch_size:int=128, # images per process and batch (at_demo scores with 128 too)
     num_workers:int=4, # DataLoader worker processes per process
@@ -750,6 +767,7 @@ def at_eval(
     device = init_distributed(device)[0]
     nets, spec, classes, head = _members(checkpoints, model, ema, teacher, data, data_path, input_size)
     refs = [attention_reference(n, m, c, teacher) for c, (n, m) in zip(checkpoints, nets)] if attention else []  # fail before any work
+    for c, (n, _), ref in zip(checkpoints, nets, refs): check_attention_pair(ref, n, c)
     val_ds, names = eval_data(dict(nets[0][1], data=spec), num_workers)
     if classes and list(next(iter(classes))) != [str(c) for c in names]:
         who = f"--{'data' if data else 'data_path'} {data or data_path}" if (data or data_path) else f"the data {spec['name']}"

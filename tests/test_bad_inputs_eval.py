@@ -93,6 +93,7 @@ def test_output_location(ck, where, names):
     (['--model', 'vit_nano_patch4_32'], ['--model', MODEL], 1),      # contradicts the file
     (['--input_size', '32'], ['--input_size'], 1),                  # contradicts the file
     (['--data', 'digits', '--data_path', 'x'], ['--data'], 1),
+    (['--data', 'mnist5k'], ['--data mnist5k', 'contradicts', 'digits'], 1),  # another built-in set than the recorded one
     (['--ema'], ['EMA'], 1),                                         # a model file holds no EMA weights
 ])
 def test_bad_flags(ck, args, names, code):
@@ -103,6 +104,18 @@ def test_bad_flags(ck, args, names, code):
 def test_other_images_with_other_classes(ck):
     "--data_path evaluates on other images only when they have the checkpoint's classes."
     assert_refused('at_eval', ck['scratch'], '--data_path', ck['root']/'abfolder', names=['--data_path', 'ant', "'0'"], code=1)
+
+
+def test_attention_with_a_teacher_of_another_depth(tmp_path):
+    "--attention compares block by block: a student of 2 blocks with a teacher of 3 is refused in one line, before evaluating."
+    torch.manual_seed(0)
+    t = create_teacher(MODEL, None, **{**KW, 'depth': 3}); save_timm_checkpoint(t, tmp_path/'teacher'/'encoder.pth')
+    p = save_student(AttentionCopy(t, create_model(MODEL, None, **KW), layer_map={0: 0, 1: 2}), tmp_path/'students'/'copy.pth',
+                     tmp_path/'teacher'/'encoder.pth', CLASSES, DIGITS)
+    out = tmp_path/'att.json'
+    line = assert_refused('at_eval', p, '--attention', '4', '--output', out, code=1, absent=[out],
+                          names=['--attention', "teacher of the student's shape", '3 blocks', '2 blocks', 'not available'])
+    assert '`layers`' not in line, line
 
 
 def test_bad_checkpoints(ck):

@@ -94,6 +94,8 @@ def test_transferred_layers_and_heads_beyond_the_model(good, args, name, tmp_pat
 NOT_APPLICABLE = [(['--atd_weight', 5], '--atd_weight does not apply to --mode scratch'),
                   (['--mode', 'distill_features', '--heads', 0], '--heads does not apply to --mode distill_features'),
                   (['--mode', 'logit_kd', '--target', 'q'], '--target does not apply to --mode logit_kd'),
+                  (['--teacher', 'vit_pico_patch4_32'], '--teacher does not apply to --mode scratch'),   # refused, not recorded as null
+                  (['--mode', 'finetune', '--teacher', 'vit_pico_patch4_32'], '--teacher does not apply to --mode finetune'),
                   (['--mode', 'logit_kd', '--eval'], '--eval needs weights'), (['--mode', 'copy', '--eval'], '--eval needs weights')]
 
 
