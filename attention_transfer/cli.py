@@ -731,8 +731,8 @@ def _attention_text(name:str, a:dict) -> str:
     return head + '\n' + ens.divergence_table({'KL': a['kl'], 'JS': a['js']}, a['layers'], a['transferred'])
 
 # %% ../nbs/09_cli.ipynb #5d2b9c41
-def check_attention_pair(ref:torch.nn.Module, # the teacher from `attention_reference`
-                         net:torch.nn.Module, # the network from `load_for_eval` (a copy pair: its student is compared)
+def check_attention_pair(ref:torch.nn.Module, # the teacher from attention_reference
+                         net:torch.nn.Module, # the network from load_for_eval (a copy pair: its student is compared)
                          path:str|Path, # the checkpoint, named in the message
                         ):
     "Refuse, in one line, a teacher whose attention cannot be compared block by block with the student's (`--attention`)."
