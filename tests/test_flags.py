@@ -1,0 +1,42 @@
+"Every flag of every command keeps its spelling, its default and the values it takes (issue 22: no behaviour change)."
+import json, pytest
+from _flags import SNAPSHOT, snapshot
+
+OLD = json.loads(SNAPSHOT.read_text())  # the flags of main at 06192b2, before the commands moved to dataclass parsers
+NEW = snapshot()
+# What a generated parser may add: a YAML/JSON file of flag values (timm's train.py --config), and the negative
+# spelling of a switch (--noX, argparse's BooleanOptionalAction).
+ADDED = {'--config'}
+# Flags whose old parser default was None, "filled in later from the command's config": their value is read there.
+FILLED = {'at_demo': json.loads((SNAPSHOT.parent/'demo_effective.json').read_text())}
+# A switch still works bare; a value flag takes the same number of values.
+COMPATIBLE = {'none': {'none', 'optional'}, 'optional': {'optional'}, 'one': {'one'}, 'many': {'many'}}
+
+@pytest.mark.parametrize('script', sorted(OLD))
+def test_every_flag_keeps_its_spelling_default_and_arity(script):
+    old, new = OLD[script], NEW[script]
+    missing = sorted(set(old) - set(new))
+    assert not missing, f"{script} lost {missing}"
+    for f, o in old.items():
+        n = new[f]
+        assert n['takes'] in COMPATIBLE[o['takes']], f"{script} {f} takes {n['takes']}, was {o['takes']}"
+        if o['default'] is None and n['default'] is not None:
+            assert script in FILLED, f"{script} {f} default {n['default']!r}, was None"
+            continue  # checked below against the old effective value
+        assert n['default'] == o['default'], f"{script} {f} default {n['default']!r}, was {o['default']!r}"
+    extra = sorted(f for f in set(new) - set(old) if f not in ADDED and not (f.startswith('--no') and '--' + f[4:] in old))
+    assert not extra, f"{script} gained {extra}"
+
+def _effective(eff:dict, flag:str):
+    "The value today's at_demo used for `flag` when it was not given."
+    k = flag[2:]
+    for key in ('lr', 'layer_decay', 'end_layer'):
+        m = k[len(key) + 1:]
+        if k.startswith(key + '_') and m in eff['recipes']: return eff['recipes'][m][key]
+    return eff[k]
+
+def test_filled_defaults_are_the_values_used_before():
+    for script, eff in FILLED.items():
+        for f, o in OLD[script].items():
+            n = NEW[script][f]['default']
+            if o['default'] is None and n is not None: assert n == _effective(eff, f), f"{script} {f}: {n!r}"
