@@ -87,7 +87,8 @@ def show_attention(img:Tensor, # image to draw under the map: (c h w) or (h w), 
     if img.ndim == 3: img = img.permute(1, 2, 0).squeeze(-1)
     H, W = img.shape[:2]
     gh, gw = grid or (round(attn.numel() ** 0.5),) * 2
-    if gh * gw != attn.numel(): raise ValueError(f'attention row has {attn.numel()} entries, grid {gh}x{gw} needs {gh * gw}')
+    if gh * gw != attn.numel():
+        raise ValueError(f'attention row has {attn.numel()} entries, grid {gh}x{gw} needs {gh * gw}')
     ext = (0, W, H, 0)
     ax.imshow(img.clamp(0, 1), cmap='gray', extent=ext)
     ax.imshow(attn.detach().float().cpu().reshape(gh, gw), cmap=cmap, alpha=alpha, extent=ext,
@@ -122,18 +123,21 @@ def architecture(model:nn.Module, # a timm ViT (`VisionTransformer`, `Eva`, `Bei
     b = blocks[0]; a, mlp = getattr(b, 'attn', None), getattr(b, 'mlp', None)
     pe, reg = getattr(model, 'pos_embed', None), getattr(model, 'reg_token', None)
     patch = getattr(model, 'patch_embed', None)
-    prefix_free = pe is not None and pe.shape[1] == getattr(patch, 'num_patches', -1) and getattr(model, 'num_prefix_tokens', 0) > 0
+    prefix_free = (pe is not None and pe.shape[1] == getattr(patch, 'num_patches', -1)
+                   and getattr(model, 'num_prefix_tokens', 0) > 0)
+    rel_bias = ((a, 'relative_position_bias_table'), (model, 'rel_pos_bias'))
+    qkv_bias = getattr(getattr(a, 'qkv', None), 'bias', None) is not None or getattr(a, 'q_bias', None) is not None
     return {'class token': getattr(model, 'cls_token', None) is not None,
             'registers': 0 if reg is None else reg.shape[1],
             'position embedding': None if pe is None else 'patches only' if prefix_free else 'all tokens',
             'rotary embedding': _kind(getattr(model, 'rope', None)),
-            'relative position bias': any(getattr(o, n, None) is not None for o, n in ((a, 'relative_position_bias_table'), (model, 'rel_pos_bias'))),
+            'relative position bias': any(getattr(o, n, None) is not None for o, n in rel_bias),
             'patch-embed bias': getattr(getattr(patch, 'proj', None), 'bias', None) is not None,
             'pre-norm': _kind(getattr(model, 'norm_pre', None)),
             'block': type(b).__name__,
             'norm layer': _kind(getattr(b, 'norm1', None)),
             'layer scale': _kind(getattr(b, 'ls1', None)) is not None or getattr(b, 'gamma_1', None) is not None,
-            'qkv bias': getattr(getattr(a, 'qkv', None), 'bias', None) is not None or getattr(a, 'q_bias', None) is not None,
+            'qkv bias': qkv_bias,
             'qk-norm': _kind(getattr(a, 'q_norm', None)),
             'attention norm': _kind(getattr(a, 'norm', None)),
             'MLP': _kind(mlp),
@@ -159,14 +163,15 @@ def _say(v) -> str: return 'yes' if v is True else 'no' if v is False else 'none
 
 def warn_architecture(teacher:nn.Module, # the pre-trained timm ViT
                       student:nn.Module, # the timm ViT that learns from its attention
-                      stacklevel:int=2, # the frame the warning names: 1 the caller, 2 the caller's caller (the line that builds a pair)
+                      stacklevel:int=2, # the frame the warning names: 1 the caller, 2 its caller (the pair's line)
                      ) -> list[str]:
-    "Warn (`ArchitectureWarning`, one line) if `student` lacks or changes components of `teacher`; returns `missing_components`."
+    "Warn (`ArchitectureWarning`, one line) if `student` lacks or changes `teacher`'s components; returns them."
     miss = missing_components(teacher, student)
     if miss:
         t, s = architecture(teacher), architecture(student)
         parts = ', '.join(f"{k} (teacher {_say(t[k])}, student {_say(s[k])})" for k in miss)
-        warnings.warn(f"the student differs from its teacher in {parts}: attention transfer to a student without its teacher's "
-                      "components can fall below training from scratch (arXiv 2605.07191); give the student the teacher's "
-                      "architecture (models.create_student)", ArchitectureWarning, stacklevel=stacklevel + 1)
+        warnings.warn(f"the student differs from its teacher in {parts}: attention transfer to a student without its "
+                      "teacher's components can fall below training from scratch (arXiv 2605.07191); give the student "
+                      "the teacher's architecture (models.create_student)",
+                      ArchitectureWarning, stacklevel=stacklevel + 1)
     return miss
