@@ -4,8 +4,9 @@
 
 # %% ../nbs/15_benchmark.ipynb #5b32b7f9
 from __future__ import annotations
-import argparse, gc, inspect, json, os, platform, signal, statistics, sys, threading, time, traceback, typing, weakref
+import gc, json, signal, statistics, threading, time, traceback, weakref
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import torch, torch.nn as nn
 import timm
@@ -13,11 +14,12 @@ from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from .models import create_model, create_teacher, create_student, atomic_write, ModelError
 from .methods import METHODS, TrainError, get_method, build_task, trained_model
+from .command import environment, env_line, run_command
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'build_network', 'TrainStep', 'saved_activation_bytes',
            'time_steps', 'BenchTimeout', 'time_limit', 'tokens', 'measure', 'timing_issue', 'summarize',
-           'markdown_table', 'bench', 'environment', 'env_line', 'at_bench', 'main']
+           'markdown_table', 'bench', 'BenchConfig', 'resolve', 'at_bench', 'main']
 
 # %% ../nbs/15_benchmark.ipynb #5408eb6e
 DEFAULT_METHODS = ('finetune', 'copy', 'distill')  # what `at_bench` measures unless --methods says otherwise
@@ -250,8 +252,9 @@ def markdown_table(summary:list) -> str:
     "The summary as a markdown table: columns empty everywhere are left out, time ratios not comparable are n/a."
     cols = [('model', 'model', '{}'), ('img_size', 'px', '{}'), ('tokens', 'tokens', '{}'),
             ('compile', 'compile', '{}'), ('method', 'method', '{}'), ('batch', 'batch', '{}'),
-            ('step_s', 'step ms', None), ('images_per_s', 'img/s', '{:.1f}'), ('time_ratio', '× fine-tune time', '{:.2f}'),
-            ('time_ratio_range', 'per-round range', None), ('saved_bytes', 'saved MiB', None),
+            ('step_s', 'step ms', None), ('images_per_s', 'img/s', '{:.1f}'),
+            ('time_ratio', '× fine-tune time', '{:.2f}'), ('time_ratio_range', 'per-round range', None),
+            ('saved_bytes', 'saved MiB', None),
             ('saved_ratio', '× fine-tune saved', '{:.2f}'), ('peak_bytes', 'peak GiB', None),
             ('peak_ratio', '× fine-tune peak', '{:.2f}'), ('first_step_s', 'first step s', '{:.1f}'),
             ('status', 'status', '{}')]
@@ -306,143 +309,130 @@ def bench(models=('vit_tiny_patch16_224',), # timm names
                         log(f"{_label(row)}: " + (f"{med * 1e3:.1f} ms/step" if med else row['status']))
     return rows
 
-# %% ../nbs/15_benchmark.ipynb #9473d8ca
-def _cpu_model() -> str:
-    try:
-        for l in Path('/proc/cpuinfo').read_text().splitlines():
-            if l.startswith('model name'): return l.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
-
-def environment(device='cpu', # the device measured
-               ) -> dict:
-    "What the numbers depend on: CPU, threads, load average, Python, torch, timm, and CUDA and the GPU when `device` is one."
-    env = dict(cpu=_cpu_model(), threads=torch.get_num_threads(),
-               load=[round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None,
-               python=platform.python_version(), torch=torch.__version__, timm=timm.__version__)
-    if torch.device(device).type == 'cuda':
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
-    return env
-
-# %% ../nbs/15_benchmark.ipynb #f50882f3
-def env_line(env:dict) -> str:
-    "`environment()` as one line."
-    gpu = f"{env['gpu']} ({env['gpu_memory_gib']} GiB), CUDA {env['cuda']}; " if 'gpu' in env else ''
-    load = f", load {'/'.join(map(str, env['load']))}" if env.get('load') else ''
-    return f"{gpu}{env['cpu']}, {env['threads']} torch threads{load}; Python {env['python']}, torch {env['torch']}, timm {env['timm']}"
-
 # %% ../nbs/15_benchmark.ipynb #c4051575
-DEFAULTS = dict(model=['vit_tiny_patch16_224'], img_size=[224, 448], batch_time=[16], batch_memory=2, steps=10, warmup=2,
-                rounds=3, device='cpu', amp='auto', compile='off', budget=None)
-GPU_PRESET = dict(model=['vit_base_patch16_224', 'vit_large_patch16_224'], img_size=[224], batch_time=[128, 64], batch_memory=0,
-                  steps=15, warmup=3, rounds=1, device='cuda', amp='auto', compile='both', budget=240.)
+DEFAULTS = dict(model=['vit_tiny_patch16_224'], img_size=[224, 448], batch_time=[16], batch_memory=2, steps=10,
+                warmup=2, rounds=3, device='cpu', amp='auto', compile='off', budget=None)
+GPU_PRESET = dict(model=['vit_base_patch16_224', 'vit_large_patch16_224'], img_size=[224], batch_time=[128, 64],
+                  batch_memory=0, steps=15, warmup=3, rounds=1, device='cuda', amp='auto', compile='both', budget=240.)
 _AMP = dict(auto=None, bf16=torch.bfloat16, fp16=torch.float16, off=None)
 _COMPILE = dict(off=(False,), on=(True,), both=(False, True))
 
+# %% ../nbs/15_benchmark.ipynb #e5a00001
+@dataclass
+class BenchConfig:
+    "The flags of `at_bench`: step time and memory of training methods as ratios to fine-tuning, on this machine."
+    # timm model names (default: vit_tiny_patch16_224; --gpu: vit_base_patch16_224 vit_large_patch16_224)
+    model:list[str]|None=None
+    # image sides in pixels (default: 224 448, i.e. 197 and 785 tokens at patch 16; --gpu: 224)
+    img_size:list[int]|None=None
+    batch_time:list[int]|None=None # images per timed step, one value or one per --model (default: 16; --gpu: 128 64)
+    batch_memory:int|None=None # images for the saved-activation count, 0: skip (default: 2; --gpu: 0)
+    steps:int|None=None # timed steps per round (default: 10; --gpu: 15)
+    warmup:int|None=None # untimed steps first; the first one's time is reported (compilation) (default: 2; --gpu: 3)
+    rounds:int|None=None # interleaved rounds over the methods; per-round ratios give the spread (default: 3; --gpu: 1)
+    # methods that take it (copy, distill): transfer blocks [0, depth+end_layer);
+    # -3, not at_train's 0 (all blocks), is the copy recipe's setting, which the recorded measurements use
+    end_layer:int=-3
+    # weight of the transfer loss, for methods that take it (distill, ...); it does not change the cost
+    atd_weight:float=3.
+    # names in the method table (attention_transfer.methods.METHODS; all can be measured: weights are random, which
+    # step time and memory do not depend on); fine-tune, the reference, always is (default: finetune copy distill)
+    methods:list[str]=field(default_factory=lambda: list(DEFAULT_METHODS))
+    device:str|None=None # cpu, cuda or cuda:N (default: cpu; --gpu: cuda)
+    # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a GradScaler, as at_train) or off (default: auto)
+    amp:str|None=None
+    compile:str|None=None # torch.compile the training network: off, on or both (default: off; --gpu: both)
+    backend:str='inductor' # torch.compile backend
+    threads:int|None=None # torch CPU threads (default: torch's own, from OMP_NUM_THREADS)
+    # seconds; configurations not started by then are skipped, a running one is stopped (default: none; --gpu: 240)
+    budget:float|None=None
+    gpu:bool=False # the GPU preset (see the notebook): ViT-B/16 and ViT-L/16, bf16, eager and compiled
+    # JSON file for environment, flags, rows and summary, never overwritten (default: none, nothing is written)
+    output:str|None=None
+
+# %% ../nbs/15_benchmark.ipynb #e5a00002
+def resolve(cfg:BenchConfig)->BenchConfig:
+    "`cfg` with the flags left None set from `GPU_PRESET` (with --gpu) or `DEFAULTS`: the run it describes."
+    preset = GPU_PRESET if cfg.gpu else DEFAULTS
+    return replace(cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None})
+
+# %% ../nbs/15_benchmark.ipynb #e5a00005
+def _check_device(device:str):
+    "Raise `BenchError` naming --device unless it is cpu or an available cuda device."
+    try: dev = torch.device(device)
+    except RuntimeError: raise BenchError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise BenchError(f"--device {device}: no CUDA GPU is available here")
+    if dev.type not in ('cpu', 'cuda'): raise BenchError(f"--device {device}: only cpu and cuda are supported")
+
+def _check_task(m:str, name:str, size:int, cfg:BenchConfig):
+    "Raise `BenchError` unless method `m` builds for model `name` at `size` px and runs, on the meta device."
+    try:
+        task = build_network(m, name, size, cfg.end_layer, cfg.atd_weight, 'meta')
+        ps = trained_model(task).patch_embed.patch_size
+        if any(size % p for p in ps):
+            raise BenchError(f"--img_size {size} is not a multiple of {name}'s patch size {ps[0]}: "
+                             "pixels would be dropped")
+        unwrap_model(task.get_eval_model()).eval()(torch.empty(1, 3, size, size, device='meta'))
+    except BenchError: raise
+    except (ModelError, TrainError, ValueError, TypeError, RuntimeError, AssertionError) as e:
+        msg = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
+        where = f"--model {name} --img_size {size} --end_layer {cfg.end_layer}"
+        raise BenchError(f"{where}: {m} cannot run: {msg}") from None
+
 # %% ../nbs/15_benchmark.ipynb #b5aa0aca
-def _check(f:dict):
-    "Raise `BenchError` naming the flag unless the resolved flags `f` describe a run that can start."
-    if f['output'] and Path(f['output']).exists():
-        raise BenchError(f"--output {f['output']} exists: give a new file (earlier results are never overwritten)")
+def _check(cfg:BenchConfig):
+    "Raise `BenchError` naming the flag unless `cfg`, resolved, describes a run that can start."
+    if cfg.output and Path(cfg.output).exists():
+        raise BenchError(f"--output {cfg.output} exists: give a new file (earlier results are never overwritten)")
     for k, lo in (('steps', 1), ('warmup', 0), ('rounds', 1), ('batch_memory', 0), ('threads', 1)):
-        if f[k] is not None and f[k] < lo: raise BenchError(f"--{k} must be at least {lo}, not {f[k]}")
-    if min(f['batch_time']) < 1 or min(f['img_size']) < 1: raise BenchError("--batch_time and --img_size must be positive")
-    if f['budget'] is not None and f['budget'] <= 0: raise BenchError(f"--budget must be positive, not {f['budget']}")
-    if len(f['batch_time']) not in (1, len(f['model'])):
-        raise BenchError(f"--batch_time: give one batch size, or one per --model ({len(f['model'])}), not {len(f['batch_time'])}")
-    bad = [m for m in f['methods'] if m not in METHODS]
+        v = getattr(cfg, k)
+        if v is not None and v < lo: raise BenchError(f"--{k} must be at least {lo}, not {v}")
+    if min(cfg.batch_time) < 1 or min(cfg.img_size) < 1:
+        raise BenchError("--batch_time and --img_size must be positive")
+    if cfg.budget is not None and cfg.budget <= 0: raise BenchError(f"--budget must be positive, not {cfg.budget}")
+    if len(cfg.batch_time) not in (1, len(cfg.model)):
+        raise BenchError(f"--batch_time: give one batch size, or one per --model ({len(cfg.model)}), "
+                         f"not {len(cfg.batch_time)}")
+    bad = [m for m in cfg.methods if m not in METHODS]
     if bad: raise BenchError(f"--methods: unknown {' '.join(bad)}; choose from the method table: {', '.join(METHODS)}")
-    if f['amp'] not in _AMP: raise BenchError(f"--amp must be one of {', '.join(_AMP)}, not {f['amp']!r}")
-    if f['compile'] not in _COMPILE: raise BenchError(f"--compile must be one of {', '.join(_COMPILE)}, not {f['compile']!r}")
-    try: dev = torch.device(f['device'])
-    except RuntimeError: raise BenchError(f"--device {f['device']!r} is not a device (cpu, cuda, cuda:N)") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise BenchError(f"--device {f['device']}: no CUDA GPU is available here")
-    if dev.type not in ('cpu', 'cuda'): raise BenchError(f"--device {f['device']}: only cpu and cuda are supported")
-    for name in f['model']:
+    if cfg.amp not in _AMP: raise BenchError(f"--amp must be one of {', '.join(_AMP)}, not {cfg.amp!r}")
+    if cfg.compile not in _COMPILE:
+        raise BenchError(f"--compile must be one of {', '.join(_COMPILE)}, not {cfg.compile!r}")
+    _check_device(cfg.device)
+    for name in cfg.model:
         if not timm.is_model(name): raise BenchError(f"--model {name!r} is not in timm's registry")
-        for size in f['img_size']:
-            for m in ['finetune'] + f['methods']:
-                try:
-                    task = build_network(m, name, size, f['end_layer'], f['atd_weight'], 'meta')
-                    ps = trained_model(task).patch_embed.patch_size
-                    if any(size % p for p in ps):
-                        raise BenchError(f"--img_size {size} is not a multiple of {name}'s patch size {ps[0]}: pixels would be dropped")
-                    unwrap_model(task.get_eval_model()).eval()(torch.empty(1, 3, size, size, device='meta'))
-                except BenchError: raise
-                except (ModelError, TrainError, ValueError, TypeError, RuntimeError, AssertionError) as e:
-                    msg = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
-                    raise BenchError(f"--model {name} --img_size {size} --end_layer {f['end_layer']}: {m} cannot run: {msg}") from None
+        for size in cfg.img_size:
+            for m in ['finetune'] + cfg.methods: _check_task(m, name, size, cfg)
 
 # %% ../nbs/15_benchmark.ipynb #6893035d
-def at_bench(
-    model:list[str]=None, # timm model names (default: vit_tiny_patch16_224; --gpu: vit_base_patch16_224 vit_large_patch16_224)
-    img_size:list[int]=None, # image sides in pixels (default: 224 448, i.e. 197 and 785 tokens at patch 16; --gpu: 224)
-    batch_time:list[int]=None, # images per timed step, one value or one per --model (default: 16; --gpu: 128 64)
-    batch_memory:int=None, # images for the saved-activation count, 0: skip (default: 2; --gpu: 0)
-    steps:int=None, # timed steps per round (default: 10; --gpu: 15)
-    warmup:int=None, # untimed steps first; the first one's time is reported (compilation) (default: 2; --gpu: 3)
-    rounds:int=None, # interleaved rounds over the methods; per-round ratios give the spread (default: 3; --gpu: 1)
-    end_layer:int=-3, # methods that take it (copy, distill): transfer blocks [0, depth+end_layer); -3, not at_train's 0 (all blocks), is issue 12's setting and the copy recipe's, which the recorded measurements use
-    atd_weight:float=3., # weight of the transfer loss, for methods that take it (distill, ...); it does not change the cost
-    methods:list[str]=list(DEFAULT_METHODS), # names in the method table (attention_transfer.methods.METHODS; all can be measured: weights are random, which step time and memory do not depend on); fine-tune, the reference, always is
-    device:str=None, # cpu, cuda or cuda:N (default: cpu; --gpu: cuda)
-    amp:str=None, # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a GradScaler, as at_train) or off (default: auto)
-    compile:str=None, # torch.compile the training network: off, on or both (default: off; --gpu: both)
-    backend:str='inductor', # torch.compile backend
-    threads:int=None, # torch CPU threads (default: torch's own, from OMP_NUM_THREADS)
-    budget:float=None, # seconds; configurations not started by then are skipped, a running one is stopped (default: none; --gpu: 240)
-    gpu:bool=False, # the GPU preset (see the notebook): ViT-B/16 and ViT-L/16, bf16, eager and compiled
-    output:str=None, # JSON file for environment, flags, rows and summary, never overwritten (default: none, nothing is written)
-):
-    "Measure step time and memory of training methods (default: fine-tune, copy, distill) as ratios to fine-tune; print the table, write JSON."
-    f = dict(locals()); preset = GPU_PRESET if gpu else DEFAULTS
-    f.update({k: v for k, v in preset.items() if f[k] is None})
-    _check(f)
-    if f['threads']: torch.set_num_threads(f['threads'])
-    dev = torch.device(f['device'])
-    amp = _AMP[f['amp']] or (torch.bfloat16 if f['amp'] == 'auto' and dev.type == 'cuda' else None)
+def at_bench(cfg:BenchConfig, # the flags (None: from `DEFAULTS`, or `GPU_PRESET` with --gpu)
+            )->dict: # environment, flags, summary and rows, as written to --output
+    "Measure step time and memory of training methods as ratios to fine-tune; print the table, write the JSON."
+    cfg = resolve(cfg)
+    _check(cfg)
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    dev = torch.device(cfg.device)
+    amp = _AMP[cfg.amp] or (torch.bfloat16 if cfg.amp == 'auto' and dev.type == 'cuda' else None)
     env = environment(dev)
     print(f"at_bench: {env_line(env)}", flush=True)
-    rows = bench(f['model'], f['img_size'], f['batch_time'], f['methods'], batch_memory=f['batch_memory'], steps=f['steps'],
-                 warmup=f['warmup'], rounds=f['rounds'], compiles=_COMPILE[f['compile']], budget=f['budget'],
-                 end_layer=f['end_layer'], atd_weight=f['atd_weight'], device=dev, amp=amp, backend=f['backend'],
+    rows = bench(cfg.model, cfg.img_size, cfg.batch_time, cfg.methods, batch_memory=cfg.batch_memory, steps=cfg.steps,
+                 warmup=cfg.warmup, rounds=cfg.rounds, compiles=_COMPILE[cfg.compile], budget=cfg.budget,
+                 end_layer=cfg.end_layer, atd_weight=cfg.atd_weight, device=dev, amp=amp, backend=cfg.backend,
                  log=lambda s: print(f"at_bench: {s}", flush=True))
     summary = summarize(rows)
     env['load_after'] = environment()['load']
     print(markdown_table(summary), flush=True)
-    res = dict(environment=env, flags=f, summary=summary, rows=rows)
-    if f['output']: atomic_write(f['output'], lambda fh: fh.write(json.dumps(res, indent=1).encode()))
+    res = dict(environment=env, flags=asdict(cfg), summary=summary, rows=rows)
+    if cfg.output: atomic_write(cfg.output, lambda fh: fh.write(json.dumps(res, indent=1).encode()))
     failed = [_label(r) for r in rows if r['status'].startswith('failed')]
     if failed: raise BenchError(f"{len(failed)} configuration(s) failed, first {failed[0]}: see the status column")
     return res
 
-# %% ../nbs/15_benchmark.ipynb #c27d781f
-def _parser(func, prog:str) -> argparse.ArgumentParser:
-    "An argparse parser for `func`'s keyword parameters: `list[T]` takes one or more values, `bool` is a switch."
-    try: from fastcore.docments import docments; helps = docments(func)
-    except ImportError: helps = {}
-    p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
-    for k, t in typing.get_type_hints(func).items():
-        d, h = inspect.signature(func).parameters[k].default, helps.get(k) or ''
-        if 'default' not in h: h += f" (default: {'off' if t is bool else ' '.join(map(str, d)) if isinstance(d, list) else d})"
-        if t is bool: p.add_argument(f'--{k}', action='store_true', help=h)
-        elif typing.get_origin(t) is list: p.add_argument(f'--{k}', type=typing.get_args(t)[0], nargs='+', default=d, help=h)
-        else: p.add_argument(f'--{k}', type=next((a for a in typing.get_args(t) if a is not type(None)), t), default=d, help=h)
-    return p
-
 # %% ../nbs/15_benchmark.ipynb #03fad60e
-def _fail(prog:str, msg, code:int=1):
-    "Print `prog: error: msg` as one line on stderr and exit with `code`."
-    print(f"{prog}: error: {' '.join(str(msg).split())}", file=sys.stderr); sys.exit(code)
-
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
         ):
-    "Console script `at_bench`, also `python -m attention_transfer.benchmark`: bad flags exit 2, bad values 1, one line each."
-    p = _parser(at_bench, 'at_bench')
-    p.error = lambda msg: _fail('at_bench', msg, 2)
-    args = vars(p.parse_args(sys.argv[1:] if argv is None else argv))
-    try: at_bench(**args)  # no return value: the console script's sys.exit(main()) would print it and exit 1
-    except (BenchError, ModelError) as e: _fail('at_bench', e, 1)
+    "Console script `at_bench`, also `python -m attention_transfer.benchmark`."
+    return run_command(at_bench, BenchConfig, 'at_bench', argv, errors=(BenchError, ModelError))
 
-if __name__ == '__main__' and '__file__' in globals(): main()  # `python -m attention_transfer.benchmark`, not the notebook
+if __name__ == '__main__' and '__file__' in globals(): main()  # `python -m attention_transfer.benchmark`
