@@ -18,7 +18,7 @@ from .command import timm_name, check_ranges, check_output_dir, check_resume, ru
 # %% ../nbs/12_pretrain.ipynb #c0f90002
 @dataclass
 class PretrainConfig:
-    "The flags of `at_pretrain`: MAE's `main_pretrain.py` names, plus the data, the decoder, the crop and the run."
+    "The flags of `at_pretrain`: pre-train a timm ViT as a masked autoencoder, its encoder saved as `encoder.pth`."
     # timm ViT to pre-train (any timm VisionTransformer; MAE names such as mae_vit_base_patch16 work too)
     model:str='vit_pico_patch7_28'
     # built-in dataset (mnist5k, the default, or digits: training split only) or an ImageFolder root (reads train/ only)
