@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .vit import show_attention
 from .attention import attention_maps
-from .data import BUILTIN, DataError, builtin_split, build_dataset, build_criterion, build_loader
+from .data import (BUILTIN, DataError, build_criterion, build_loader, load_split, labelled_subset,
+                                     holdout_split, TensorLoader, class_names, eval_split)
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta, save_timm_checkpoint
 from .methods import TrainError, METHODS, get_method, build_task, TransferTask
 from .train import Trainer, Callback, seed_all, write_atomic, save_figure, progress_shown
@@ -27,104 +28,11 @@ from .transfer import transfer_layers, AttentionCopy
 from .distill import AttentionDistill
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
-           'TensorLoader', 'default_recipes', 'DemoConfig', 'class_names', 'eval_split', 'prepare_data', 'Report',
+__all__ = ['DEMO_METHODS', 'ENSEMBLES', 'PAPER', 'EVAL_BATCH', 'default_recipes', 'DemoConfig', 'prepare_data', 'Report',
            'pretrain_teacher', 'build_student', 'eval_loader', 'eval_spec', 'train_student', 'run_jobs', 'summarise',
            'gap_recovered', 'environment', 'paired', 'results_table', 'plot_results', 'attention_agreement',
            'attention_report', 'distinct_examples', 'plot_attention', 'check_config', 'rebuild_models', 'run_demo',
            'transfer_layers_of', 'config_from_flags', 'at_demo', 'main']
-
-# %% ../nbs/11_demo.ipynb #13090c18
-def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
-               train:bool, # training split (else the held-out test/val split)
-               size:int, # side of the square images
-               mean:tuple, std:tuple, # per-channel normalisation (3 channels)
-               num_workers:int=0, # DataLoader workers for reading an ImageFolder
-              ) -> tuple: # (`n 3 h w` float images, `n` int64 labels, number of classes)
-    "One split of `data` as normalised in-memory tensors, in `attention_transfer.data`'s split."
-    mean, std = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    if data in BUILTIN:
-        x, y, _ = builtin_split(data, train)
-        x = torch.from_numpy(x).float().div_(255)[:, None]                     # n 1 h w in [0, 1]
-        if x.shape[-1] != size: x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-        return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(), torch.from_numpy(y), BUILTIN[data]['classes']
-    ds, nc = build_dataset(data, train, size, augment=False, mean=tuple(mean.flatten().tolist()), std=tuple(std.flatten().tolist()))
-    dl = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=num_workers)
-    xs, ys = zip(*dl)
-    return torch.cat(xs).contiguous(), torch.cat(ys).long(), nc
-
-# %% ../nbs/11_demo.ipynb #25c4f424
-def _stratified(y:torch.Tensor, n:int, seed:int=0) -> tuple:
-    "(first, rest) indices: a stratified sample of `n` of the labels `y`, and the others, both sorted."
-    from sklearn.model_selection import train_test_split
-    idx = np.arange(len(y))
-    a, b = train_test_split(idx, train_size=n, stratify=y.numpy(), random_state=seed)
-    return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))
-
-def labelled_subset(y:torch.Tensor, # labels of the training split
-                    n:int|None, # labelled images to keep; None (or all of them): every image
-                   ) -> torch.Tensor:
-    "Indices of a fixed, stratified labelled subset of size `n`."
-    if n is None or n >= len(y): return torch.arange(len(y))
-    if n < int(y.max()) + 1: raise TrainError(f"--n_labelled {n} is fewer than the {int(y.max()) + 1} classes")
-    return _stratified(y, n)[0]
-
-# %% ../nbs/11_demo.ipynb #57506711
-def holdout_split(y:torch.Tensor, # labels of the training split
-                  n_val:int, # images to hold out for validation
-                 ) -> tuple: # (train indices, validation indices)
-    "A fixed stratified split of the training images into train and validation, for tuning without the test set."
-    if not 0 < n_val < len(y): raise TrainError(f"--holdout {n_val} must be between 1 and {len(y) - 1}")
-    val, tr = _stratified(y, n_val)
-    return tr, val
-
-# %% ../nbs/11_demo.ipynb #e1e9c9af
-def translate(x:torch.Tensor, # `b c h w` images
-              pad:int, # largest shift in pixels, in each direction
-              fill:float|None=None, # value of the pixels shifted in; None: repeat the border
-              generator:torch.Generator|None=None, # source of the random offsets
-              offsets:torch.Tensor|None=None, # `b 2` given offsets in [0, 2 pad] instead of random ones
-             ) -> torch.Tensor:
-    "Shift each image by its own random offset of up to `pad` pixels (pad, then crop back to `h w`)."
-    if pad == 0: return x
-    b, c, h, w = x.shape
-    xp = F.pad(x, (pad,) * 4, value=fill) if fill is not None else F.pad(x, (pad,) * 4, mode='replicate')
-    if offsets is None: offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
-    rows = (offsets[:, :1] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
-    cols = (offsets[:, 1:] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
-    return xp.gather(2, rows).gather(3, cols)
-
-# %% ../nbs/11_demo.ipynb #2dc5c398
-class TensorLoader:
-    "Batches of in-memory images and labels, shuffled and augmented per epoch from a seed; `set_epoch(e)` fixes epoch `e`."
-    def __init__(self, x:torch.Tensor, # `n c h w` normalised images
-                 y:torch.Tensor, # `n` labels
-                 batch_size:int,
-                 train:bool, # shuffle, augment and drop the last partial batch
-                 pad:int=0, # random translation (see translate)
-                 fill:float|None=None, # value shifted in; None: repeat the border
-                 hflip:float=0., # probability of a horizontal flip
-                 seed:int=0, # the order and augmentations of epoch `e` derive from `seed` and `e`
-                ):
-        if len(x) != len(y): raise ValueError(f"{len(x)} images but {len(y)} labels")
-        self.x, self.y, self.batch_size, self.train = x, y, batch_size, train
-        self.pad, self.fill, self.hflip, self.seed, self.epoch = pad, fill, hflip, seed, 0
-        if len(self) == 0: raise TrainError(f"{len(x)} training images make no full batch of {batch_size}: lower --batch_size")
-    def set_epoch(self, epoch:int): self.epoch = epoch
-    def __len__(self): return len(self.x) // self.batch_size if self.train else math.ceil(len(self.x) / self.batch_size)
-    def __iter__(self):
-        if not self.train:
-            for i in range(0, len(self.x), self.batch_size): yield self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-            return
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.x), generator=g)
-        for b in range(len(self)):
-            i = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            x = translate(self.x[i], self.pad, self.fill, g)
-            if self.hflip > 0:
-                f = torch.rand(len(i), generator=g) < self.hflip
-                x = torch.where(f[:, None, None, None], x.flip(-1), x)
-            yield x, self.y[i]
 
 # %% ../nbs/11_demo.ipynb #fc0798ad
 DEMO_METHODS = ('scratch', 'finetune', 'copy', 'distill')  # the paper's four, from the method table (`methods.METHODS`)
@@ -180,26 +88,6 @@ def _arch(cfg:DemoConfig, teacher:bool=False) -> dict:
     "Keyword arguments that build the configured architecture (the student's, or with `teacher` the teacher's) at the configured image size."
     a = cfg.teacher_arch if teacher and cfg.teacher_arch is not None else cfg.arch
     return dict(a, **({'img_size': cfg.size} if cfg.size else {}))
-
-# %% ../nbs/11_demo.ipynb #5dfcf1d8
-def class_names(data:str, # built-in name or ImageFolder root
-               ) -> list: # class names in label order
-    "The class names of `data`: '0'..'9' for the built-in digits, the sub-folders of `train/` for a folder (ImageFolder's order)."
-    if data in BUILTIN: return [str(i) for i in range(BUILTIN[data]['classes'])]
-    return sorted(e.name for e in os.scandir(Path(data)/'train') if e.is_dir())
-
-# %% ../nbs/11_demo.ipynb #6410793f
-def eval_split(data:str, # built-in name or ImageFolder root
-               size:int, mean:tuple, std:tuple, # image side and normalisation
-               holdout:int=0, # >0: the images held out of the training split (holdout_split) instead of the test split
-               num_workers:int=0, # DataLoader workers for reading an ImageFolder
-              ) -> tuple: # (`n 3 h w` images, `n` labels, class names)
-    "The demo's evaluation images and labels: the test split, or the held-out training images; `at_eval` rebuilds them with this."
-    if holdout:
-        x, y, _ = load_split(data, True, size, mean, std, num_workers)
-        va = holdout_split(y, holdout)[1]; x, y = x[va], y[va]
-    else: x, y, _ = load_split(data, False, size, mean, std, num_workers)
-    return x, y, class_names(data)
 
 # %% ../nbs/11_demo.ipynb #d92ec34a
 def prepare_data(cfg:DemoConfig, # the run's settings
