@@ -18,12 +18,14 @@ from .models import CheckpointNote, CheckpointError
 from .train import write_atomic, save_figure
 from .cli import run_script
 from .data import BUILTIN, DataError
-from .demo import check_config, DemoConfig, default_recipes, prepare_data, pretrain_teacher, train_student, build_student, paired, environment, config_from_flags
+from .experiment import (check_config, DemoConfig, default_recipes, prepare_data, pretrain_teacher,
+                                           train_student, build_student, mean_std, paired_text, environment,
+                                           config_from_flags)
 
 # %% auto #0
-__all__ = ['AVERAGE_OVER', 'ABLATIONS', 'BASELINE', 'averaged_logits', 'AveragedDistill', 'Variant', 'ablation_variants',
-           'matched_epochs', 'check_ablations', 'settings_diff', 'run_ablations', 'write_results', 'ablation_table',
-           'plot_ablations', 'at_ablate', 'main']
+__all__ = ['AVERAGE_OVER', 'ABLATIONS', 'BASELINE', 'averaged_logits', 'AveragedDistill', 'register_ablation_methods', 'Variant',
+           'ablation_variants', 'matched_epochs', 'check_ablations', 'settings_diff', 'run_ablations', 'write_results',
+           'ablation_table', 'plot_ablations', 'at_ablate', 'main']
 
 # %% ../nbs/17_ablations.ipynb #24b906d1
 AVERAGE_OVER = {'examples': 0, 'queries': 2}  # the dimension of a `b h n n` map that is averaged
@@ -44,14 +46,16 @@ class AveragedDistill(AttentionDistill):
                 ):
         if over not in AVERAGE_OVER: raise ValueError(f"over={over!r}: use one of {', '.join(AVERAGE_OVER)}")
         if kw.get('target', 'attn') != 'attn' or kw.get('fused', False):
-            raise ValueError("an averaged map needs target='attn' and explicit maps (fused=False): q and k cannot carry an average")
+            raise ValueError("an averaged map needs target='attn' and explicit maps (fused=False): "
+                             "q and k cannot carry an average")
         super().__init__(teacher, student, **(kw | dict(fused=False)))
         self.over = over
 
     def teacher_values(self, x:torch.Tensor, what=('logits',)) -> dict:
         "The teacher's recorded values (see `AttentionTransfer.teacher_values`), its logits and maps averaged `over`."
         vals = super().teacher_values(x, what)
-        avg = {'logits': lambda v: averaged_logits(v, self.over), 'attn': lambda v: v.mean(AVERAGE_OVER[self.over], keepdim=True).expand_as(v)}
+        avg = {'logits': lambda v: averaged_logits(v, self.over),
+               'attn': lambda v: v.mean(AVERAGE_OVER[self.over], keepdim=True).expand_as(v)}
         return {i: {k: avg[k](v) if k in avg else v for k, v in r.items()} for i, r in vals.items()}
 
 # %% ../nbs/17_ablations.ipynb #c95deebf
@@ -61,10 +65,14 @@ def _averaged(over:str):
         return TransferTask(AveragedDistill(teacher, student, over, **transfer), criterion, atd_weight)
     return build
 
-for _o in AVERAGE_OVER:  # replace=True: running this cell again (or the notebook after importing the module) registers the same entry
-    register_method(f'distill_avg_{_o}', _averaged(_o), 'train', ('end_layer', 'layers', 'heads', 'share_drop_path', 'atd_weight'),
-                    f'attention distillation, map averaged over {_o}', f"match the teacher's attention averaged over {_o} (the paper's control)",
-                    replace=True)
+def _avg_label(over:str) -> str: return f'attention distillation, map averaged over {over}'
+
+def register_ablation_methods():
+    "Register `distill_avg_examples` and `distill_avg_queries` in the method table (again: the same entries)."
+    for o in AVERAGE_OVER:
+        register_method(f'distill_avg_{o}', _averaged(o), 'train',
+                        ('end_layer', 'layers', 'heads', 'share_drop_path', 'atd_weight'), _avg_label(o),
+                        f"match the teacher's attention averaged over {o} (the paper's control)", replace=True)
 
 # %% ../nbs/17_ablations.ipynb #d2f43c09
 @dataclass
@@ -78,9 +86,9 @@ class Variant:
     teacher:str='main' # 'main': pre-trained on the students' data; 'shift': on the other data set
     ref:str='' # the arm it is compared with, seed by seed, besides scratch ('' = none)
 
-    def full_recipe(self, recipes:dict, # the demo's recipes (`demo.default_recipes`)
+    def full_recipe(self, recipes:dict, # the demo's recipes (`experiment.default_recipes`)
                    ) -> dict:
-        "The recipe the arm trains with: its base method's, with the arm's changes (explicit `layers` replace `end_layer`)."
+        "The recipe the arm trains with: its base method's with the arm's changes (given `layers` replace `end_layer`)."
         r = dict(recipes[self.base or self.method]) | self.recipe
         if 'layers' in self.recipe: r.pop('end_layer', None)
         return r
@@ -91,33 +99,47 @@ BASELINE = 'scratch'  # every arm is compared with scratch, seed by seed
 
 def _blocks(ls:list) -> str: return f"block {ls[0]}" if len(ls) == 1 else f"blocks {ls[0]}–{ls[-1]}"
 
+def _check_names(ablations):
+    "Refuse (one line) unknown ablations."
+    if bad := [a for a in ablations if a not in ABLATIONS]:
+        raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+
+def _check_depth(depth:int, end_layer:int):
+    "Refuse (one line, naming the flags) a model too shallow for the reference distillation."
+    if depth < 2: raise TrainError(f"--model/--depth: the ablations need at least 2 blocks, not {depth}")
+    if not 0 < depth + end_layer <= depth:  # the reference distillation must transfer at least one block
+        raise TrainError(f"--model/--depth: the reference distillation (end_layer={end_layer}) transfers blocks "
+                         f"[0, depth{end_layer:+d}): none for a model with {depth} blocks; "
+                         f"use at least {1 - min(end_layer, 0)} blocks")
+
+# %% ../nbs/17_ablations.ipynb #74a808f7
 def ablation_variants(depth:int, # blocks of the ViT
                       num_heads:int, # heads per block
                       ablations=ABLATIONS, # which ablations
-                      end_layer:int=-2, # the reference distillation's transferred blocks `[0, depth + end_layer)` (the demo's)
+                      end_layer:int=-2, # the reference distillation's blocks `[0, depth + end_layer)` (the demo's)
                       shift_data:str='digits', # the shifted teacher's pre-training data (for the labels)
                      ) -> dict: # {ablation: [Variant, ...]}, the reference arm first
     "The arms of each ablation; each is compared with scratch and with its `ref` arm, seed by seed."
-    if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-    if depth < 2: raise TrainError(f"--model/--depth: the ablations need at least 2 blocks, not {depth}")
-    if not 0 < depth + end_layer <= depth:  # the reference distillation must transfer at least one block
-        raise TrainError(f"--model/--depth: the reference distillation (end_layer={end_layer}) transfers blocks [0, depth{end_layer:+d}): "
-                         f"none for a model with {depth} blocks; use at least {1 - min(end_layer, 0)} blocks")
-    D = get_method('distill').label
+    _check_names(ablations); _check_depth(depth, end_layer)
+    D, label = get_method('distill').label, lambda m: get_method(m).label
     ref = Variant('distill', 'distill', f"{D}, {_blocks(list(range(depth + end_layer)))}, all {num_heads} heads, map")
     half, ks = depth // 2, sorted({1, num_heads // 2} - {num_heads})
+    early, late = list(range(half)), list(range(half, depth))
     arms = dict(
-        layers=[Variant('distill_early', 'distill', f"{D}, {_blocks(list(range(half)))} (early half)", dict(layers=list(range(half)))),
-                Variant('distill_late', 'distill', f"{D}, {_blocks(list(range(half, depth)))} (late half)", dict(layers=list(range(half, depth))))],
-        heads=[Variant(f'distill_heads{k}', 'distill', f"{D}, {k} of {num_heads} heads", dict(heads=list(range(k)))) for k in ks],
+        layers=[Variant('distill_early', 'distill', f"{D}, {_blocks(early)} (early half)", dict(layers=early)),
+                Variant('distill_late', 'distill', f"{D}, {_blocks(late)} (late half)", dict(layers=late))],
+        heads=[Variant(f'distill_heads{k}', 'distill', f"{D}, {k} of {num_heads} heads", dict(heads=list(range(k))))
+               for k in ks],
         target=[Variant(f'distill_{t}', 'distill', f"{D}, {t.upper()} (MSE)", dict(target=t)) for t in 'qkv'],
-        averaged=[Variant(f'distill_avg_{o}', f'distill_avg_{o}', get_method(f'distill_avg_{o}').label, base='distill') for o in AVERAGE_OVER],
-        features=[Variant('distill_features', 'distill_features', get_method('distill_features').label, base='distill')],
-        shift=[Variant('finetune_shift', 'finetune', f"{get_method('finetune').label}, teacher pre-trained on {shift_data}", teacher='shift', ref='finetune'),
-               Variant('distill_shift', 'distill', f"{D}, teacher pre-trained on {shift_data}", teacher='shift', ref='distill')])
+        averaged=[Variant(f'distill_avg_{o}', f'distill_avg_{o}', _avg_label(o), base='distill') for o in AVERAGE_OVER],
+        features=[Variant('distill_features', 'distill_features', label('distill_features'), base='distill')],
+        shift=[Variant('finetune_shift', 'finetune', f"{label('finetune')}, teacher pre-trained on {shift_data}",
+                       teacher='shift', ref='finetune'),
+               Variant('distill_shift', 'distill', f"{D}, teacher pre-trained on {shift_data}", teacher='shift',
+                       ref='distill')])
     out = {}
     for a in ablations:
-        first = [ref] if a != 'shift' else [Variant('finetune', 'finetune', get_method('finetune').label), ref]
+        first = [ref] if a != 'shift' else [Variant('finetune', 'finetune', label('finetune')), ref]
         out[a] = first + [v if v.ref or a == 'shift' else replace(v, ref='distill') for v in arms[a]]
     return out
 
@@ -137,8 +159,10 @@ def _teacher(data:dict, cfg:DemoConfig, path:Path, given:str, what:str, write) -
     if given: return given
     if not path.is_file():
         r = pretrain_teacher(data, cfg, path)
-        write_atomic(json.dumps({k: r[k] for k in ('seconds', 'cpu_seconds', 'history')}) + '\n', path.with_suffix('.json'))
-        write(f"{what} teacher: MAE on {cfg.data}, {_n(cfg.pretrain_epochs, 'epoch')}, loss {r['history'][-1]['train_loss']:.3f} ({r['seconds']:.0f} s)")
+        log = {k: r[k] for k in ('seconds', 'cpu_seconds', 'history')}
+        write_atomic(json.dumps(log) + '\n', path.with_suffix('.json'))
+        write(f"{what} teacher: MAE on {cfg.data}, {_n(cfg.pretrain_epochs, 'epoch')}, "
+              f"loss {r['history'][-1]['train_loss']:.3f} ({r['seconds']:.0f} s)")
     return str(path)
 
 def _done(path:Path) -> dict:
@@ -149,41 +173,48 @@ def _done(path:Path) -> dict:
 
 # %% ../nbs/17_ablations.ipynb #be4ece78
 def _check_teacher(cfg:DemoConfig, flag:str, path:str):
-    "`demo.check_config` with `path` as the teacher, its refusal naming `flag` (a checkpoint that does not fit names only the file)."
+    "`check_config` with `path` as the teacher, its refusal naming `flag` (a checkpoint that does not fit: the file)."
     try: check_config(replace(cfg, methods=['finetune'], teacher=path))
     except (TrainError, CheckpointError) as e:
         msg = str(e).replace('--teacher', flag, 1)
         raise TrainError(msg if msg.startswith('--') else f"{flag}: {msg}") from None
+
+def _check_data(flag:str, data:str):
+    "Refuse (one line) a data set that is neither built in nor a folder."
+    if data not in BUILTIN and not Path(data).is_dir():
+        raise TrainError(f"{flag}: {data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
 
 def check_ablations(cfg:DemoConfig, # the demo's settings (as run_ablations gets them)
                     ablations=ABLATIONS, # which ablations
                     shift_data:str='digits', # the shifted teacher's pre-training data
                     shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`, or ''
                    ) -> dict: # the arms, as ablation_variants gives them
-    "Raise `TrainError` (one line) for settings that cannot run, before anything is trained or written; the arms of each ablation."
-    if bad := [a for a in ablations if a not in ABLATIONS]: raise TrainError(f"--ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-    if cfg.data not in BUILTIN and not Path(cfg.data).is_dir():
-        raise TrainError(f"--data: {cfg.data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
-    _check_teacher(cfg, '--teacher', cfg.teacher)  # seeds, --model, and --teacher: found, and loading into the model's architecture
+    "Raise `TrainError` (one line) for settings that cannot run, before any work or file; the arms of each ablation."
+    _check_names(ablations)
+    _check_data('--data', cfg.data)
+    _check_teacher(cfg, '--teacher', cfg.teacher)  # seeds, --model, and --teacher: found, and loading into the model
     m = timm.create_model(cfg.model, **cfg.arch)
-    arms = ablation_variants(len(m.blocks), m.blocks[0].attn.num_heads, ablations, cfg.recipes['distill'].get('end_layer', 0), shift_data)
+    end = cfg.recipes['distill'].get('end_layer', 0)
+    arms = ablation_variants(len(m.blocks), m.blocks[0].attn.num_heads, ablations, end, shift_data)
     if any(v.teacher == 'shift' for vs in arms.values() for v in vs):
-        if shift_data not in BUILTIN and not Path(shift_data).is_dir():
-            raise TrainError(f"--shift_data: {shift_data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
+        _check_data('--shift_data', shift_data)
         if shift_teacher: _check_teacher(cfg, '--shift_teacher', shift_teacher)
     return arms
-
 
 # %% ../nbs/17_ablations.ipynb #181cb9ef
 def _flat(d:dict, pre:str='') -> dict:
     "{'config.arch.depth': 4, ...} from nested settings; the arms (`variants`) stay one value."
-    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{pre}{k}.").items() if isinstance(v, dict) and v and k != 'variants' else [(f"{pre}{k}", v)])}
+    nest = lambda k, v: isinstance(v, dict) and v and k != 'variants'
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{pre}{k}.").items() if nest(k, v) else [(f"{pre}{k}", v)])}
 
 def _flag(k:str) -> str:
     k = k.removeprefix('config.').removeprefix('arch.')
-    return "the arms' definitions (another version of at_ablate?)" if k == 'variants' else f"--{k}" if '.' not in k else f"the recipe's {k}"
+    if k == 'variants': return "the arms' definitions (another version of at_ablate?)"
+    return f"--{k}" if '.' not in k else f"the recipe's {k}"
 
-def _fmt(v) -> str: return ' '.join(map(str, v)) if isinstance(v, (list, tuple)) else '(none)' if v in (None, '') else str(v)
+def _fmt(v) -> str:
+    return ' '.join(map(str, v)) if isinstance(v, (list, tuple)) else '(none)' if v in (None, '') else str(v)
 
 def settings_diff(old:dict, # the folder's settings.json
                   new:dict, # this run's settings
@@ -194,41 +225,37 @@ def settings_diff(old:dict, # the folder's settings.json
     if len(keys) > 1 and 'variants' in keys: keys.remove('variants')  # the arms follow from the flags
     if not keys: return ''
     if keys == ['variants']: return f"it has other {_flag('variants')}"
-    return f"it has {', '.join(f'{_flag(k)} {_fmt(o.get(k))}' for k in keys)}; this run asks for {', '.join(f'{_flag(k)} {_fmt(n.get(k))}' for k in keys)}"
-
+    has, asks = (', '.join(f'{_flag(k)} {_fmt(s.get(k))}' for k in keys) for s in (o, n))
+    return f"it has {has}; this run asks for {asks}"
 
 # %% ../nbs/17_ablations.ipynb #9179570c
-def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epochs, recipes, teacher pre-training
-                  output_dir:str|Path, # settings.json, jobs.jsonl, results.json, results.md, results.png, the teachers
-                  ablations=ABLATIONS, # which ablations
-                  shift_data:str='digits', # the shifted teacher's pre-training data
-                  shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`; '' pre-trains one
-                  write=print, # where progress lines go
-                 ) -> dict: # results.json's content
-    "Pre-train the teachers, train every arm of `ablations` for every seed with the same budget, and write tables and a figure."
-    t0, out = time.perf_counter(), Path(output_dir)
-    arms = check_ablations(cfg, ablations, shift_data, shift_teacher)  # before any training, and before any file is written
-    data, cfg = prepare_data(cfg)
-    if len(data['x']) < cfg.batch_size:  # the students' loader drops the last partial batch: refused now, not after the teacher
-        raise TrainError(f"--n_labelled/--batch_size: {len(data['x'])} labelled images make no full batch of {cfg.batch_size}: lower --batch_size")
+def _variants(arms:dict) -> dict:
+    "{name: Variant}: scratch, then every ablation's arms, each once."
     variants = {}
-    for v in [Variant(BASELINE, BASELINE, get_method(BASELINE).label)] + [v for a in arms.values() for v in a]: variants.setdefault(v.name, v)
-    settings = dict(config=asdict(cfg), ablations=list(ablations), shift_data=shift_data, shift_teacher=shift_teacher,
-                    variants={k: asdict(v) for k, v in variants.items()})
-    if any(v.teacher == 'shift' for v in variants.values()):  # the shift data is read before the folder is made: a bad one leaves nothing
-        try: sdata, scfg = prepare_data(replace(cfg, data=shift_data, teacher=''))
-        except (DataError, OSError, ValueError) as e: raise TrainError(f"--shift_data: {e}") from None
+    for v in [Variant(BASELINE, BASELINE, get_method(BASELINE).label)] + [v for a in arms.values() for v in a]:
+        variants.setdefault(v.name, v)
+    return variants
+
+def _check_folder(out:Path, settings:dict):
+    "Refuse (one line) a folder that holds a run with other settings: results are never mixed."
     if (out/'settings.json').is_file():
         if diff := settings_diff(json.loads((out/'settings.json').read_text()), json.loads(json.dumps(settings))):
-            raise TrainError(f"--output_dir: {out} holds a run with other settings ({diff}): choose a new folder (results are never mixed)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out/'settings.json').is_file(): write_atomic(json.dumps(settings, indent=1) + '\n', out/'settings.json')
-    write(f"at_ablate: {cfg.model} on {cfg.data}, {len(data['x'])} labelled images, {_n(cfg.epochs, 'epoch')}; {_n(len(variants), 'arm')} x {_n(len(cfg.seeds), 'seed')}")
+            raise TrainError(f"--output_dir: {out} holds a run with other settings ({diff}): "
+                             "choose a new folder (results are never mixed)")
+
+def _teachers(data:dict, cfg:DemoConfig, shift:tuple|None, shift_teacher:str, out:Path, write) -> dict:
+    "{'main': encoder, 'shift': encoder}: given, pre-trained earlier into `out`, or pre-trained now."
     teachers = {'main': _teacher(data, cfg, out/'teacher'/'encoder.pth', cfg.teacher, 'main', write)}
-    if any(v.teacher == 'shift' for v in variants.values()):
+    if shift is not None:
+        sdata, scfg = shift
         f = matched_epochs(1, len(data['x_all']), len(sdata['x_all']), cfg.pretrain_batch_size)
-        scfg = replace(scfg, pretrain_epochs=max(1, round(cfg.pretrain_epochs * f)), pretrain_warmup_epochs=cfg.pretrain_warmup_epochs * f)
+        scfg = replace(scfg, pretrain_epochs=max(1, round(cfg.pretrain_epochs * f)),
+                       pretrain_warmup_epochs=cfg.pretrain_warmup_epochs * f)
         teachers['shift'] = _teacher(sdata, scfg, out/'teacher_shift'/'encoder.pth', shift_teacher, 'shifted', write)
+    return teachers
+
+def _train_arms(data:dict, cfg:DemoConfig, variants:dict, teachers:dict, out:Path, write) -> dict:
+    "Train every arm for every seed, seed by seed, skipping those in `jobs.jsonl`; {(arm, seed): record}."
     done = _done(out/'jobs.jsonl')
     for seed in cfg.seeds:
         for v in variants.values():
@@ -236,11 +263,44 @@ def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epo
             vcfg = replace(cfg, methods=[v.method], recipes={v.method: v.full_recipe(cfg.recipes)})
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', CheckpointNote)
-                r = train_student(data, vcfg, v.method, seed, teachers[v.teacher] if get_method(v.method).teacher != 'none' else None)
-            rec = dict(variant=v.name, seed=seed, acc=r['acc'], seconds=r['seconds'], cpu_seconds=r['cpu_seconds'], history=r['history'])
+                tpath = teachers[v.teacher] if get_method(v.method).teacher != 'none' else None
+                r = train_student(data, vcfg, v.method, seed, tpath)
+            rec = dict(variant=v.name, seed=seed, **{k: r[k] for k in ('acc', 'seconds', 'cpu_seconds', 'history')})
             with open(out/'jobs.jsonl', 'a') as fh: fh.write(json.dumps(rec) + '\n')
             done[(v.name, seed)] = rec
             write(f"seed {seed} {v.name}: {r['acc']:.2f} % ({r['seconds']:.0f} s)")
+    return done
+
+# %% ../nbs/17_ablations.ipynb #54f9d9e1
+def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epochs, recipes, teacher pre-training
+                  output_dir:str|Path, # settings.json, jobs.jsonl, results.json, results.md, results.png, the teachers
+                  ablations=ABLATIONS, # which ablations
+                  shift_data:str='digits', # the shifted teacher's pre-training data
+                  shift_teacher:str='', # an MAE encoder pre-trained on `shift_data`; '' pre-trains one
+                  write=print, # where progress lines go
+                 ) -> dict: # results.json's content
+    "Pre-train the teachers, train every arm of `ablations` for every seed with one budget; write tables and a figure."
+    t0, out = time.perf_counter(), Path(output_dir)
+    arms = check_ablations(cfg, ablations, shift_data, shift_teacher)  # before any training, before any file is written
+    register_ablation_methods()  # the averaged arms' methods, in this process's method table
+    data, cfg = prepare_data(cfg)
+    if len(data['x']) < cfg.batch_size:  # the students' loader drops the last partial batch: refused before the teacher
+        raise TrainError(f"--n_labelled/--batch_size: {len(data['x'])} labelled images make no full batch of "
+                         f"{cfg.batch_size}: lower --batch_size")
+    variants = _variants(arms)
+    settings = dict(config=asdict(cfg), ablations=list(ablations), shift_data=shift_data, shift_teacher=shift_teacher,
+                    variants={k: asdict(v) for k, v in variants.items()})
+    shift = None
+    if any(v.teacher == 'shift' for v in variants.values()):  # read before the folder is made: a bad one leaves nothing
+        try: shift = prepare_data(replace(cfg, data=shift_data, teacher=''))
+        except (DataError, OSError, ValueError) as e: raise TrainError(f"--shift_data: {e}") from None
+    _check_folder(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out/'settings.json').is_file(): write_atomic(json.dumps(settings, indent=1) + '\n', out/'settings.json')
+    write(f"at_ablate: {cfg.model} on {cfg.data}, {len(data['x'])} labelled images, {_n(cfg.epochs, 'epoch')}; "
+          f"{_n(len(variants), 'arm')} x {_n(len(cfg.seeds), 'seed')}")
+    teachers = _teachers(data, cfg, shift, shift_teacher, out, write)
+    done = _train_arms(data, cfg, variants, teachers, out, write)
     return write_results(done, arms, variants, cfg, out, time.perf_counter() - t0, write)
 
 # %% ../nbs/17_ablations.ipynb #12c9a7a8
@@ -255,8 +315,8 @@ def write_results(done:dict, # {(arm, seed): record}
     "Write results.json, results.md and results.png from the finished students (arms with every seed only)."
     acc = {k: [done[(k, s)]['acc'] for s in cfg.seeds] for k in variants if all((k, s) in done for s in cfg.seeds)}
     res = dict(seeds=list(cfg.seeds), epochs=cfg.epochs, accuracy=acc, labels={k: v.label for k, v in variants.items()},
-               ablations={a: [v.name for v in vs] for a, vs in arms.items()}, refs={k: v.ref for k, v in variants.items() if v.ref},
-               environment=environment(), seconds=seconds)
+               ablations={a: [v.name for v in vs] for a, vs in arms.items()},
+               refs={k: v.ref for k, v in variants.items() if v.ref}, environment=environment(), seconds=seconds)
     write_atomic(json.dumps(res, indent=1) + '\n', out/'results.json')
     tables = '\n\n'.join(f"### {a}\n\n" + ablation_table(res, a) for a in arms)
     write_atomic(tables + '\n', out/'results.md'); write(tables)
@@ -265,44 +325,43 @@ def write_results(done:dict, # {(arm, seed): record}
     return res
 
 # %% ../nbs/17_ablations.ipynb #5db9e9ef
-def _pd(acc:dict, a:str, b:str) -> str:
-    if b not in acc or a == b: return '–'
-    p = paired(acc, a, b)
-    return f"{p['mean']:+.2f} ± {p['std']:.2f} ({p['wins']}/{p['n']} > 0)" if p['n'] > 1 else f"{p['mean']:+.2f}"
-
 def ablation_table(res:dict, # results.json's content
                    ablation:str, # one of its `ablations`
                   ) -> str:
-    "A markdown table of one ablation: accuracy of scratch and each arm, and paired differences to scratch and to the arm's reference."
+    "A markdown table of one ablation: each arm's accuracy, and its paired differences to scratch and to its reference."
     acc, seeds = res['accuracy'], res['seeds']
-    rows = [f"| method | top-1 (%), mean ± std over {_n(len(seeds), 'seed')} | per seed ({', '.join(map(str, seeds))}) | − scratch, paired | − reference, paired |",
+    cols = [f"top-1 (%), mean ± std over {_n(len(seeds), 'seed')}", f"per seed ({', '.join(map(str, seeds))})"]
+    rows = [f"| method | {cols[0]} | {cols[1]} | − scratch, paired | − reference, paired |",
             '|---|---|---|---|---|']
     for k in [BASELINE] + res['ablations'][ablation]:
         if k not in acc: rows.append(f"| {res['labels'][k]} | not run | | | |"); continue
         v, ref = acc[k], res['refs'].get(k, '')
-        ms = f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
-        rows.append(f"| {res['labels'][k]} | {ms} | {' '.join(f'{a:.2f}' for a in v)} | {_pd(acc, k, BASELINE)} | "
-                    + (f"{_pd(acc, k, ref)} (vs {res['labels'][ref]})" if ref and ref in acc else '–') + ' |')
+        vs_ref = f"{paired_text(acc, k, ref)} (vs {res['labels'][ref]})" if ref and ref in acc else '–'
+        rows.append(f"| {res['labels'][k]} | {mean_std(v)} | {' '.join(f'{a:.2f}' for a in v)} | "
+                    f"{paired_text(acc, k, BASELINE)} | {vs_ref} |")
     return '\n'.join(rows)
 
 # %% ../nbs/17_ablations.ipynb #cda67257
 def plot_ablations(res:dict, # results.json's content
                   ) -> plt.Figure:
-    "One panel per ablation, one x axis: each arm's accuracy minus scratch's, paired by seed (bar: mean, error bar: std over the seeds, dots: seeds)."
+    "One panel per ablation: each arm's accuracy minus scratch's, paired by seed (bars: mean and std; dots: seeds)."
     acc, n = res['accuracy'], len(res['seeds'])
     abl = [(a, [k for k in ks if k in acc]) for a, ks in res['ablations'].items()]
     abl = [(a, ks) for a, ks in abl if ks and BASELINE in acc]
-    fig, axs = plt.subplots(len(abl), 1, figsize=(8, 0.9 + 0.42 * sum(len(ks) for _, ks in abl) + 0.5 * len(abl)), squeeze=False, sharex=True,
+    rows = sum(len(ks) for _, ks in abl)
+    fig, axs = plt.subplots(len(abl), 1, figsize=(8, 0.9 + 0.42 * rows + 0.5 * len(abl)), squeeze=False, sharex=True,
                             gridspec_kw=dict(height_ratios=[len(ks) + 0.6 for _, ks in abl] or [1]))
     base = np.array(acc.get(BASELINE, [np.nan]))
     for ax, (a, ks) in zip(axs[:, 0], abl):
         d = [np.array(acc[k]) - base for k in ks]
         y = np.arange(len(ks))[::-1]
-        ax.barh(y, [x.mean() for x in d], xerr=[x.std(ddof=1) if n > 1 else 0 for x in d], color='tab:blue', alpha=.6, capsize=3)
+        ax.barh(y, [x.mean() for x in d], xerr=[x.std(ddof=1) if n > 1 else 0 for x in d], color='tab:blue', alpha=.6,
+                capsize=3)
         for yi, x in zip(y, d): ax.plot(x, [yi] * len(x), 'k.', ms=4)
         ax.axvline(0, color='k', lw=1)
         ax.set_yticks(y, [res['labels'][k] for k in ks], fontsize=8); ax.set_title(a, fontsize=9, loc='left')
-    axs[-1, 0].set_xlabel(f"top-1 accuracy − scratch ({np.mean(base):.2f} %), points, paired by seed; error bars: std over {_n(n, 'seed')}; dots: seeds", fontsize=8)
+    axs[-1, 0].set_xlabel(f"top-1 accuracy − scratch ({np.mean(base):.2f} %), points, paired by seed; "
+                          f"error bars: std over {_n(n, 'seed')}; dots: seeds", fontsize=8)
     fig.suptitle(f"ablations, {_n(res['epochs'], 'epoch')} per student; 0 = scratch", fontsize=10)
     fig.tight_layout()
     return fig

@@ -7,37 +7,38 @@ from __future__ import annotations
 import json, time
 from dataclasses import replace, asdict
 from pathlib import Path
-import numpy as np
-from .demo import DemoConfig, prepare_data, run_jobs, paired, environment
+from .experiment import DemoConfig, prepare_data, run_jobs, mean_std, paired_text, environment
 
 # %% auto #0
 __all__ = ['TEACHERS', 'cross_size', 'cross_size_table']
 
 # %% ../nbs/16_cross_size.ipynb #b8fa2f24
-TEACHERS = {'same': None, 'deeper': dict(depth=12), 'wider': dict(embed_dim=128, num_heads=8)}  # teacher_arch per teacher; None: the student's
+TEACHERS = {'same': None, 'deeper': dict(depth=12),  # teacher_arch per teacher; None: the student's
+            'wider': dict(embed_dim=128, num_heads=8)}
 
 # %% ../nbs/16_cross_size.ipynb #11ad18b4
-def cross_size(cfg:DemoConfig, # the demo's settings: data, student model and arch, epochs, seeds, recipes (one budget for all)
-               teachers:dict=TEACHERS, # {name: teacher_arch}: each teacher is MAE-pre-trained, then distilled into fresh students
+def cross_size(cfg:DemoConfig, # the demo's settings: data, student model and arch, epochs, seeds, recipes (one budget)
+               teachers:dict=TEACHERS, # {name: teacher_arch}: each is MAE-pre-trained, then distilled into students
                out_dir:str|Path='cross_size_output', # teachers' encoders and results.json (written after every teacher)
                write=print, # one line per finished job
-              ) -> dict: # {'acc': {method: [accuracy per seed]}, 'teachers': {name: MAE loss, seconds}, 'seconds', 'config', 'environment'}
-    "Scratch students and students distilled from each teacher (same recipe, epochs and seeds), trained one after another."
+              ) -> dict: # {'acc': {method: [% per seed]}, 'teachers': {name: ...}, 'seconds', 'config', 'environment'}
+    "Scratch students and students distilled from each teacher (same recipe, epochs and seeds), one after another."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     data, cfg = prepare_data(cfg)
     t0, out = time.perf_counter(), dict(acc={}, teachers={}, students={}, config=asdict(cfg), environment=environment())
     def save(): _write_json(out, out_dir/'results.json')
+    def keep(name, res, method):  # each seed's accuracy and CPU seconds
+        out['acc'][name] = [res[(method, s)]['acc'] for s in cfg.seeds]
+        out['students'][name] = [res[(method, s)]['cpu_seconds'] for s in cfg.seeds]
     res = run_jobs(data, replace(cfg, methods=['scratch']), out_dir/'unused.pth', workers=0, write=write)
-    out['acc']['scratch'] = [res[('scratch', s)]['acc'] for s in cfg.seeds]
-    out['students']['scratch'] = [res[('scratch', s)]['cpu_seconds'] for s in cfg.seeds]; save()
+    keep('scratch', res, 'scratch'); save()
     for name, arch in teachers.items():
-        res = run_jobs(data, replace(cfg, methods=['distill'], teacher_arch=arch, teacher=''), out_dir/f'teacher_{name}.pth', workers=0, write=write)
-        t = res['teacher']
+        tcfg = replace(cfg, methods=['distill'], teacher_arch=arch, teacher='')
+        res = run_jobs(data, tcfg, out_dir/f'teacher_{name}.pth', workers=0, write=write)
+        t, tr = res['teacher'], res[('distill', cfg.seeds[0])]['meta']['transfer']
         out['teachers'][name] = dict(arch=arch, mae_loss=t['history'][-1]['train_loss'], cpu_seconds=t['cpu_seconds'],
-                                     layer_map=res[('distill', cfg.seeds[0])]['meta']['transfer']['layer_map'],
-                                     head_map=res[('distill', cfg.seeds[0])]['meta']['transfer']['head_map'])
-        out['acc'][f'distill_{name}'] = [res[('distill', s)]['acc'] for s in cfg.seeds]
-        out['students'][f'distill_{name}'] = [res[('distill', s)]['cpu_seconds'] for s in cfg.seeds]
+                                     layer_map=tr['layer_map'], head_map=tr['head_map'])
+        keep(f'distill_{name}', res, 'distill')
         out['seconds'] = time.perf_counter() - t0; save()
     return out
 
@@ -47,12 +48,9 @@ def _write_json(obj, path): Path(path).write_text(json.dumps(obj, indent=1) + '\
 # %% ../nbs/16_cross_size.ipynb #89b914d5
 def cross_size_table(acc:dict, # {method: [accuracy per seed]} from cross_size
                     ) -> str:
-    "Markdown: mean ± std over seeds per method, and paired differences (by seed) against scratch and against the same-size teacher."
-    ms = lambda v: f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
-    def diff(a, b):
-        if b not in acc or a == b: return '–'
-        p = paired(acc, a, b); sd = f" ± {p['std']:.2f}" if p['n'] > 1 else ''
-        return f"{p['mean']:+.2f}{sd} ({p['wins']}/{p['n']})"
-    rows = ['| method | top-1 % (mean ± std) | − scratch (paired; wins) | − distill, same-size teacher (paired; wins) |', '|---|---|---|---|']
-    rows += [f"| {m} | {ms(v)} | {diff(m, 'scratch')} | {diff(m, 'distill_same') if m.startswith('distill') else '–'} |" for m, v in acc.items()]
+    "Markdown: mean ± std over seeds per method, and paired differences against scratch and the same-size teacher."
+    rows = ['| method | top-1 % (mean ± std) | − scratch (paired; wins) '
+            '| − distill, same-size teacher (paired; wins) |', '|---|---|---|---|']
+    same = lambda m: paired_text(acc, m, 'distill_same') if m.startswith('distill') else '–'
+    rows += [f"| {m} | {mean_std(v)} | {paired_text(acc, m, 'scratch')} | {same(m)} |" for m, v in acc.items()]
     return '\n'.join(rows)
