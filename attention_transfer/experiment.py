@@ -17,7 +17,7 @@ from .data import (BUILTIN, build_criterion, build_loader, load_split, labelled_
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta
 from .methods import TrainError, METHODS, get_method, build_task, TransferTask
 from .train import Trainer, Callback, seed_all, progress_shown
-from .pretrain import create_mae, mae_trainer, save_encoder
+from .mae import create_mae, mae_trainer, save_encoder
 from .command import cores
 from .ensemble import predict, score
 from .transfer import transfer_layers
