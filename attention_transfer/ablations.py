@@ -84,7 +84,7 @@ class Variant:
     teacher:str='main' # 'main': pre-trained on the students' data; 'shift': on the other data set
     ref:str='' # the arm it is compared with, seed by seed, besides scratch ('' = none)
 
-    def full_recipe(self, recipes:dict, # the demo's recipes (`experiment.default_recipes`)
+    def full_recipe(self, recipes:dict, # the demo's recipes (experiment.default_recipes)
                    ) -> dict:
         "The recipe the arm trains with: its base method's with the arm's changes (given `layers` replace `end_layer`)."
         r = dict(recipes[self.base or self.method]) | self.recipe
@@ -252,6 +252,7 @@ def _teachers(data:dict, cfg:DemoConfig, shift:tuple|None, shift_teacher:str, ou
         teachers['shift'] = _teacher(sdata, scfg, out/'teacher_shift'/'encoder.pth', shift_teacher, 'shifted', write)
     return teachers
 
+# %% ../nbs/17_ablations.ipynb #916a6dfe
 def _train_arms(data:dict, cfg:DemoConfig, variants:dict, teachers:dict, out:Path, write) -> dict:
     "Train every arm for every seed, seed by seed, skipping those in `jobs.jsonl`; {(arm, seed): record}."
     done = _done(out/'jobs.jsonl')

@@ -333,9 +333,10 @@ def transfer_layers_of(cfg:DemoConfig, teacher:nn.Module) -> list:
     end = cfg.recipes['distill'].get('end_layer', 0) if 'distill' in cfg.methods else 0
     return transfer_layers(len(teacher.blocks), end)
 
-# %% ../nbs/14_demo.ipynb #3a452b4d
+# %% ../nbs/14_demo.ipynb #9ffb6db4
 _D, _R = DemoConfig(), default_recipes()  # the flags' defaults are the experiment's
 
+# %% ../nbs/14_demo.ipynb #3a452b4d
 @dataclass
 class DemoArgs:
     "The flags of at_demo, which pre-trains an MAE teacher, trains students of each method over seeds and reports them."

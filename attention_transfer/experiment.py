@@ -361,7 +361,7 @@ def check_config(cfg:DemoConfig):
 # %% ../nbs/13_experiment.ipynb #6798e5b4
 def _number(v, lo:float, hi:float) -> bool: return isinstance(v, (int, float)) and lo < v <= hi
 
-def parse_recipe(items:list|None, # 'METHOD.KEY=VALUE' strings (`at_demo --recipe`)
+def parse_recipe(items:list|None, # 'METHOD.KEY=VALUE' strings (at_demo's --recipe)
                  recipes:dict, # the recipes they change (left as they are)
                 ) -> dict: # a copy of `recipes` with the items merged in
     "Merge `--recipe` items into the recipes; VALUE is read as a Python literal (a number, a list), else kept as text."
