@@ -124,8 +124,8 @@ def plot_results(acc:dict, # from summarise
     ax.axhline(0, color='k', lw=1); ax.margins(y=.15)
     ax.set_xticks(range(len(ks)), [f"{_tick(k)}\n{np.mean(acc[k]):.2f} %" for k in ks], fontsize=8)
     ax.set_ylabel(f'top-1 minus {_name(base)} (points, paired by seed)')
-    sb = f"{np.mean(acc[base]):.2f}" + (f" ± {np.std(acc[base], ddof=1):.2f}" if n > 1 else '')
-    ax.set_title((title + '\n' if title else '') + f"gain over {_name(base)} (0 = {_name(base)}: {sb} %)", fontsize=9)
+    zero = f"0 = {_name(base)}: {mean_std(acc[base])} %"
+    ax.set_title((title + '\n' if title else '') + f"gain over {_name(base)} ({zero})", fontsize=9)
     if ks: ax.legend(fontsize=7, loc='best')   # (nothing to compare when only the baseline ran)
     _paper_panel(ax2, ks, base, cols)
     fig.tight_layout()
