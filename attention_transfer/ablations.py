@@ -17,8 +17,8 @@ from .models import CheckpointNote, CheckpointError
 from .train import write_atomic, save_figure
 from .command import run_command, environment
 from .data import BUILTIN, DataError
-from .experiment import (check_config, DemoConfig, default_recipes, prepare_data, pretrain_teacher,
-                                           train_student, build_student, mean_std, paired_text, config_from_flags)
+from .experiment import DemoConfig, default_recipes, check_config, config_from_flags, prepare_data
+from .experiment import pretrain_teacher, train_student, build_student, mean_std, paired_text
 
 # %% auto #0
 __all__ = ['AVERAGE_OVER', 'ABLATIONS', 'BASELINE', 'averaged_logits', 'AveragedDistill', 'register_ablation_methods', 'Variant',

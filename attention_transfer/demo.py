@@ -18,8 +18,8 @@ from .ensemble import attention_divergence, divergence_table
 from .transfer import transfer_layers, AttentionCopy
 from .distill import AttentionDistill
 from .command import run_command, check_writable, environment, cores
-from .experiment import (DemoConfig, default_recipes, check_config, config_from_flags, prepare_data,
-                                           run_jobs, summarise, gap_recovered, paired_text, mean_std, _arch)
+from .experiment import DemoConfig, default_recipes, check_config, config_from_flags, _arch
+from .experiment import prepare_data, run_jobs, summarise, gap_recovered, paired_text, mean_std
 
 # %% auto #0
 __all__ = ['PAPER', 'results_table', 'plot_results', 'attention_agreement', 'attention_report', 'distinct_examples',

@@ -12,8 +12,8 @@ import numpy as np, torch, torch.nn as nn
 import timm
 from fastprogress.fastprogress import progress_bar
 from . import vit  # registers the small CPU ViTs in timm's registry
-from .data import (BUILTIN, build_criterion, build_loader, load_split, labelled_subset, holdout_split,
-                                     TensorLoader, eval_split)
+from .data import BUILTIN, build_criterion, build_loader, TensorLoader
+from .data import load_split, labelled_subset, holdout_split, eval_split
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta
 from .methods import TrainError, METHODS, get_method, build_task, TransferTask
 from .train import Trainer, Callback, seed_all, progress_shown
