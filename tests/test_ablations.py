@@ -1,9 +1,9 @@
 """`at_ablate` as a user runs it, at a toy size: its code path end to end (teachers, arms, seeds, files), the resume,
 and one-line refusals of bad flags and of a folder holding a run with other settings."""
-import json, re
+import dataclasses, json, re, subprocess, sys
 from pathlib import Path
 import pytest
-from attention_transfer.ablations import main, at_ablate
+from attention_transfer.ablations import main, AblateArgs
 
 TINY = ['--data', 'digits', '--shift_data', 'mnist5k', '--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100',
         '--depth', '4', '--batch_size', '50', '--seeds', '0', '1']
@@ -95,9 +95,18 @@ def test_every_flag_has_help(capsys):
     with pytest.raises(SystemExit) as e: main(['--help'])
     h = ' '.join(capsys.readouterr().out.split())
     assert e.value.code == 0
-    for flag in at_ablate.__wrapped__.__code__.co_varnames[:at_ablate.__wrapped__.__code__.co_argcount]:
+    for flag in [f.name for f in dataclasses.fields(AblateArgs)]:
         i = h.index(f'--{flag}')
         assert len(h[i:].split('--')[1].split()) > 2, flag  # the flag, its metavar, then words of help
         j = h.index(f'--{flag}', h.index('options:'))  # its entry in the option list
         entry = re.split(r' --\w+ [A-Z][A-Z_]+ ', h[j + 2:])[0]  # up to the next option (help text may name other flags)
         assert '(default: ' in entry and '(default: )' not in h, flag  # one spelling, never empty
+
+
+def test_import_registers_no_method():
+    "The averaged-map methods enter the method table when run_ablations (or the notebook) registers them, not on import."
+    code = ("from attention_transfer.methods import METHODS; before = list(METHODS); import attention_transfer.ablations as a; "
+            "assert list(METHODS) == before, set(METHODS) - set(before); a.register_ablation_methods(); "
+            "assert set(METHODS) - set(before) == {'distill_avg_examples', 'distill_avg_queries'}")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

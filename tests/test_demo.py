@@ -33,7 +33,8 @@ def test_results_json_shape(run):
     out, _ = run
     res = json.loads((out/'results.json').read_text())
     assert list(res) == ['seeds', 'wall_seconds', 'accuracy', 'gap_recovered', 'environment'] and res['seeds'] == [0, 1]
-    assert set(res['environment']) == {'cpu', 'cores', 'python', 'torch', 'timm', 'threads'} and res['environment']['torch'] == torch.__version__
+    env = {'cpu', 'cores', 'threads', 'load', 'python', 'torch', 'timm'}  # the command kit's environment()
+    assert set(res['environment']) == env and res['environment']['torch'] == torch.__version__
     assert isinstance(res['wall_seconds'], float) and res['wall_seconds'] > 0
     assert list(res['accuracy']) == KEYS
     for k, v in res['accuracy'].items():
@@ -106,6 +107,8 @@ def test_image_folder(tmp_path):
     (['--depth', '3'], '--end_layer_copy: end_layer=-3 out of range for a model with 3 blocks'),
     (['--model', 'no_such_vit'], 'unknown model'),
     (['--workers', '-1'], '--workers must be 0'),
+    (['--methods', 'scratch', 'distill_features'], '--methods: no recipe (lr) for distill_features: give one, e.g. --recipe'),
+    (['--recipe', 'distill.lrr=1'], '--recipe distill.lrr=1: distill takes lr, layer_decay, '),
 ])
 def test_bad_flags(tmp_path, args, msg):
     r = at_demo(*args, '--output_dir', tmp_path/'o', check=False, fork=True)
