@@ -33,6 +33,7 @@ def parser_flags(script:str) -> dict:
     caught = {}
     orig = argparse.ArgumentParser.parse_known_args
     def catch(self, *args, **kw):
+        if not self.add_help: return orig(self, *args, **kw)  # a helper parser (e.g. the kit's --preset lookahead)
         caught['p'] = self; raise _Caught
     argparse.ArgumentParser.parse_known_args = catch
     try: getattr(importlib.import_module(mod), fn)([])

@@ -8,7 +8,7 @@ LAYERS = {
     'core': ['vit', 'attention', 'transfer', 'distill', 'ensemble'],
     'I/O': ['data', 'models'],
     'methods': ['methods'],
-    'engine': ['train', 'mae'],
+    'engine': ['train', 'callbacks', 'mae'],
     'command kit': ['command'],
     'commands': ['cli', 'evaluate', 'pretrain', 'experiment', 'demo', 'benchmark', 'cross_size', 'ablations'],
 }
