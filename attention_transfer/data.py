@@ -4,9 +4,9 @@
 
 # %% ../nbs/05_data.ipynb #41833fb6
 from __future__ import annotations
-import os, functools
+import os, functools, math
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.distributed as dist
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 from PIL import Image
 import torchvision.datasets
 from torch.utils.data import Dataset, DataLoader, DistributedSampler, Sampler
@@ -16,7 +16,8 @@ from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 # %% auto #0
 __all__ = ['BUILTIN', 'DataError', 'ImageLoadError', 'load_image', 'ImageFolder', 'builtin_split', 'ArrayImageDataset',
            'build_transform', 'build_dataset', 'ShardSampler', 'SeededLoader', 'dist_info', 'build_loader',
-           'build_mixup', 'build_criterion']
+           'build_mixup', 'build_criterion', 'load_split', 'labelled_subset', 'holdout_split', 'translate',
+           'TensorLoader', 'class_names', 'eval_split']
 
 # %% ../nbs/05_data.ipynb #4b8f5803
 class DataError(Exception):
@@ -281,3 +282,120 @@ def build_criterion(mixup_fn:Mixup|None, # from build_mixup
     if mixup_fn is not None: return SoftTargetCrossEntropy()
     if smoothing > 0: return LabelSmoothingCrossEntropy(smoothing=smoothing)
     return nn.CrossEntropyLoss()
+
+# %% ../nbs/05_data.ipynb #13090c18
+def load_split(data:str, # built-in name ('mnist5k', 'digits') or an ImageFolder root with train/ and val/
+               train:bool, # training split (else the held-out test/val split)
+               size:int, # side of the square images
+               mean:tuple, std:tuple, # per-channel normalisation (3 channels)
+               num_workers:int=0, # DataLoader workers for reading an ImageFolder
+              ) -> tuple: # (`n 3 h w` float images, `n` int64 labels, number of classes)
+    "One split of `data` as normalised in-memory tensors, in `build_dataset`'s split."
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    if data in BUILTIN:
+        x, y, _ = builtin_split(data, train)
+        x = torch.from_numpy(x).float().div_(255)[:, None]                     # n 1 h w in [0, 1]
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+        return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(), torch.from_numpy(y), BUILTIN[data]['classes']
+    ds, nc = build_dataset(data, train, size, augment=False, mean=tuple(mean.flatten().tolist()),
+                           std=tuple(std.flatten().tolist()))
+    dl = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=num_workers)
+    xs, ys = zip(*dl)
+    return torch.cat(xs).contiguous(), torch.cat(ys).long(), nc
+
+# %% ../nbs/05_data.ipynb #25c4f424
+def _stratified(y:torch.Tensor, n:int, seed:int=0) -> tuple:
+    "(first, rest) indices: a stratified sample of `n` of the labels `y`, and the others, both sorted."
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(y))
+    a, b = train_test_split(idx, train_size=n, stratify=y.numpy(), random_state=seed)
+    return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))
+
+def labelled_subset(y:torch.Tensor, # labels of the training split
+                    n:int|None, # labelled images to keep; None (or all of them): every image
+                   ) -> torch.Tensor:
+    "Indices of a fixed, stratified labelled subset of size `n`."
+    if n is None or n >= len(y): return torch.arange(len(y))
+    if n < int(y.max()) + 1: raise DataError(f"--n_labelled {n} is fewer than the {int(y.max()) + 1} classes")
+    return _stratified(y, n)[0]
+
+# %% ../nbs/05_data.ipynb #57506711
+def holdout_split(y:torch.Tensor, # labels of the training split
+                  n_val:int, # images to hold out for validation
+                 ) -> tuple: # (train indices, validation indices)
+    "A fixed stratified split of the training images into train and validation, for tuning without the test set."
+    if not 0 < n_val < len(y): raise DataError(f"--holdout {n_val} must be between 1 and {len(y) - 1}")
+    val, tr = _stratified(y, n_val)
+    return tr, val
+
+# %% ../nbs/05_data.ipynb #e1e9c9af
+def translate(x:torch.Tensor, # `b c h w` images
+              pad:int, # largest shift in pixels, in each direction
+              fill:float|None=None, # value of the pixels shifted in; None: repeat the border
+              generator:torch.Generator|None=None, # source of the random offsets
+              offsets:torch.Tensor|None=None, # `b 2` given offsets in [0, 2 pad] instead of random ones
+             ) -> torch.Tensor:
+    "Shift each image by its own random offset of up to `pad` pixels (pad, then crop back to `h w`)."
+    if pad == 0: return x
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad,) * 4, value=fill) if fill is not None else F.pad(x, (pad,) * 4, mode='replicate')
+    if offsets is None: offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    rows = (offsets[:, :1] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    cols = (offsets[:, 1:] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
+    return xp.gather(2, rows).gather(3, cols)
+
+# %% ../nbs/05_data.ipynb #2dc5c398
+class TensorLoader:
+    "In-memory images and labels in batches, shuffled and augmented per epoch from a seed; `set_epoch(e)` picks `e`."
+    def __init__(self, x:torch.Tensor, # `n c h w` normalised images
+                 y:torch.Tensor, # `n` labels
+                 batch_size:int,
+                 train:bool, # shuffle, augment and drop the last partial batch
+                 pad:int=0, # random translation (see translate)
+                 fill:float|None=None, # value shifted in; None: repeat the border
+                 hflip:float=0., # probability of a horizontal flip
+                 seed:int=0, # the order and augmentations of epoch `e` derive from `seed` and `e`
+                ):
+        if len(x) != len(y): raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y, self.batch_size, self.train = x, y, batch_size, train
+        self.pad, self.fill, self.hflip, self.seed, self.epoch = pad, fill, hflip, seed, 0
+        if len(self) == 0:
+            raise DataError(f"{len(x)} training images make no full batch of {batch_size}: lower --batch_size")
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __len__(self): return len(self.x) // self.batch_size if self.train else math.ceil(len(self.x) / self.batch_size)
+    def __iter__(self):
+        bs = self.batch_size
+        if not self.train:
+            for i in range(0, len(self.x), bs): yield self.x[i:i + bs], self.y[i:i + bs]
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.x), generator=g)
+        for b in range(len(self)):
+            i = perm[b * bs:(b + 1) * bs]
+            x = translate(self.x[i], self.pad, self.fill, g)
+            if self.hflip > 0:
+                f = torch.rand(len(i), generator=g) < self.hflip
+                x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            yield x, self.y[i]
+
+# %% ../nbs/05_data.ipynb #5dfcf1d8
+def class_names(data:str, # built-in name or ImageFolder root
+               ) -> list: # class names in label order
+    "The class names of `data`: '0'..'9' for the built-in digits, the sub-folders of `train/` for a folder."
+    if data in BUILTIN: return [str(i) for i in range(BUILTIN[data]['classes'])]
+    return sorted(e.name for e in os.scandir(Path(data)/'train') if e.is_dir())
+
+# %% ../nbs/05_data.ipynb #6410793f
+def eval_split(data:str, # built-in name or ImageFolder root
+               size:int, mean:tuple, std:tuple, # image side and normalisation
+               holdout:int=0, # >0: the images held out of the training split (holdout_split), not the test split
+               num_workers:int=0, # DataLoader workers for reading an ImageFolder
+              ) -> tuple: # (`n 3 h w` images, `n` labels, class names)
+    "The demo's evaluation images and labels: the test split, or the held-out training images (`at_eval` uses it too)."
+    if holdout:
+        x, y, _ = load_split(data, True, size, mean, std, num_workers)
+        va = holdout_split(y, holdout)[1]; x, y = x[va], y[va]
+    else: x, y, _ = load_split(data, False, size, mean, std, num_workers)
+    return x, y, class_names(data)

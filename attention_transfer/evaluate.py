@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 import timm, torch
-from .data import build_dataset, build_loader, BUILTIN
+from .data import build_dataset, build_loader, eval_split, BUILTIN
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size
 from .models import create_teacher
@@ -68,7 +68,6 @@ def eval_data(meta:dict, # a checkpoint's description (its `data`)
     "The evaluation images a checkpoint was scored on, made exactly as its run made them."
     d = meta['data']
     if d.get('pipeline') == 'tensor':  # at_demo's in-memory tensors
-        from attention_transfer.demo import eval_split
         x, y, classes = eval_split(d['name'], d['input_size'], tuple(d['mean']), tuple(d['std']), d.get('holdout') or 0,
                                    num_workers)
         return torch.utils.data.TensorDataset(x, y), classes
