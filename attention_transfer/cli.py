@@ -13,10 +13,9 @@ from .data import build_dataset, build_loader, build_mixup, build_criterion, bui
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
-from .methods import (TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults,
-                                        timm_name)
-from .train import (LAYER_DECAY_RULES, Trainer, AttentionDivergence, default_callbacks, effective_lr,
-                                      amp_dtype, load_checkpoint, init_distributed, seed_all)
+from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
+from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
+from .train import AttentionDivergence, default_callbacks
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 
 # %% auto #0
