@@ -13,12 +13,12 @@ from .vit import ArchitectureWarning
 from .ensemble import rank, world_size
 from .data import DataError
 from .models import CheckpointError, CheckpointNote, ModelError
-from .methods import TrainError
+from .methods import TrainError, OFFICIAL_MODELS, timm_name  # names: beside load_for_eval
 
 # %% auto #0
-__all__ = ['EXPECTED', 'OFFICIAL_MODELS', 'ExampleConfig', 'ConfigParser', 'config_parser', 'fail', 'parse_config', 'with_preset',
-           'run_command', 'check_ranges', 'check_output_dir', 'check_output_file', 'check_writable', 'check_resume',
-           'timm_name', 'cores', 'environment', 'env_line']
+__all__ = ['EXPECTED', 'ExampleConfig', 'ConfigParser', 'config_parser', 'fail', 'parse_config', 'with_preset', 'run_command',
+           'check_ranges', 'check_output_dir', 'check_output_file', 'check_writable', 'check_resume', 'cores',
+           'environment', 'env_line']
 
 # %% ../nbs/09_command.ipynb #39ee2e72
 @dataclasses.dataclass
@@ -226,15 +226,6 @@ def check_resume(ck:dict, # a training checkpoint (its `args` are the run's sett
     if diff: raise TrainError(f"--resume {name} is another run: it has " + ', '.join(_setting(k, was[k]) for k in diff)
                               + "; this run asks for " + ', '.join(_setting(k, f.get(k)) for k in diff)
                               + " (resume with the run's own settings, or train anew in another --output_dir)")
-
-# %% ../nbs/09_command.ipynb #b697b755
-OFFICIAL_MODELS = {'vit_base_patch16': 'vit_base_patch16_224', 'vit_large_patch16': 'vit_large_patch16_224',
-                   'vit_huge_patch14': 'vit_huge_patch14_224'}
-
-def timm_name(name:str) -> str:
-    "timm's name for a model named as in the official code (`dual_vit_large_patch16` -> `vit_large_patch16_224`)."
-    name = name.removeprefix('dual_')
-    return OFFICIAL_MODELS.get(name, name)
 
 # %% ../nbs/09_command.ipynb #6da2afaa
 def cores() -> int:

@@ -173,7 +173,7 @@ def test_checkpoint_of_a_method_this_process_does_not_know(tmp_path):
     "A checkpoint whose method is not in the method table (registered in another process) is refused, never scored without the teacher it may need."
     import timm
     from attention_transfer.models import model_meta, save_timm_checkpoint
-    from attention_transfer.cli import load_for_eval
+    from attention_transfer.methods import load_for_eval
     from attention_transfer.methods import TrainError
     m = timm.create_model('vit_nano_patch4_32', num_classes=10)
     save_timm_checkpoint(m, tmp_path/'model.pth', model_meta(m, 'copy2'))
