@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_callbacks.ipynb #760a3b24
 from __future__ import annotations
-import json, random, sys
+import copy, json, random, sys, warnings
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
@@ -13,11 +13,13 @@ from fastprogress.fastprogress import master_bar
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size
 from .models import atomic_write, CheckpointError
+from .transfer import vit_shape, check_pair, map_layers, map_heads, AttentionCopy
+from .vit import ArchitectureWarning
 
 # %% auto #0
 __all__ = ['LOG_KEYS', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
            'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint', 'ExportModel',
-           'progress_shown', 'ProgressBar', 'default_callbacks', 'AttentionDivergence']
+           'progress_shown', 'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -184,7 +186,7 @@ def _forked(device:torch.device):
 class AttentionDivergence(Callback):
     "After each epoch: KL and JS divergence of the network's attention from `teacher`'s on a probe (`attn_*` keys)."
     order = -5  # before `LogJSONL` writes the record
-    def __init__(self, teacher:nn.Module, # the reference ViT (frozen), e.g. the pre-trained teacher
+    def __init__(self, teacher:nn.Module, # the reference ViT (frozen) of the student's shape, or `mapped_teacher`'s
                  images:int=64, # probe size: the first validation images, over all processes
                  chunk:int=16, # images per forward pass
                 ):
@@ -202,8 +204,27 @@ class AttentionDivergence(Callback):
         try:
             with _forked(tr.device):
                 d = ens.attention_divergence(self.teacher, tr.eval_model(), self.x, chunk=self.chunk, device=tr.device)
-        except ValueError as e:  # e.g. a teacher of another depth: said once, then the run goes on without
+        except ValueError as e:  # e.g. an unmapped teacher of another depth: said once, the run goes on without
             if rank() == 0: print(f"attention divergence not measured: {e}")
             self.x = None; return
         rec.update(attn_kl=d['kl'].mean().item(), attn_js=d['js'].mean().item(),
                    **{f'attn_js_{i}': v for i, v in zip(d['layers'], d['js'].mean(1).tolist())})
+
+# %% ../nbs/08_callbacks.ipynb #753233c8
+def mapped_teacher(teacher:nn.Module, # the reference ViT: any depth, heads a multiple of the student's (or `head_map`)
+                   student:nn.Module, # the ViT compared with it, or a pair (its student's blocks and heads)
+                   layer_map=None, # {student block: teacher block} or [[s, t], ...]; blocks left out: relative depth
+                   head_map=None, # per student head, the teacher heads averaged into it; None: even groups
+                  ) -> nn.Module:
+    "`teacher` as `student`'s blocks and heads see it (the distillation's maps); ValueError when they cannot be made."
+    s = getattr(student, 'student', student)
+    check_pair(teacher, s)  # the same tokens
+    t_, s_ = vit_shape(teacher), vit_shape(s)
+    full = map_layers(t_['depth'], s_['depth'])  # the default for every student block, then the given pairs
+    full.update(map_layers(t_['depth'], s_['depth'], None, layer_map) if layer_map else {})
+    groups = map_heads(t_['heads'][0], s_['heads'][0], head_map)
+    if groups is None and all(i == j for i, j in full.items()) and t_['depth'] == s_['depth']: return teacher
+    with warnings.catch_warnings():  # the spare student only carries the maps: its architecture does not matter
+        warnings.simplefilter('ignore', ArchitectureWarning)
+        spare = copy.deepcopy(s).requires_grad_(False)
+        return AttentionCopy(teacher, spare, layer_map=full, head_map=groups, fused=False).eval()

@@ -253,9 +253,9 @@ def divergence_table(cols:dict, # {column header: one value per block}, e.g. {'J
                     ) -> str:
     "Per-block values as text (3 significant digits): a row per block (* = transferred), a column per key, the mean."
     cols = {k: [float(v) for v in vs] for k, vs in cols.items()}
-    w = [max(6, len(k)) for k in cols]
-    line = lambda first, vals: f"{first:>6}  " + '  '.join(f"{v:>{n}}" for v, n in zip(vals, w))
-    mark = lambda l: f"{l}{'*' if l in transferred else ' '}"
-    rows = [line('block', cols)] + [line(mark(l), [f"{vs[j]:.3g}" for vs in cols.values()])
-                                    for j, l in enumerate(layers)]
-    return '\n'.join(rows + [line('mean ', [f"{sum(vs) / len(vs):.3g}" for vs in cols.values()])])
+    cells = [[f"{vs[j]:.3g}" for vs in cols.values()] for j in range(len(layers))]
+    cells += [[f"{sum(vs) / len(vs):.3g}" for vs in cols.values()]]  # the mean row
+    firsts = [f"{l}{'*' if l in transferred else ' '}" for l in layers] + ['mean ']
+    w0, w = max(map(len, ['block', *firsts])), [max([len(k), *(len(r[i]) for r in cells)]) for i, k in enumerate(cols)]
+    line = lambda first, vals: f"{first:>{max(6, w0)}}  " + '  '.join(f"{v:>{max(6, n)}}" for v, n in zip(vals, w))
+    return '\n'.join([line('block', cols)] + [line(f, r) for f, r in zip(firsts, cells)])

@@ -12,13 +12,14 @@ from .data import build_dataset, build_loader, eval_split, BUILTIN
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size
 from .models import create_teacher
-from .transfer import vit_shape, transfer_layers
+from .transfer import AttentionTransfer, vit_shape, transfer_layers
 from .methods import TrainError, load_for_eval, find_teacher
 from .train import amp_dtype, init_distributed, write_atomic
+from .callbacks import mapped_teacher
 from .command import run_command, check_output_file
 
 # %% auto #0
-__all__ = ['EvalConfig', 'eval_data', 'attention_reference', 'check_attention_pair', 'at_eval', 'main']
+__all__ = ['EvalConfig', 'eval_data', 'has_classifier', 'attention_reference', 'mapped_reference', 'at_eval', 'main']
 
 # %% ../nbs/12_evaluate.ipynb #b9acb9ee
 @dataclass
@@ -109,10 +110,24 @@ def _describe_data(d:dict) -> str:
     holdout = f" (holdout {d['holdout']})" if d.get('holdout') else ''
     return f"{d['name']} {d.get('split')}{holdout}, {d.get('input_size')}px, {d.get('pipeline')}"
 
+# %% ../nbs/12_evaluate.ipynb #a9a8d1cb
+def has_classifier(net:torch.nn.Module, # a network from load_for_eval (a copy pair: its student's)
+                  ) -> bool:
+    "Whether `net`'s classifier came from its checkpoint: not for an encoder (MAE's) or a file saved without its head."
+    s = getattr(net, 'student', net)
+    fresh = (getattr(s, 'at_checkpoint', None) or {}).get('fresh') or []  # the model's keys the file did not hold
+    head = s.get_classifier() if hasattr(s, 'get_classifier') else None
+    names = [n for n, m in s.named_modules() if m is head and n]
+    return not any(k.startswith(f'{n}.') for n in names for k in fresh)
+
 # %% ../nbs/12_evaluate.ipynb #a9617f23
 def _members(c:EvalConfig) -> tuple:
-    "The loaded checkpoints, their one data spec, class names and head size; refuses members that cannot be ensembled."
+    "The loaded checkpoints, their data spec, class names, head size, and which are scored; refuses what cannot be."
     nets = [load_for_eval(p, c.model, c.ema, c.teacher) for p in c.checkpoints]
+    scored = [has_classifier(n) for n, _ in nets]
+    if not all(scored) and not c.attention:
+        raise TrainError(f"{c.checkpoints[scored.index(False)]} holds no trained classifier (no head weights: an encoder "
+                         f"such as MAE's), so its accuracy would be chance: --attention N still compares its attention")
     specs = [_data_of(m, c.data, c.data_path, c.input_size, p) for p, (_, m) in zip(c.checkpoints, nets)]
     if any(s != specs[0] for s in specs[1:]):
         raise TrainError("the checkpoints were evaluated on different images and cannot be ensembled: "
@@ -121,11 +136,12 @@ def _members(c:EvalConfig) -> tuple:
     if len(classes) > 1:
         names = ' vs '.join(str(list(n)[:4]) + '...' for n in classes)
         raise TrainError(f"the checkpoints disagree on their class names and cannot be ensembled: {names}")
-    heads = [getattr(getattr(n, 'student', n), 'num_classes', None) for n, _ in nets]
-    if len(set(heads)) > 1:
+    heads = {p: getattr(getattr(n, 'student', n), 'num_classes', None)
+             for p, (n, _), ok in zip(c.checkpoints, nets, scored) if ok}
+    if len(set(heads.values())) > 1:
         raise TrainError("the checkpoints disagree on their number of classes and cannot be ensembled: "
-                         + ', '.join(f"{p}: {h}" for p, h in zip(c.checkpoints, heads)))
-    return nets, specs[0], classes, heads[0]
+                         + ', '.join(f"{p}: {h}" for p, h in heads.items()))
+    return nets, specs[0], classes, next(iter(heads.values()), None), scored
 
 # %% ../nbs/12_evaluate.ipynb #eafb5128
 def attention_reference(net:torch.nn.Module, # a network from load_for_eval
@@ -147,30 +163,36 @@ def _attention_of(net, meta, path, ref, dl, images, device) -> dict:
     try: d = ens.attention_divergence_loader(ref.to(device), net.to(device), dl, max_images=-(-images // world_size()),
                                              device=device)
     except ValueError as e: raise TrainError(f"--attention: {path}: {e}") from None
-    tr = meta.get('transfer') or {}
+    tr, mapped = meta.get('transfer') or {}, isinstance(ref, AttentionTransfer)  # a teacher seen through the maps
     moved = (tr.get('layers') if tr.get('layers') is not None
              else transfer_layers(len(d['layers']), tr.get('end_layer') or 0) if tr else [])
     return dict(images=d['images'], layers=d['layers'], transferred=list(moved), kl=d['kl'].mean(1).tolist(),
-                js=d['js'].mean(1).tolist(), js_heads=d['js'].tolist())
+                js=d['js'].mean(1).tolist(), js_heads=d['js'].tolist(),
+                teacher_layers=[ref.layer_map[i] for i in d['layers']] if mapped else d['layers'],
+                head_groups=ref.head_map if mapped else None)
 
 def _attention_text(name:str, a:dict) -> str:
     head = (f"{name}: attention vs the teacher's on {a['images']} images, per block, mean over heads "
             f"(nats; JS <= ln 2 = 0.693{'; * = transferred' if a['transferred'] else ''})")
+    if a.get('teacher_layers', a['layers']) != a['layers']:
+        head += '; teacher blocks ' + ' '.join(f"{i}<-{j}" for i, j in zip(a['layers'], a['teacher_layers']))
+    if a.get('head_groups'): head += f"; teacher heads averaged in groups {a['head_groups']}"
     return head + '\n' + ens.divergence_table({'KL': a['kl'], 'JS': a['js']}, a['layers'], a['transferred'])
 
 # %% ../nbs/12_evaluate.ipynb #5d2b9c41
-def check_attention_pair(ref:torch.nn.Module, # the teacher from attention_reference
-                         net:torch.nn.Module, # the network from load_for_eval (a copy pair: its student is compared)
-                         path:str|Path, # the checkpoint, named in the message
-                        ):
-    "Refuse, in one line, a teacher whose attention cannot be compared block by block with the student's."
-    t, s = (vit_shape(getattr(m, 'student', m)) for m in (ref, net))
-    if all(t[k] == s[k] for k in ('depth', 'heads', 'tokens')): return
-    heads = lambda v: '/'.join(map(str, sorted(set(v['heads']))))
-    shape = lambda v: f"{v['depth']} blocks of {heads(v)} heads over {v['tokens']} tokens"
-    raise TrainError(f"--attention compares block by block and needs a teacher of the student's shape (depth, heads, "
-                     f"tokens): {path}'s teacher has {shape(t)}, its student {shape(s)}, "
-                     f"so it is not available for this checkpoint")
+def mapped_reference(ref:torch.nn.Module, # the teacher from attention_reference
+                     net:torch.nn.Module, # the network from load_for_eval (a copy pair: its student is compared)
+                     meta:dict, # its description: the transfer's `layer_map` and `head_map`, when recorded
+                     path:str|Path, # the checkpoint, named in the message
+                    ) -> torch.nn.Module:
+    "The teacher as the student's blocks and heads see it (the recorded maps); one-line `TrainError` if it cannot be."
+    tr = meta.get('transfer') or {}
+    try: return mapped_teacher(ref, net, tr.get('layer_map'), tr.get('head_map'))
+    except ValueError as e:
+        t, s = (vit_shape(getattr(m, 'student', m)) for m in (ref, net))
+        shape = lambda v: f"{v['depth']} blocks of {'/'.join(map(str, sorted(set(v['heads']))))} heads"
+        raise TrainError(f"--attention: {path}'s teacher ({shape(t)}) cannot be mapped onto its student ({shape(s)}): "
+                         f"{e}; its attention is not available") from None
 
 # %% ../nbs/12_evaluate.ipynb #7675c6fe
 def _check_classes(c:EvalConfig, spec:dict, classes:set, head:int|None, names:list):
@@ -188,7 +210,7 @@ def _report(res:dict, output:str|None):
     "Print each result in one line, and the attention tables; write them all to `output`."
     for k, v in res.items():
         tops = '  '.join(f"{m} {a:.2f}" for m, a in v.items() if m.startswith('top'))
-        print(f"{k}: {tops}  ({v['n']} images)")
+        print(f"{k}: {tops}  ({v['n']} images)" if 'n' in v else f"{k}: no trained classifier, attention only")
     for k, v in res.items():
         if 'attention' in v: print(_attention_text(k, v['attention']))
     if output: write_atomic(json.dumps(res, indent=1) + '\n', output)
@@ -201,19 +223,23 @@ def at_eval(cfg:EvalConfig, # the checkpoints and the flags
     _check_flags(c)
     if c.output: check_output_file(c.output)
     device = init_distributed(c.device)[0]
-    nets, spec, classes, head = _members(c)
-    refs = [attention_reference(n, m, p, c.teacher) for p, (n, m) in zip(c.checkpoints, nets)] if c.attention else []
-    for p, (n, _), ref in zip(c.checkpoints, nets, refs): check_attention_pair(ref, n, p)  # fail before any work
+    nets, spec, classes, head, scored = _members(c)
+    refs = [mapped_reference(attention_reference(n, m, p, c.teacher), n, m, p)  # before any work
+            for p, (n, m) in zip(c.checkpoints, nets)] if c.attention else []
     val_ds, names = eval_data(dict(nets[0][1], data=spec), c.num_workers)
     _check_classes(c, spec, classes, head, names)
+    if c.attention > len(val_ds) and rank() == 0:
+        print(f"at_eval: note: --attention {c.attention} asks for more than the {len(val_ds)} evaluation images: "
+              f"all {len(val_ds)} are compared")
     workers = 0 if spec.get('pipeline') == 'tensor' else c.num_workers  # in-memory tensors need no workers
     dl = build_loader(val_ds, c.batch_size, False, workers)
-    r = ens.evaluate({f'model{i}': n.to(device) for i, (n, _) in enumerate(nets)}, dl, c.how,
-                     topk=(1, min(5, head or 5)), device=device, amp_dtype=amp_dtype(c.amp, device))
-    res = {str(p): r[f'model{i}'] for i, p in enumerate(c.checkpoints)}
+    models = {f'model{i}': n.to(device) for i, ((n, _), ok) in enumerate(zip(nets, scored)) if ok}
+    r = ens.evaluate(models, dl, c.how, topk=(1, min(5, head or 5)), device=device,
+                     amp_dtype=amp_dtype(c.amp, device)) if models else {}
+    res = {str(p): dict(r.get(f'model{i}', {})) for i, p in enumerate(c.checkpoints)}
     for p, (n, m), ref in zip(c.checkpoints, nets, refs):
         res[str(p)]['attention'] = _attention_of(n, m, p, ref, dl, c.attention, device)
-    if len(nets) > 1: res[f'ensemble ({c.how})'] = r['ensemble']
+    if len(models) > 1: res[f'ensemble ({c.how})'] = r['ensemble']
     if rank() == 0: _report(res, c.output)
     return res
 
