@@ -14,14 +14,15 @@ from .models import create_model, create_teacher, create_student, file_sha256, C
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
+from .methods import TransferTask
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
-from .train import AttentionDivergence, default_callbacks
+from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'RUN_KEYS', 'LEARNING_KEYS', 'TrainConfig', 'preset_command', 'parse_mode', 'check_aa',
-           'parse_layer_map', 'option_fields', 'given_options', 'resolve', 'resume_keys', 'run_training', 'at_train',
-           'main']
+__all__ = ['RANGES', 'PRESETS', 'RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'TrainConfig', 'preset_command', 'parse_mode',
+           'check_aa', 'parse_layer_map', 'parse_head_map', 'option_fields', 'given_options', 'resolve', 'resume_keys',
+           'run_training', 'at_train', 'main']
 
 # %% ../nbs/11_cli.ipynb #22c4418c
 @dataclass
@@ -40,6 +41,7 @@ class TrainConfig:
     # student:teacher block pairs, e.g. 0:1 1:3, for a teacher of another depth (default: the same relative depth);
     # alone, they name the transferred blocks
     layer_map:list[str]|None=None
+    head_map:list[str]|None=None # student:teacher heads, e.g. 0:0,1 1:2,3, averaged (default: even groups of heads)
     # distill_relations: relation heads R (default: the student's head count); must divide both models' attention widths
     relation_heads:int|None=None
     target:str='attn' # what is transferred: attn (the maps), q, k or v
@@ -200,6 +202,21 @@ def parse_layer_map(v, # None, ['S:T', ...] from the command line, [[S, T], ...]
         raise TrainError(f"--layer_map gives a student block more than one teacher block: {' '.join(map(str, items))}")
     return sorted(pairs)
 
+# %% ../nbs/11_cli.ipynb #208b48d6
+def parse_head_map(v, # None, ['S:T,T', ...] from the command line, or [[T, ...], ...] by student head (as recorded)
+                  ) -> list|None:
+    "`--head_map` as [[teacher heads of student head 0], ...] (None stays None); `TrainError` in one line otherwise."
+    if v is None: return None
+    try:
+        text = all(isinstance(p, str) for p in v)
+        pairs = sorted((int(s), t.split(',')) for s, t in (p.split(':') for p in v)) if text else list(enumerate(v))
+        groups = [[int(h) for h in (t if isinstance(t, (list, tuple)) else [t])] for _, t in pairs]
+        if not groups or [s for s, _ in pairs] != list(range(len(pairs))) or min(map(min, groups)) < 0: raise ValueError
+    except (ValueError, TypeError):
+        raise TrainError(f"--head_map {' '.join(map(str, v))}: give each student head, from 0 on, its teacher heads, "
+                         f"such as 0:0,1 1:2,3") from None
+    return groups
+
 # %% ../nbs/11_cli.ipynb #e0ea737f
 def option_fields(cfg) -> list:
     "The options of the method table (`methods.TRANSFER_OPTIONS`) that are fields, so flags, of configuration `cfg`."
@@ -230,9 +247,9 @@ def _resolve_inputs(c:TrainConfig):
         raise TrainError(f"--layer_decay_rule must be one of {rules}, not {c.layer_decay_rule!r}")
     if (c.mixup > 0 or c.cutmix > 0) and c.batch_size % 2:
         raise TrainError(f"Mixup/CutMix need an even --batch_size, not {c.batch_size}")
-    c.layer_map = parse_layer_map(c.layer_map)
+    c.layer_map, c.head_map = parse_layer_map(c.layer_map), parse_head_map(c.head_map)
     if bad := [k for k in given_options(c) if k not in m.options]:
-        flags = ' '.join('--' + o for o in m.options if o in option_fields(c)) or 'none'  # not fused, head_map
+        flags = ' '.join('--' + o for o in m.options if o in option_fields(c)) or 'none'  # not fused
         raise TrainError(f"--{bad[0]} does not apply to --mode {c.mode} (its settings: {flags})")
     if c.atd_weight is None: c.atd_weight = option_defaults(m).get('atd_weight')  # the method's own, recorded in args
 
@@ -274,10 +291,24 @@ RUN_KEYS = ('mode', 'model', 'nb_classes', 'input_size', 'global_pool', 'teacher
 LEARNING_KEYS = ('data', 'seed', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob', 'no_aug', 'drop_path',  # loss, data
                  'blr', 'lr', 'min_lr', 'warmup_epochs', 'layer_decay', 'layer_decay_rule', 'beta2', 'weight_decay',
                  'clip_grad', 'ema')  # optimisation
+RESOLVED_KEYS = ('end_layer', 'layers', 'heads', 'layer_map', 'head_map', 'relation_heads')  # resolved with models
 
 def resume_keys(cfg) -> tuple:
     "The settings a resumed run keeps: what is trained, what is transferred (the table's options), what is learnt."
     return RUN_KEYS + tuple(option_fields(cfg)) + LEARNING_KEYS
+
+# %% ../nbs/11_cli.ipynb #59ac1dee
+def _check_resumed(ck:dict, c:TrainConfig, trainer:Trainer):
+    "What needs the built run: the transfer as the pairs resolved it (`RESOLVED_KEYS`), and an epoch left to train."
+    was = (ck.get('meta') or {}).get('transfer') or {}
+    now = json.loads(json.dumps(trainer.task.pair.transfer_meta())) if isinstance(trainer.task, TransferTask) else {}
+    if not (was and now and all(was.get(k) == now.get(k) for k in RESOLVED_KEYS if k in was)):  # else: the same run
+        check_resume(ck, asdict(c), [k for k in resume_keys(c) if k in RESOLVED_KEYS], c.resume)
+    if c.eval or ck['epoch'] + 1 < c.epochs: return
+    done = f"{c.resume} already finished: {ck['epoch'] + 1} epochs trained, --epochs {c.epochs}: nothing to train"
+    if Path(c.resume).resolve().parent != Path(c.output_dir).resolve():  # no half copy of the run elsewhere
+        raise TrainError(f"--resume {done} into --output_dir {c.output_dir} (its model files are beside it)")
+    if rank() == 0: print(f"at_train: note: {done} (more --epochs continue it)")
 
 # %% ../nbs/11_cli.ipynb #2f3bce1c
 def _datasets(c:TrainConfig) -> tuple:
@@ -306,8 +337,9 @@ def _check_heads(c:TrainConfig, t:dict, s:dict):
     "`--heads`, and whether the teacher's heads map onto the student's."
     try: transfer_heads(min(s['heads']), c.heads)
     except ValueError as e: raise TrainError(f"--heads: {e}") from None
-    try: map_heads(t['heads'][0], s['heads'][0], average=c.target == 'attn')
-    except ValueError:
+    try: map_heads(t['heads'][0], s['heads'][0], c.head_map, average=c.target == 'attn')
+    except ValueError as e:
+        if c.head_map is not None: raise TrainError(f"--head_map: {e}") from None
         why = ('the teacher heads must be a multiple of the student heads' if c.target == 'attn'
                else f'--target {c.target} needs equal head counts')
         raise TrainError(f"--teacher {c.teacher} has {t['heads'][0]} heads per block and --model {c.model} "
@@ -325,9 +357,12 @@ def _check_models(c:TrainConfig, teacher, student):
     alone = c.layer_map and c.layers is None and c.end_layer == 0   # the map names the transferred blocks
     try: ls = None if alone else transfer_layers(s['depth'], c.end_layer, c.layers)
     except ValueError as e: raise TrainError(f"--{'layers' if c.layers else 'end_layer'}: {e}") from None
-    try: map_layers(t['depth'], s['depth'], ls, c.layer_map)
+    try: lm = map_layers(t['depth'], s['depth'], ls, c.layer_map)
     except ValueError as e:  # the message may name the flag already
         raise TrainError(f"--{e}" if str(e).startswith('layer_map') else f"--layer_map: {e}") from None
+    if c.share_drop_path and (t['depth'] != s['depth'] or any(i != j for i, j in lm.items())):
+        raise TrainError("--share_drop_path (set by --preset copy and distill) shares masks block by block: it needs a "
+                         "teacher as deep as the student and the identity layer map; add --share_drop_path false")
     if 'heads' in opts: _check_heads(c, t, s)
 
 # %% ../nbs/11_cli.ipynb #5ceff8c0
@@ -369,13 +404,10 @@ def _probe_callbacks(c:TrainConfig, teacher, student) -> list:
             warnings.simplefilter('ignore', CheckpointNote)  # the run's own notes on these weights are printed already
             teacher = create_teacher(c.teacher or c.model, path, num_classes=c.nb_classes, img_size=c.input_size,
                                      global_pool=c.global_pool)
-    t, s = vit_shape(teacher), vit_shape(student)
-    if any(t[k] != s[k] for k in ('depth', 'heads', 'tokens')):   # another size: no block-by-block comparison
-        if rank() == 0: print(f"at_train: note: --attn_probe skipped: the pre-trained model ({t['depth']} blocks x "
-                              f"{t['heads'][0]} heads) and the student ({s['depth']} x {s['heads'][0]}) are compared "
-                              f"block by block only when they have the same shape")
+    try: return [AttentionDivergence(mapped_teacher(teacher, student, c.layer_map, c.head_map), c.attn_probe)]
+    except ValueError as e:  # e.g. heads that do not group evenly, for relation distillation
+        if rank() == 0: print(f"at_train: note: --attn_probe skipped: the pre-trained model cannot be mapped: {e}")
         return []
-    return [AttentionDivergence(teacher, c.attn_probe)]
 
 # %% ../nbs/11_cli.ipynb #09d1ddc2
 def run_training(cfg:TrainConfig, # a configuration checked and completed by resolve
@@ -386,18 +418,19 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     device, rk, world = init_distributed(c.device)
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
-    if ck is not None: check_resume(ck, asdict(c), resume_keys(c), c.resume)  # before any model is built
+    if ck is not None: check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
     teacher, student = _models(c)
     _check_models(c, teacher, student)
     c.abs_lr = effective_lr(c.blr, c.batch_size, c.accum_iter, world, c.lr)
     trainer = _trainer(c, student, teacher, train_ds, val_ds, device)
-    if ck is not None: trainer.load_state_dict(ck, c.resume)
+    if ck is not None: _check_resumed(ck, c, trainer); trainer.load_state_dict(ck, c.resume)
     else: seed_all(c.seed + rk)
     if rk == 0: print(_summary(c, trainer, student, len(train_ds), len(val_ds), world))
     if c.eval:
         res = trainer.validate()
         if rk == 0: print(json.dumps(res))
         return res
+    if trainer.epoch >= c.epochs and (Path(c.output_dir)/'model.pth').is_file(): return trainer  # finished (said)
     trainer.fit(c.stop_epoch)
     return trainer
 

@@ -126,8 +126,9 @@ def _members(c:EvalConfig) -> tuple:
     nets = [load_for_eval(p, c.model, c.ema, c.teacher) for p in c.checkpoints]
     scored = [has_classifier(n) for n, _ in nets]
     if not all(scored) and not c.attention:
-        raise TrainError(f"{c.checkpoints[scored.index(False)]} holds no trained classifier (no head weights: an encoder "
-                         f"such as MAE's), so its accuracy would be chance: --attention N still compares its attention")
+        raise TrainError(f"{c.checkpoints[scored.index(False)]} holds no trained classifier (no head weights: an "
+                         f"encoder such as MAE's), so its accuracy would be chance: --attention N still compares its "
+                         f"attention")
     specs = [_data_of(m, c.data, c.data_path, c.input_size, p) for p, (_, m) in zip(c.checkpoints, nets)]
     if any(s != specs[0] for s in specs[1:]):
         raise TrainError("the checkpoints were evaluated on different images and cannot be ensembled: "

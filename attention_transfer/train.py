@@ -28,8 +28,9 @@ from .callbacks import (read_log, progress_shown, Callback, LogJSONL, SaveCheckp
     ProgressBar, AttentionDivergence)
 
 # %% auto #0
-__all__ = ['LAYER_DECAY_RULES', 'AMP', 'MODEL_KEYS', 'as_task', 'layer_ids', 'build_optimizer', 'effective_lr', 'build_scheduler',
-           'amp_dtype', 'init_distributed', 'unused_parameters', 'Trainer', 'load_exact', 'check_optimizer_state']
+__all__ = ['LAYER_DECAY_RULES', 'AMP', 'MODEL_KEYS', 'MAP_KEYS', 'as_task', 'layer_ids', 'build_optimizer', 'effective_lr',
+           'build_scheduler', 'amp_dtype', 'init_distributed', 'unused_parameters', 'Trainer', 'load_exact',
+           'check_optimizer_state']
 
 # %% ../nbs/09_train.ipynb #ba5fa08a
 def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to train as classification
@@ -397,7 +398,8 @@ def save(self:Trainer, path:str|Path|None=None) -> Path|None:
 
 # %% ../nbs/09_train.ipynb #3f1319a0
 MODEL_KEYS = ('mode', 'model', 'teacher', 'finetune', 'nb_classes', 'input_size', 'global_pool', 'end_layer', 'layers',
-              'heads', 'target', 'data', 'data_path')
+              'heads', 'target', 'data', 'data_path', 'layer_map', 'head_map', 'relation_heads')
+MAP_KEYS = ('layer_map', 'head_map', 'relation_heads')  # as the checkpoint records them (the pair resolved them)
 
 @patch
 def export(self:Trainer):
@@ -405,7 +407,9 @@ def export(self:Trainer):
     if self.output_dir is None or rank() != 0: return
     save_timm_checkpoint(self.student, self.output_dir/'model.pth', self.describe())
     if self.ema is not None: save_timm_checkpoint(self.ema.module, self.output_dir/'model_ema.pth', self.describe())
-    write_atomic(json.dumps({k: self.meta.get(k) for k in MODEL_KEYS}, indent=1) + '\n', self.output_dir/'model.json')
+    tr = (self.describe() or {}).get('transfer') or {}
+    spec = {k: tr[k] if k in MAP_KEYS and k in tr else self.meta.get(k) for k in MODEL_KEYS}
+    write_atomic(json.dumps(spec, indent=1) + '\n', self.output_dir/'model.json')
     if self.history:
         fig = plot_log(self.history)
         save_figure(fig, self.output_dir/'curves.png', 100)
