@@ -106,16 +106,27 @@ def test_other_images_with_other_classes(ck):
     assert_refused('at_eval', ck['scratch'], '--data_path', ck['root']/'abfolder', names=['--data_path', 'ant', "'0'"], code=1)
 
 
-def test_attention_with_a_teacher_of_another_depth(tmp_path):
-    "--attention compares block by block: a student of 2 blocks with a teacher of 3 is refused in one line, before evaluating."
+def test_attention_with_a_teacher_that_cannot_be_mapped(tmp_path):
+    """--attention compares through the layer and head maps (issue 23, item 10); a teacher whose 3 heads cannot be grouped onto
+    the student's 4 is refused in one line, before evaluating. (A teacher of another depth is compared: tests/test_trust_eval.py.)"""
     torch.manual_seed(0)
-    t = create_teacher(MODEL, None, **{**KW, 'depth': 3}); save_timm_checkpoint(t, tmp_path/'teacher'/'encoder.pth')
-    p = save_student(AttentionCopy(t, create_model(MODEL, None, **KW), layer_map={0: 0, 1: 2}), tmp_path/'students'/'copy.pth',
-                     tmp_path/'teacher'/'encoder.pth', CLASSES, DIGITS)
+    t = create_teacher(MODEL, None, **{**KW, 'num_heads': 3, 'embed_dim': 48}); save_timm_checkpoint(t, tmp_path/'teacher.pth')
+    s = create_model(MODEL, None, **KW)
+    p = save_timm_checkpoint(s, tmp_path/'kd.pth', model_meta(s, 'logit_kd', None, t, tmp_path/'teacher.pth', CLASSES, DIGITS))
     out = tmp_path/'att.json'
-    line = assert_refused('at_eval', p, '--attention', '4', '--output', out, code=1, absent=[out],
-                          names=['--attention', "teacher of the student's shape", '3 blocks', '2 blocks', 'not available'])
-    assert '`layers`' not in line, line
+    assert_refused('at_eval', p, '--attention', '4', '--output', out, code=1, absent=[out],
+                   names=['--attention', str(p), '(2 blocks of 3 heads) cannot be mapped onto its student (2 blocks of 4 heads)', 'split evenly'])
+
+
+def test_checkpoint_without_a_trained_classifier(ck, tmp_path):
+    """An encoder (MAE's format, no head) is not scored as a classifier: one line naming it and --attention, exit 1, before
+    evaluating (issue 23, item 1); in an ensemble too. `tests/test_trust_eval.py` compares its attention."""
+    torch.manual_seed(0)
+    torch.save({'model': create_model(MODEL, None, num_classes=0).state_dict()}, tmp_path/'encoder.pth')
+    out = tmp_path/'enc.json'
+    for members in ([tmp_path/'encoder.pth'], [ck['scratch'], tmp_path/'encoder.pth']):
+        assert_refused('at_eval', *members, '--model', MODEL, '--data', 'digits', '--output', out, code=1, absent=[out],
+                       names=[str(tmp_path/'encoder.pth'), 'no trained classifier', 'chance', '--attention'], real=len(members) == 1)
 
 
 def test_bad_checkpoints(ck):

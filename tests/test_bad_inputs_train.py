@@ -207,3 +207,35 @@ def test_resume_across_tools(good, tmp_path):
                    names=['is another run', '--mode pretrain'], watch=[good], absent=[tmp_path/'t'])
     assert_refused('at_pretrain', *PRETRAIN, '--resume', good/'scratch'/'checkpoint.pth', '--output_dir', tmp_path/'p', code=1,
                    names=['not an at_pretrain checkpoint'], watch=[good], absent=[tmp_path/'p'], real=True)
+
+
+# -- issue 23: a finished run resumed into another folder, --head_map, and --share_drop_path with a teacher of another depth
+def test_finished_run_resumed_into_another_folder(good, tmp_path):
+    "Nothing is left to train: refused in one line, nothing written there (in its own folder: tests/test_trust_eval.py)."
+    assert_refused('at_train', *TRAIN, '--mode', 'copy', '--finetune', good/'teacher_a.pth', '--resume', good/'copy'/'checkpoint.pth',
+                   '--output_dir', tmp_path/'new', code=1, names=['--resume', 'already finished', '--output_dir', str(tmp_path/'new')],
+                   watch=[good], absent=[tmp_path/'new'], real=True)
+
+
+@pytest.fixture(scope='module')
+def deep_teacher(tmp_path_factory):
+    "A 6-block, 4-head vit_pico_patch4_32 teacher for the 2-block, 2-head vit_nano_patch4_32."
+    p = tmp_path_factory.mktemp('deep')/'pico.pth'
+    torch.manual_seed(0); torch.save({'model': timm.create_model('vit_pico_patch4_32', num_classes=0).state_dict()}, p)
+    return p
+
+
+@pytest.mark.parametrize('args,names', [(['--head_map', '0:0', '1:9'], ['--head_map', 'out of range']),
+                                        (['--head_map', '0:0', '2:1'], ['--head_map 0:0 2:1', 'from 0 on']),
+                                        (['--head_map', '0:0,1'], ['--head_map', '1 entries but the student has 2 heads'])])
+def test_bad_head_map(deep_teacher, args, names, tmp_path):
+    assert_refused('at_train', *TRAIN, '--mode', 'distill', '--teacher', 'vit_pico_patch4_32', '--finetune', deep_teacher, *args,
+                   '--output_dir', tmp_path/'out', code=1, names=names, absent=[tmp_path/'out'])
+
+
+@pytest.mark.parametrize('preset', ['copy', 'distill'])
+def test_preset_share_drop_path_with_a_deeper_teacher(deep_teacher, preset, tmp_path):
+    "The presets share drop-path masks, block by block: with a deeper teacher, refused naming the way out."
+    assert_refused('at_train', '--preset', preset, *TRAIN, '--end_layer', 0, '--teacher', 'vit_pico_patch4_32', '--finetune', deep_teacher,
+                   '--output_dir', tmp_path/'out', code=1, absent=[tmp_path/'out'],
+                   names=['--share_drop_path', 'teacher as deep as the student', 'add --share_drop_path false'])
