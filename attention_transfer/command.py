@@ -28,11 +28,12 @@ class ExampleConfig:
     epochs:int=3 # length of the schedule
     layers:list[int]|None=None # block indices (default: all)
     share_drop_path:bool=False # a switch: given alone, it means True
+    global_pool:bool=False # average the tokens (default: so, unless told otherwise)
     lr:float|None=None # absolute lr (default: from the base lr)
     seeds:list[int]=dataclasses.field(default_factory=lambda: [0, 1]) # one run per seed
     preset:str|None=None # a named set of defaults, e.g. short (default: none)
     digest:str|None=dataclasses.field(default=None, metadata={'cmd': False}) # not a flag: set by the program
-    example = 'example --epochs 5 --layers 0 2'  # no annotation, so not a flag: the line `--help` ends with
+    example = 'example --epochs 5 --layers 0 2'  # not a flag (no type): ends --help
 
 # %% ../nbs/10_command.ipynb #2227198e
 def _typed(v) -> str:
@@ -43,6 +44,8 @@ class _Help(sp.SimpleHelpFormatter):
     "simple-parsing's help with each flag's default once: the comment's own `(default: …)`, else the value as typed."
     def _get_help_string(self, action):
         h = action.help or ''
+        own = ' (default: %(default)s)'  # what a switch's action adds to its help by itself
+        if h.endswith(own) and 'default' in h[:-len(own)]: return h[:-len(own)]
         if 'default' in h or not action.option_strings or action.default is argparse.SUPPRESS: return h
         return f"{h} (default: {_typed(action.default).replace('%', '%%')})"
 
@@ -52,7 +55,8 @@ def _config_file(path, # a `--config` file
                 ) -> dict:
     "The flag values of a YAML (or JSON) `--config` file; one line naming the file when it is not one or names no flag."
     p = Path(path)
-    if p.suffix not in ('.yaml', '.yml', '.json'): error(f"--config {p}: give a .yaml or .json file of 'flag: value' lines")
+    if p.suffix not in ('.yaml', '.yml', '.json'):
+        error(f"--config {p}: give a .yaml or .json file of 'flag: value' lines")
     try: d = yaml.safe_load(p.read_text())  # JSON is YAML
     except OSError as e: error(f"--config {p}: cannot read it ({e.strerror})")
     except yaml.YAMLError as e: error(f"--config {p}: not YAML ({' '.join(str(e).split())[:100]})")
@@ -62,7 +66,7 @@ def _config_file(path, # a `--config` file
     return d or {}
 
 class ConfigParser(sp.ArgumentParser):
-    "simple-parsing's parser with argparse's arity (a value flag takes one value, a list one or more); strict `--config`."
+    "simple-parsing's parser with argparse's arity (a value flag takes one value, a list one or more), strict --config."
     def _preprocessing(self, *args, **kw):
         if self._preprocessing_done: return
         super()._preprocessing(*args, **kw)
