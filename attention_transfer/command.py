@@ -6,9 +6,10 @@
 from __future__ import annotations
 import argparse, dataclasses, os, platform, sys, tempfile, typing, warnings
 from pathlib import Path
-import timm, torch, torch.distributed as dist, yaml
+import timm, torch, torch.distributed as dist
 import simple_parsing as sp
 from simple_parsing.helpers.custom_actions import BooleanOptionalAction
+from simple_parsing.helpers.serialization.serializable import read_file
 from .vit import ArchitectureWarning
 from .ensemble import rank, world_size
 from .data import DataError
@@ -55,11 +56,11 @@ def _config_file(path, # a `--config` file
                 ) -> dict:
     "The flag values of a YAML (or JSON) `--config` file; one line naming the file when it is not one or names no flag."
     p = Path(path)
-    if p.suffix not in ('.yaml', '.yml', '.json'):
+    if p.suffix not in ('.yaml', '.yml', '.json'):  # simple-parsing would unpickle a .pth or .pkl file
         error(f"--config {p}: give a .yaml or .json file of 'flag: value' lines")
-    try: d = yaml.safe_load(p.read_text())  # JSON is YAML
+    try: d = read_file(p)  # simple-parsing's reader: yaml.safe_load or json.load
     except OSError as e: error(f"--config {p}: cannot read it ({e.strerror})")
-    except yaml.YAMLError as e: error(f"--config {p}: not YAML ({' '.join(str(e).split())[:100]})")
+    except Exception as e: error(f"--config {p}: not {p.suffix[1:].upper()} ({' '.join(str(e).split())[:100]})")
     if d is not None and not isinstance(d, dict): error(f"--config {p}: not a mapping of 'flag: value' lines")
     if bad := [str(k) for k in d or {} if k not in flags]:
         error(f"--config {p}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a flag (a typo?)")
