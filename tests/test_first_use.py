@@ -1,7 +1,8 @@
 """A new user's first runs (issue 23, items 3 and 5-8): a typo is refused, short runs need no extra flag, the help says
 each default once with an example, a piped log shows progress, one word for the test images, no empty panels."""
-import argparse, importlib, io, os, re, shlex, subprocess, sys, time, warnings
+import argparse, importlib, io, os, re, shlex, subprocess, sys, warnings
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 import pytest, torch
 from _flags import console_scripts
@@ -54,9 +55,9 @@ def test_default_workers_start_no_torch_warning():
 def test_a_short_run_needs_no_warmup_flag(tmp_path):
     from attention_transfer.cli import TrainConfig, resolve
     from attention_transfer.pretrain import PretrainConfig, _check
-    c = resolve(TrainConfig(model='vit_nano_patch4_32', data='digits', epochs=2, output_dir=str(tmp_path/'t')))
-    assert c.warmup_epochs == 0
-    assert resolve(TrainConfig(model='vit_nano_patch4_32', data='digits', output_dir=str(tmp_path/'t'))).warmup_epochs == 5
+    tiny = TrainConfig(model='vit_nano_patch4_32', data='digits', output_dir=str(tmp_path/'t'))
+    assert resolve(replace(tiny, epochs=2)).warmup_epochs == 0
+    assert resolve(tiny).warmup_epochs == 5  # 50 epochs, the default: as before
     assert _check(PretrainConfig(epochs=2, output_dir=str(tmp_path/'p'))).warmup_epochs == 0
     err, code = refused('at_train', ['--data', 'digits', '--epochs', '2', '--warmup_epochs', '3', '--output_dir', 'x'])
     assert code == 1 and '--warmup_epochs must be in [0, epochs] (--epochs is 2), not 3' in err  # explicit: checked
@@ -132,7 +133,8 @@ def test_at_pretrain_piped_and_its_curves(tmp_path):
     from PIL import Image
     from attention_transfer.callbacks import plot_log
     lines, early = piped('at_pretrain', '--model', 'vit_nano_patch4_32', '--data', 'digits', '--epochs', '1',
-                         '--batch_size', '16', '--steps_per_epoch', '2', '--decoder_dim', '32', '--output_dir', tmp_path)
+                         '--batch_size', '16', '--steps_per_epoch', '2', '--decoder_dim', '32',
+                         '--output_dir', tmp_path)
     assert early and any(l.startswith('epoch 0: 2 of 2 batches (100 %)') for l in lines), lines
     fig = plot_log(tmp_path)  # what curves.png draws: no empty accuracy panel for a run without accuracies
     assert [a.get_title() for a in fig.axes] == ['loss', 'learning rate']
@@ -140,11 +142,12 @@ def test_at_pretrain_piped_and_its_curves(tmp_path):
 
 
 def test_at_demo_piped(tmp_path):
-    lines, early = piped('at_demo', '--data', 'digits', '--seeds', '0', '--methods', 'scratch', 'distill', '--epochs', '1',
-                         '--pretrain_epochs', '1', '--n_labelled', '100', '--depth', '4', '--batch_size', '50',
-                         '--workers', '0', '--output_dir', tmp_path/'demo')
+    lines, early = piped('at_demo', '--data', 'digits', '--seeds', '0', '--methods', 'scratch', 'distill',
+                         '--epochs', '1', '--pretrain_epochs', '1', '--n_labelled', '100', '--depth', '4',
+                         '--batch_size', '50', '--workers', '0', '--output_dir', tmp_path/'demo')
     assert early and lines[0].startswith('at_demo: '), lines[0]
     prog = [l for l in lines if l.startswith('jobs: ')]
-    assert [l.split(',')[0] for l in prog] == [f'jobs: {i} of 3 epochs ({p} %)' for i, p in ((1, 33), (2, 67), (3, 100))]
+    want = [f'jobs: {i} of 3 epochs ({p} %)' for i, p in ((1, 33), (2, 67), (3, 100))]
+    assert [l.split(',')[0] for l in prog] == want, prog
     assert ', 1 of 3 jobs done, ' in prog[1], prog
     assert any(l.startswith('seed 0 distill: ') for l in lines) and any('test images' in l for l in lines), lines

@@ -35,7 +35,8 @@ def test_every_flag_keeps_its_spelling_default_and_arity(script):
         n = new[f]
         assert n['takes'] in COMPATIBLE[o['takes']], f"{script} {f} takes {n['takes']}, was {o['takes']}"
         if f in CHANGED.get(script, {}):
-            assert n['default'] == CHANGED[script][f], f"{script} {f} default {n['default']!r}, not {CHANGED[script][f]!r}"
+            want = CHANGED[script][f]
+            assert n['default'] == want, f"{script} {f} default {n['default']!r}, not {want!r}"
             continue
         if o['default'] is None and n['default'] is not None:
             assert script in FILLED, f"{script} {f} default {n['default']!r}, was None"
