@@ -370,7 +370,7 @@ def plot_ablations(res:dict, # results.json's content
 class AblateArgs:
     "The flags of at_ablate, which runs the paper's ablations at small scale with the demo's teacher and budget."
     # folder for settings.json, jobs.jsonl, results.json/.md/.png and the teachers; the same command again resumes
-    output_dir:str='ablate_output'
+    output_dir:str='runs/ablate'
     # ablations to run: layers heads target averaged features shift (default: all)
     ablations:list[str]|None=None
     # the students' data (built-in mnist5k or digits, or an ImageFolder root); the main teacher pre-trains on its
@@ -387,6 +387,7 @@ class AblateArgs:
     teacher:str|None=None # an MAE encoder pre-trained on --data, instead of pre-training one (default: pre-train one)
     # an MAE encoder pre-trained on --shift_data, instead of pre-training one (default: pre-train one)
     shift_teacher:str|None=None
+    example = 'at_ablate --ablations layers heads --seeds 0 1'  # not a flag (no type): ends --help
 
 # %% ../nbs/19_ablations.ipynb #5818d220
 def at_ablate(args:AblateArgs, # the command line's flags

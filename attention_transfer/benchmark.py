@@ -349,6 +349,7 @@ class BenchConfig:
     gpu:bool=False # the GPU preset (see the notebook): ViT-B/16 and ViT-L/16, bf16, eager and compiled
     # JSON file for environment, flags, rows and summary, never overwritten (default: none, nothing is written)
     output:str|None=None
+    example = 'at_bench --output runs/bench.json'  # not a flag (no type): ends --help
 
 # %% ../nbs/17_benchmark.ipynb #e5a00002
 def resolve(cfg:BenchConfig)->BenchConfig:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_callbacks.ipynb #760a3b24
 from __future__ import annotations
-import copy, json, random, sys, warnings
+import copy, json, os, random, sys, time, warnings
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
@@ -17,9 +17,10 @@ from .transfer import vit_shape, check_pair, map_layers, map_heads, AttentionCop
 from .vit import ArchitectureWarning
 
 # %% auto #0
-__all__ = ['LOG_KEYS', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint',
-           'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint', 'ExportModel',
-           'progress_shown', 'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
+__all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all',
+           'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint',
+           'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse', 'progress_lines', 'ProgressBar',
+           'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -76,7 +77,7 @@ def load_checkpoint(path:str|Path) -> dict:
     return ck
 
 # %% ../nbs/08_callbacks.ipynb #54f9efa9
-LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('kd_loss', 'kd'), ('test_top1', 'top1'),
+LOG_KEYS = [('train_loss', 'loss'), ('transfer_loss', 'transfer'), ('kd_loss', 'kd'), ('test_top1', 'test top1'),
             ('ema_top1', 'ema top1'), ('attn_js', 'attn JS'), ('images_per_s', 'img/s'), ('seconds', 's')]
 
 def log_line(rec:dict) -> str:
@@ -92,19 +93,20 @@ def read_log(path:str|Path) -> list:
 
 def plot_log(log:str|Path|list, # a run's folder, its log.jsonl, or the records
             ) -> plt.Figure:
-    "Loss, top-1 accuracy (model and EMA) and lr per epoch."
+    "Loss, test top-1 accuracy (model and EMA) and lr per epoch: one panel each, for those the records have."
     recs = log if isinstance(log, list) else read_log(log)
     ep = [r['epoch'] for r in recs]
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3))
     series = [(0, 'train_loss', 'train loss'), (0, 'transfer_loss', 'transfer loss'), (0, 'kd_loss', 'kd loss'),
               (0, 'test_loss', 'test loss'), (1, 'test_top1', 'model'), (1, 'ema_top1', 'EMA'),
               (2, 'lr', 'lr (end of epoch)')]
-    for i, k, label in series:
-        if any(r.get(k) is not None for r in recs):
-            axs[i].plot(ep, [r.get(k, float('nan')) for r in recs], 'o-', label=label)
-    for ax, t in zip(axs, ('loss', 'top-1 accuracy (%)', 'learning rate')):
-        ax.set_title(t); ax.set_xlabel('epoch')
-        if ax.lines: ax.legend()
+    series = [s for s in series if any(r.get(s[1]) is not None for r in recs)]  # e.g. MAE pre-training: no accuracy
+    panels = sorted({i for i, _, _ in series}) or [0]
+    fig, axs = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    ax = dict(zip(panels, axs[0]))
+    for i, k, label in series: ax[i].plot(ep, [r.get(k, float('nan')) for r in recs], 'o-', label=label)
+    for i, a in ax.items():
+        a.set_title(('loss', 'test top-1 accuracy (%)', 'learning rate')[i]); a.set_xlabel('epoch')
+        if a.lines: a.legend()
     fig.tight_layout()
     return fig
 
@@ -145,19 +147,62 @@ def progress_shown() -> bool:
     try: return sys.stdout.isatty()
     except (AttributeError, ValueError): return False
 
+# %% ../nbs/08_callbacks.ipynb #dbb7ed77
+PROGRESS_SECONDS = 120  # where no bar is drawn, a progress line at most this often; $AT_PROGRESS_SECONDS overrides it
+
+def progress_every() -> float:
+    "Seconds between progress lines where no bar is drawn: `$AT_PROGRESS_SECONDS`, else `PROGRESS_SECONDS`."
+    try: return float(os.environ.get('AT_PROGRESS_SECONDS', PROGRESS_SECONDS))
+    except ValueError: return PROGRESS_SECONDS
+
+def duration(s:float) -> str:
+    "Seconds as one reads them: '45 s', '12 min 5 s', '3 h 20 min'."
+    s = int(round(s))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+
+class Pulse:
+    "Told how far the work is, print one progress line at most every `every` seconds: a piped log shows life."
+    def __init__(self, every:float|None=None, # seconds between lines (default: `progress_every()`)
+                 write=None, # where the line goes (default: printed at once, `flush` even into a pipe)
+                ):
+        self.every = progress_every() if every is None else every
+        self.write = write or (lambda s: print(s, flush=True))
+        self.t0 = self.last = time.monotonic()
+    def __call__(self, done:int, total:int, what:str, unit:str, note:str='') -> bool:
+        "`what: done of total unit (p %)note, time so far, about time left`, if it is time; whether it was printed."
+        now = time.monotonic()
+        if not done or now - self.last < self.every: return False
+        self.last, spent = now, now - self.t0
+        self.write(f"{what}: {done} of {total} {unit} ({100 * done / max(total, 1):.0f} %){note}, {duration(spent)} "
+                   f"so far, about {duration(spent * max(total - done, 0) / done)} left")
+        return True
+
+def progress_lines(items, # an iterable of work, e.g. an epoch's batches
+                   total:int, # how many items it has
+                   what:str, # names the work, e.g. 'epoch 3'
+                   unit:str='batches', # names the items
+                   every:float|None=None, # seconds between lines (default: `progress_every()`)
+                  ):
+    "Yield `items`; after each, a `Pulse` line when it is time (where no progress bar is drawn)."
+    pulse = Pulse(every)
+    for i, x in enumerate(items, 1):
+        yield x  # the caller has finished the previous item when it asks for the next one
+        pulse(i, total, what, unit)
+
 # %% ../nbs/08_callbacks.ipynb #58aa510a
 class ProgressBar(Callback):
-    "fastprogress bars over the epochs and each epoch's batches, where someone sees them (`progress_shown`, rank 0)."
+    "Bars over the epochs and their batches where someone sees them (`progress_shown`); elsewhere, progress lines."
     order = -10
     def before_fit(self, tr):
         shown = rank() == 0 and progress_shown() and tr.end > tr.epoch
         tr.mb = master_bar(range(tr.epoch, tr.end)) if shown else None
+        tr.progress_lines = rank() == 0 and not shown  # `Trainer.train_epoch` then prints `progress_lines`
         self.it = iter(tr.mb) if tr.mb is not None else None
     def before_epoch(self, tr):
         if self.it is not None: next(self.it, None)
     def after_fit(self, tr):
         if self.it is not None: next(self.it, None)  # closes the bar
-        tr.mb = self.it = None
+        tr.mb = self.it = None; tr.progress_lines = False
 
 def default_callbacks() -> list:
     "What `Trainer` runs unless told otherwise: progress bars, `log.jsonl` and its lines, checkpoints, the model files."

@@ -18,6 +18,7 @@ from .methods import TransferTask
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
+from .command import loader_workers, default_warmup
 
 # %% auto #0
 __all__ = ['RANGES', 'PRESETS', 'RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'TrainConfig', 'preset_command', 'parse_mode',
@@ -33,10 +34,11 @@ class TrainConfig:
     # ...; the official copy_q..distill_v too; default: finetune with --finetune, else scratch
     mode:str|None=None
     # pre-trained checkpoint (MAE, timm/DeiT, safetensors): the teacher of copy/distill, the start of finetune
+    # (default: none, for a student from random weights)
     finetune:str=''
     teacher:str|None=None # teacher model name (default: --model, so the student is the teacher's exact architecture)
     end_layer:int=0 # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
-    layers:list[int]|None=None # block indices to transfer, instead of --end_layer
+    layers:list[int]|None=None # block indices to transfer, instead of --end_layer (default: those of --end_layer)
     heads:list[int]|None=None # heads to transfer in each block (default: all)
     # student:teacher block pairs, e.g. 0:1 1:3, for a teacher of another depth (default: the same relative depth);
     # alone, they name the transferred blocks
@@ -53,7 +55,7 @@ class TrainConfig:
     epochs:int=50 # length of the schedule
     accum_iter:int=1 # micro-batches per optimizer update
     blr:float=1e-3 # base lr: lr = blr * effective batch / 256
-    lr:float|None=None # absolute lr (overrides --blr)
+    lr:float|None=None # absolute lr (default: from --blr)
     min_lr:float=1e-6 # lr at the end of the cosine
     layer_decay:float=0.75 # layer-wise lr decay (1: off)
     # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for methods
@@ -62,7 +64,9 @@ class TrainConfig:
     beta2:float=0.999 # AdamW beta2
     weight_decay:float=0.05 # AdamW weight decay (not on norms, biases, pos_embed, class/register tokens)
     drop_path:float=0.1 # stochastic depth rate of the student
-    warmup_epochs:int=5 # linear lr warmup
+    # linear lr warmup, in epochs (default: a tenth of --epochs, at most 5: 5 of 50 as in MAE's fine-tuning recipe,
+    # none for a run under 10 epochs)
+    warmup_epochs:int|None=None
     clip_grad:float|None=None # max gradient norm (default: no clipping)
     aa:str='rand-m9-mstd0.5-inc1' # RandAugment policy ('none': off)
     reprob:float=0.25 # random erasing probability
@@ -71,25 +75,30 @@ class TrainConfig:
     smoothing:float=0.1 # label smoothing
     no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
     ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    global_pool:bool=False # classify from the average of the patch tokens (the default; resolved to 'avg' or 'token')
+    # classify from the average of the patch tokens (default: so, unless --cls_token; resolved to 'avg' or 'token')
+    global_pool:bool=False
     cls_token:bool=False # classify from the class token instead
-    data:str|None=None # built-in dataset: digits or mnist5k (instead of --data_path)
-    data_path:str='' # ImageFolder root with train/<class>/* and val/<class>/*
+    data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
+    # ImageFolder root with train/<class>/* and val/<class>/*, val/ the test images (default: none; give it or --data)
+    data_path:str=''
     nb_classes:int|None=None # classes of the head (default: the dataset's)
     input_size:int|None=None # image side (default: the model's)
-    output_dir:str='./output_dir' # log.jsonl, checkpoint.pth, model.pth, model_ema.pth, model.json, curves.png
-    resume:str='' # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists
+    output_dir:str='runs/train' # log.jsonl, checkpoint.pth, model.pth, model_ema.pth, model.json, curves.png
+    # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
+    resume:str=''
     eval:bool=False # only evaluate (the --resume or --finetune weights) and print the result
     dist_eval:bool=False # accepted for the official command lines; evaluation is always sharded exactly
     seed:int=0 # model initialisation, data order, augmentations (each process adds its rank)
-    num_workers:int=10 # DataLoader worker processes per process
+    # DataLoader worker processes per process (default: min(10, cores per process - 1), what the machine has room for)
+    num_workers:int=field(default_factory=lambda: loader_workers(10))
     amp:str='auto' # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     compile:bool=False # torch.compile the training network
     device:str|None=None # cpu, cuda, cuda:N (default: cuda when available; one GPU per torchrun process)
-    preset:str|None=None # the paper's ViT-L recipe, copy or distill (other flags override it)
-    stop_epoch:int|None=None # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
-    steps_per_epoch:int|None=None # cap the micro-batches per epoch (quick tests)
-    # validation images on which the student's attention is compared with the pre-trained model's after every epoch
+    preset:str|None=None # the paper's ViT-L recipe, copy or distill; other flags override it (default: none)
+    # stop after this many epochs; the schedule still spans --epochs, continue with --resume (default: at --epochs)
+    stop_epoch:int|None=None
+    steps_per_epoch:int|None=None # cap the micro-batches per epoch, for quick tests (default: the whole training set)
+    # test images on which the student's attention is compared with the pre-trained model's after every epoch
     # (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
     attn_probe:int=64
     # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none
@@ -99,6 +108,8 @@ class TrainConfig:
     # `run_training` from --blr or --lr and the processes
     teacher_sha256:str|None=field(default=None, metadata={'cmd': False})
     abs_lr:float|None=field(default=None, metadata={'cmd': False})
+    example = ('at_train --model vit_nano_patch4_32 --mode distill --finetune runs/pretrain/encoder.pth --data digits '
+               '--epochs 30')  # not a flag (no type): ends --help
 
 # %% ../nbs/11_cli.ipynb #e9fd53e1
 RANGES = dict(
@@ -281,6 +292,7 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
            ) -> TrainConfig:
     "`cfg` checked and completed (preset, ranges, modes, names, pooling, files, output folder); one-line TrainError."
     c = replace(with_preset(cfg, PRESETS))
+    if c.warmup_epochs is None and isinstance(c.epochs, int): c.warmup_epochs = default_warmup(c.epochs)  # scaled
     check_ranges(asdict(c), RANGES)
     amp_dtype(c.amp, 'cpu'); check_aa(c.aa)  # check the names
     _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c)
@@ -390,7 +402,7 @@ def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
     who = f"{c.mode} {c.model} ({params:.2f}M params)" + (f" <- teacher {c.teacher} {c.finetune}" if c.teacher else '')
     decay = f" (layer decay {c.layer_decay}, {c.layer_decay_rule} rule)" if c.layer_decay != 1 else ''
     batch = c.batch_size * c.accum_iter * world
-    return (f"at_train: {who}; {c.data or c.data_path}: {n_train} train / {n_val} val images, {c.nb_classes} classes, "
+    return (f"at_train: {who}; {c.data or c.data_path}: {n_train} train / {n_val} test images, {c.nb_classes} classes, "
             f"{c.input_size}px; {world} process(es) on {trainer.device}, effective batch {batch}, "
             f"lr {c.abs_lr:.3g}{decay}, {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import timm, torch, torch.distributed as dist
 import simple_parsing as sp
 from simple_parsing.helpers.custom_actions import BooleanOptionalAction
+from simple_parsing.helpers.serialization.serializable import read_file
 from .vit import ArchitectureWarning
 from .ensemble import rank, world_size
 from .data import DataError
@@ -18,7 +19,7 @@ from .methods import TrainError, OFFICIAL_MODELS, timm_name  # names: beside loa
 # %% auto #0
 __all__ = ['EXPECTED', 'ExampleConfig', 'ConfigParser', 'config_parser', 'fail', 'parse_config', 'with_preset', 'run_command',
            'check_ranges', 'check_output_dir', 'check_output_file', 'check_writable', 'check_resume', 'cores',
-           'environment', 'env_line']
+           'environment', 'env_line', 'loader_workers', 'default_warmup']
 
 # %% ../nbs/10_command.ipynb #39ee2e72
 @dataclasses.dataclass
@@ -28,19 +29,45 @@ class ExampleConfig:
     epochs:int=3 # length of the schedule
     layers:list[int]|None=None # block indices (default: all)
     share_drop_path:bool=False # a switch: given alone, it means True
+    global_pool:bool=False # average the tokens (default: so, unless told otherwise)
     lr:float|None=None # absolute lr (default: from the base lr)
-    preset:str|None=None # a named set of defaults, e.g. short
+    seeds:list[int]=dataclasses.field(default_factory=lambda: [0, 1]) # one run per seed
+    preset:str|None=None # a named set of defaults, e.g. short (default: none)
     digest:str|None=dataclasses.field(default=None, metadata={'cmd': False}) # not a flag: set by the program
+    example = 'example --epochs 5 --layers 0 2'  # not a flag (no type): ends --help
 
 # %% ../nbs/10_command.ipynb #2227198e
+def _typed(v) -> str:
+    "A default as one types it: a list's values separated by spaces."
+    return ' '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
 class _Help(sp.SimpleHelpFormatter):
-    "simple-parsing's help, but a flag whose help already names its default shows it once."
+    "simple-parsing's help with each flag's default once: the comment's own `(default: …)`, else the value as typed."
     def _get_help_string(self, action):
         h = action.help or ''
-        return h if 'default' in h else super()._get_help_string(action)
+        own = ' (default: %(default)s)'  # what a switch's action adds to its help by itself
+        if h.endswith(own) and 'default' in h[:-len(own)]: return h[:-len(own)]
+        if 'default' in h or not action.option_strings or action.default is argparse.SUPPRESS: return h
+        return f"{h} (default: {_typed(action.default).replace('%', '%%')})"
+
+def _config_file(path, # a `--config` file
+                 flags:set, # the names it may set
+                 error, # the parser's `error`: prints one line and exits
+                ) -> dict:
+    "The flag values of a YAML (or JSON) `--config` file; one line naming the file when it is not one or names no flag."
+    p = Path(path)
+    if p.suffix not in ('.yaml', '.yml', '.json'):  # simple-parsing would unpickle a .pth or .pkl file
+        error(f"--config {p}: give a .yaml or .json file of 'flag: value' lines")
+    try: d = read_file(p)  # simple-parsing's reader: yaml.safe_load or json.load
+    except OSError as e: error(f"--config {p}: cannot read it ({e.strerror})")
+    except Exception as e: error(f"--config {p}: not {p.suffix[1:].upper()} ({' '.join(str(e).split())[:100]})")
+    if d is not None and not isinstance(d, dict): error(f"--config {p}: not a mapping of 'flag: value' lines")
+    if bad := [str(k) for k in d or {} if k not in flags]:
+        error(f"--config {p}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a flag (a typo?)")
+    return d or {}
 
 class ConfigParser(sp.ArgumentParser):
-    "simple-parsing's parser with argparse's arity: a value flag takes one value, a list flag one or more."
+    "simple-parsing's parser with argparse's arity (a value flag takes one value, a list one or more), strict --config."
     def _preprocessing(self, *args, **kw):
         if self._preprocessing_done: return
         super()._preprocessing(*args, **kw)
@@ -53,13 +80,23 @@ class ConfigParser(sp.ArgumentParser):
             for a in g._group_actions:
                 if a.dest == 'config': a.help, a.metavar = "YAML files of 'flag: value' lines (the defaults)", 'FILE'
 
+    def set_defaults(self, config_path=None, **kw):
+        "Defaults from a `--config` file, read by `_config_file`, or from `kw`."
+        if config_path is None: return super().set_defaults(**kw)
+        w = self._wrappers[0]
+        flags = {f.name for f in dataclasses.fields(w.dataclass) if f.metadata.get('cmd', True)}
+        super().set_defaults(**{w.dest: _config_file(config_path, flags, self.error)})
+
 # %% ../nbs/10_command.ipynb #9fd69ac9
 def config_parser(cls:type, # a dataclass: one field per flag, its `# comment` the help
                   prog:str, # the console script's name, for messages
                   default=None, # an instance of `cls` whose values are the defaults (default: the fields')
+                  description:str|None=None, # the help's first line (default: the first line of `cls`'s docstring)
                  ) -> ConfigParser:
     "Command `prog`'s parser: `--field` for each field of `cls`, `--config FILE` (YAML) for defaults, no abbreviations."
-    p = ConfigParser(prog=prog, description=(cls.__doc__ or '').splitlines()[0], allow_abbrev=False,
+    about = (description or cls.__doc__ or '').splitlines()[0]
+    example = f"example:\n  {cls.example}" if isinstance(getattr(cls, 'example', None), str) else None
+    p = ConfigParser(prog=prog, description=about, epilog=example, allow_abbrev=False,
                      add_config_path_arg='config', nested_mode=sp.NestedMode.WITHOUT_ROOT,
                      add_option_string_dash_variants=sp.DashVariant.UNDERSCORE,
                      add_dest_to_option_strings=False, formatter_class=_Help)
@@ -91,6 +128,7 @@ def parse_config(cls:type, # the command's dataclass
                  argv:list, # its command-line arguments
                  prog:str, # the console script's name, for messages
                  presets:dict|None=None, # {name: {field: value}}: `--preset NAME` takes them as defaults
+                 description:str|None=None, # the help's first line (default: from `cls`'s docstring)
                 ):
     "The `cls` that command line `argv` describes; `--preset NAME` gives the defaults, the other flags win."
     default = None
@@ -99,7 +137,7 @@ def parse_config(cls:type, # the command's dataclass
         pre.add_argument('--preset')
         pre.error = lambda msg: fail(prog, f"--preset needs a name: {' or '.join(presets)}", 2)
         default = _preset(cls, pre.parse_known_args(argv)[0].preset, presets, prog)
-    cfg = config_parser(cls, prog, default).parse_args(argv).cfg
+    cfg = config_parser(cls, prog, default, description).parse_args(argv).cfg
     return dataclasses.replace(cfg, preset=None) if presets is not None else cfg
 
 # %% ../nbs/10_command.ipynb #66b6d969
@@ -135,9 +173,11 @@ def run_command(func, # the command: takes an instance of `cls`
                ):
     "Console script `prog`: parse `argv` into `cls` and run `func` (returns None: a console script prints a value)."
     show = warnings.showwarning
+    try: sys.stdout.reconfigure(line_buffering=True)  # piped into a log, each line arrives when it is printed
+    except (AttributeError, ValueError): pass  # not a text file of its own (a notebook's or a test's capture)
     try:
         warnings.showwarning = _note(prog, show)
-        func(parse_config(cls, list(sys.argv[1:] if argv is None else argv), prog, presets))
+        func(parse_config(cls, list(sys.argv[1:] if argv is None else argv), prog, presets, func.__doc__))
     except errors as e: fail(prog, e)
     finally:
         warnings.showwarning = show
@@ -258,3 +298,15 @@ def env_line(env:dict) -> str:
     load = f", load {'/'.join(map(str, env['load']))}" if env.get('load') else ''
     return (f"{gpu}{env['cpu']}, {env['threads']} torch threads{load}; "
             f"Python {env['python']}, torch {env['torch']}, timm {env['timm']}")
+
+# %% ../nbs/10_command.ipynb #aed50edf
+def loader_workers(most:int, # the most DataLoader workers a process uses, however many cores it has
+                  ) -> int:
+    "DataLoader workers per process that leave a core to the process itself: `min(most, cores per process - 1)`."
+    per_process = cores() // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # torchrun's processes on this node
+    return max(0, min(most, per_process - 1))
+
+def default_warmup(epochs:int, # the length of the schedule
+                  ) -> int:
+    "Warm-up epochs when none are given: a tenth of `epochs`, at most 5 (MAE's fine-tuning recipe: 5 of 50)."
+    return max(0, min(5, epochs // 10))

@@ -246,7 +246,7 @@ def rebuild_models(res:dict, # from run_jobs
 
 # %% ../nbs/16_demo.ipynb #1cf1ef9f
 def run_demo(cfg:DemoConfig, # the run's settings
-             output_dir:str|Path='demo_output', # where results, figures and weights go
+             output_dir:str|Path='runs/demo', # where results, figures and weights go
              workers:int|None=None, # worker processes (None: one per CPU core, at most one per job; 0: all in this one)
              n_images:int=4, # test images in the attention figure
              write=print, # where text goes
@@ -342,7 +342,7 @@ class DemoArgs:
     "The flags of at_demo, which pre-trains an MAE teacher, trains students of each method over seeds and reports them."
     data:str=_D.data # built-in dataset (mnist5k, digits) or an ImageFolder root with train/<class>/* and val/<class>/*
     # a new or empty folder for results.json, results.png, attention.png, run.json, teacher/, students/
-    output_dir:str='demo_output'
+    output_dir:str='runs/demo'
     seeds:list[int]=field(default_factory=lambda: list(_D.seeds)) # one student of each method per seed
     epochs:int=_D.epochs # student epochs, the same for every method
     pretrain_epochs:int=_D.pretrain_epochs # MAE pre-training epochs of the teacher
@@ -377,6 +377,7 @@ class DemoArgs:
     # METHOD.KEY=VALUE entries of any method's recipe, after the flags above: lr, layer_decay or an option the method
     # takes, e.g. distill_features.lr=0.01 distill_features.layer_decay=1.0 (default: none)
     recipe:list[str]|None=None
+    example = 'at_demo --seeds 0 1 2'  # not a flag (no type): ends --help
 
 # %% ../nbs/16_demo.ipynb #fa6fd460
 def at_demo(args:DemoArgs, # the command line's flags

@@ -16,7 +16,7 @@ from .transfer import AttentionTransfer, vit_shape, transfer_layers
 from .methods import TrainError, load_for_eval, find_teacher
 from .train import amp_dtype, init_distributed, write_atomic
 from .callbacks import mapped_teacher
-from .command import run_command, check_output_file
+from .command import run_command, check_output_file, loader_workers
 
 # %% auto #0
 __all__ = ['EvalConfig', 'eval_data', 'has_classifier', 'attention_reference', 'mapped_reference', 'at_eval', 'main']
@@ -40,15 +40,17 @@ class EvalConfig:
     data_path:str|None=None
     input_size:int|None=None # image side, for checkpoints that do not record theirs (default: the model's)
     batch_size:int=128 # images per process and batch (at_demo scores with 128 too)
-    num_workers:int=4 # DataLoader worker processes per process
+    # DataLoader worker processes per process (default: min(4, cores per process - 1), what the machine has room for)
+    num_workers:int=field(default_factory=lambda: loader_workers(4))
     device:str|None=None # cpu, cuda, cuda:N (default: cuda when available)
     amp:str='auto' # autocast: auto (bf16 on CUDA), bf16, fp16, off
     how:str='prob' # ensemble by averaging probabilities (prob) or logits (logit)
     # also write the results to this JSON file (a new file; missing folders are made) (default: print only)
     output:str|None=None
     # also compare each checkpoint's attention with its teacher's (--teacher, or the recorded one) on the first N
-    # evaluation images: KL and Jensen-Shannon divergence per block, in nats (0: off)
+    # test images: KL and Jensen-Shannon divergence per block, in nats (0: off)
     attention:int=0
+    example = 'at_eval runs/train/model.pth'  # not a flag (no type): ends --help
 
 # %% ../nbs/12_evaluate.ipynb #5c30dcd5
 def _check_flags(c:EvalConfig):

@@ -17,6 +17,7 @@ from .data import load_split, labelled_subset, holdout_split, eval_split
 from .models import create_model, create_teacher, create_student, CheckpointNote, model_meta
 from .methods import TrainError, METHODS, get_method, build_task, TransferTask
 from .train import Trainer, Callback, seed_all, progress_shown
+from .callbacks import Pulse
 from .mae import create_mae, mae_trainer, save_encoder
 from .command import cores
 from .ensemble import predict, score
@@ -103,10 +104,14 @@ def prepare_data(cfg:DemoConfig, # the run's settings
 
 # %% ../nbs/15_experiment.ipynb #de2687e5
 class Report(Callback):
-    "Call `report()` after each epoch (the demo's workers send a tick to the main process's progress bar)."
-    def __init__(self, report=None): self.report = report
+    "Call `report()` after each epoch (the demo's workers tick the main process's bar); with none, print a `Pulse`."
+    def __init__(self, report=None, # called after each epoch
+                 what:str='job', # names the job in the progress lines printed when there is no `report`
+                ): self.report, self.what = report, what
+    def before_fit(self, tr): self.pulse = Pulse() if self.report is None else None  # e.g. at_ablate's jobs
     def after_epoch(self, tr, rec):
         if self.report is not None: self.report()
+        else: self.pulse(tr.epoch, tr.epochs, self.what, 'epochs')
 
 # %% ../nbs/15_experiment.ipynb #31c020f1
 def _usage(t0:float, c0:float) -> dict:
@@ -126,7 +131,7 @@ def pretrain_teacher(data:dict, # from prepare_data
     dl = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), min(cfg.pretrain_batch_size, len(x)), True, cfg.pad,
                       data['fill'], cfg.hflip, seed=cfg.teacher_seed)
     tr = mae_trainer(mae, dl, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_epochs=cfg.pretrain_warmup_epochs,
-                     amp='off', device='cpu', callbacks=[Report(report)])
+                     amp='off', device='cpu', callbacks=[Report(report, 'MAE teacher')])
     hist = tr.fit()
     save_encoder(mae, path)
     return dict(history=hist, path=str(path), **_usage(t0, c0))
@@ -193,7 +198,7 @@ def train_student(data:dict, # from prepare_data
     dl = TensorLoader(data['x'], data['y'], cfg.batch_size, True, cfg.pad, data['fill'], cfg.hflip, seed=seed)
     tr = Trainer(task, dl, None, epochs=cfg.epochs, lr=r['lr'], min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
                  weight_decay=cfg.weight_decay, layer_decay=r.get('layer_decay', 1.), beta2=cfg.beta2, amp='off',
-                 device='cpu', callbacks=[Report(report)])
+                 device='cpu', callbacks=[Report(report, f'{method} seed {seed}')])
     hist = tr.fit()
     logits, y = predict({method: tr.eval_model()}, eval_loader(data))  # a copy pair runs its teacher
     acc = score(logits, y)[method]['top1']
@@ -258,15 +263,17 @@ def run_jobs(data:dict, # from prepare_data
     total = (cfg.pretrain_epochs if pretrain else 0) + cfg.epochs * (len(first) + len(later) - pretrain)
     pb = progress_bar(range(total)) if progress_shown() else None  # drawn only where it is seen: a log gets the lines
     if pb is not None: pb.update(0)
-    done, out = [0], {'teacher': None}
+    done, out, jobs, pulse = [0, 0], {'teacher': None}, len(first) + len(later), Pulse(write=write)
     def tick(n=1):
         done[0] += n
         if pb is not None: pb.update(min(done[0], total))
+        else: pulse(done[0], total, 'jobs', 'epochs', f", {done[1]} of {jobs} jobs done")  # no bar: a line at times
     def say(line):
         if pb is not None and not _in_notebook(): print('\r\033[K', end='', flush=True)  # clear the bar's line first
         write(line)
         if pb is not None: pb.update(min(done[0], total))
     def finish(kind, kw, res):
+        done[1] += 1
         if kind == 'pretrain':
             out['teacher'], h = res, res['history']
             say(f"teacher: MAE loss {h[-1]['train_loss']:.3f} after {len(h)} epochs ({res['seconds']:.0f} s)")

@@ -14,6 +14,7 @@ from .methods import TrainError
 from .train import Trainer, effective_lr, init_distributed, seed_all, load_checkpoint, amp_dtype
 from .mae import MaskedAutoencoder, create_mae, mae_trainer
 from .command import timm_name, check_ranges, check_output_dir, check_resume, run_command
+from .command import default_warmup
 
 # %% ../nbs/14_pretrain.ipynb #c0f90002
 @dataclass
@@ -21,9 +22,9 @@ class PretrainConfig:
     "The flags of `at_pretrain`: pre-train a timm ViT as a masked autoencoder, its encoder saved as `encoder.pth`."
     # timm ViT to pre-train (any timm VisionTransformer; MAE names such as mae_vit_base_patch16 work too)
     model:str='vit_pico_patch7_28'
-    # built-in dataset (mnist5k, the default, or digits: training split only) or an ImageFolder root (reads train/ only)
+    # built-in dataset, mnist5k or digits (its training split), or an ImageFolder root (its train/) (default: mnist5k)
     data:str|None=None
-    data_path:str='' # ImageFolder root, as MAE's flag (same as --data FOLDER)
+    data_path:str='' # ImageFolder root, as MAE's flag (same as --data FOLDER) (default: none)
     mask_ratio:float=0.75 # fraction of patches hidden from the encoder
     norm_pix_loss:bool=True # per-patch normalised pixel targets (give 'false' to turn off)
     decoder_dim:int=64 # decoder width (MAE's ImageNet recipe: 512)
@@ -35,11 +36,12 @@ class PretrainConfig:
     accum_iter:int=1 # micro-batches per optimizer update
     # base lr: lr = blr * effective batch / 256 (tuned for mnist5k; MAE's ImageNet recipe: 1.5e-4 at batch 4096)
     blr:float=3e-3
-    lr:float|None=None # absolute lr (overrides --blr)
+    lr:float|None=None # absolute lr (default: from --blr)
     min_lr:float=0. # lr at the end of the cosine
     weight_decay:float=0.05 # AdamW weight decay (not on norms, biases, tokens, position embeddings)
     beta2:float=0.95 # AdamW beta2 (MAE's)
-    warmup_epochs:int=5 # linear lr warmup (MAE's ImageNet recipe: 40)
+    # linear lr warmup, in epochs (default: a tenth of --epochs, at most 5; MAE's ImageNet recipe: 40)
+    warmup_epochs:int|None=None
     clip_grad:float|None=None # max gradient norm (default: no clipping)
     drop_path:float=0. # stochastic depth rate of the encoder
     input_size:int|None=None # image side (default: the model's)
@@ -47,14 +49,17 @@ class PretrainConfig:
     min_scale:float|None=None
     hflip:float|None=None # horizontal flip probability (default: 0 for the built-in digits, 0.5 for folders)
     # log.jsonl, checkpoint.pth (to resume), encoder.pth (the teacher), curves.png, reconstructions.png
-    output_dir:str='./output_dir'
-    resume:str='' # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists
+    output_dir:str='runs/pretrain'
+    # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
+    resume:str=''
     seed:int=0 # initialisation, data order, crops, masks (each process adds its rank)
     num_workers:int=0 # DataLoader worker processes per process
     amp:str='auto' # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     device:str|None=None # cpu, cuda, cuda:N (default: cuda when available)
-    stop_epoch:int|None=None # stop after this many epochs; the schedule still spans --epochs (continue with --resume)
-    steps_per_epoch:int|None=None # cap the micro-batches per epoch (quick tests)
+    # stop after this many epochs; the schedule still spans --epochs, continue with --resume (default: at --epochs)
+    stop_epoch:int|None=None
+    steps_per_epoch:int|None=None # cap the micro-batches per epoch, for quick tests (default: the whole training set)
+    example = 'at_pretrain --model vit_nano_patch4_32 --data digits --epochs 100'  # not a flag (no type): ends --help
 
 # %% ../nbs/14_pretrain.ipynb #c0f90005
 PRETRAIN_RANGES = dict(
@@ -67,6 +72,7 @@ PRETRAIN_RANGES = dict(
 # %% ../nbs/14_pretrain.ipynb #03f6f47e
 def _check(cfg:PretrainConfig)->PretrainConfig:
     "`cfg` checked and completed before anything is built or written; TrainError with one line otherwise."
+    if cfg.warmup_epochs is None: cfg = replace(cfg, warmup_epochs=default_warmup(cfg.epochs))  # scaled to the run
     check_ranges(asdict(cfg), PRETRAIN_RANGES)  # every numeric flag in its range
     amp_dtype(cfg.amp, 'cpu')  # checks the name
     model = timm_name(cfg.model.removeprefix('mae_'))

@@ -22,7 +22,7 @@ from .ensemble import rank, world_size, all_reduce_sum
 from .methods import TrainError, trained_model, TransferTask
 from .models import CheckpointError, ModelError
 from .callbacks import (save_atomic, write_atomic, save_figure, rng_state, set_rng_state, seed_all,
-    load_checkpoint, plot_log, default_callbacks)
+    load_checkpoint, plot_log, default_callbacks, progress_lines)
 # the rest of the callbacks lesson, for the commands that import it from here (cli, pretrain, demo, ablations)
 from .callbacks import (read_log, progress_shown, Callback, LogJSONL, SaveCheckpoint, ExportModel,
     ProgressBar, AttentionDivergence)
@@ -255,6 +255,8 @@ def train_epoch(self:Trainer) -> dict:
     sums, parts, n, first = torch.zeros(2, dtype=torch.float64), {}, 0, None
     batches = zip(range(self.steps_per_epoch), self.train_dl)
     if self.mb is not None: batches = progress_bar(batches, total=self.steps_per_epoch, parent=self.mb)
+    elif getattr(self, 'progress_lines', False):  # no bar drawn (`ProgressBar`): a line every few minutes
+        batches = progress_lines(batches, self.steps_per_epoch, f'epoch {self.epoch}')
     self.opt.zero_grad(set_to_none=True); t0 = time.perf_counter()
     for i, (x, y) in batches:
         if i % self.accum_iter == 0:  # the schedule at epoch + i/steps_per_epoch
