@@ -156,3 +156,19 @@ def test_attention_divergence_batch_of_two_sizes():
     set_padding((t, s), keep=[12, 17], extra=3); both = attention_divergence(t, s, X)
     for k in ('kl', 'js'):
         torch.testing.assert_close(both[k], (12 * alone[0][k] + 17 * alone[1][k]) / 29, rtol=0, atol=TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('fill, key_only', CASES, ids=IDS)
+def test_padding_on_cuda(fill, key_only):
+    "On a CUDA device (other kernels): an image's fused and explicit loss and the student's gradients, alone and padded."
+    torch.backends.cuda.matmul.allow_tf32 = False
+    def run(x, m=None):
+        x = {k: v.cuda().requires_grad_(k in ('qs', 'ks')) for k, v in x.items()}
+        t, s = QK(x['qt'], x['kt'], SC, m), QK(x['qs'], x['ks'], SC, m)
+        out = [transfer_loss(t, s), transfer_loss(t.logits(), s.logits(), mask=m)]
+        return out + [g[:, :, :9] for l in out for g in torch.autograd.grad(l, (x['qs'], x['ks']))]
+    x, m = padded([A], 5, FILLS[fill], key_only)
+    for a, b in zip(run(A), run(x, m.cuda())):
+        assert b.isfinite().all()
+        torch.testing.assert_close(b, a, rtol=0, atol=TOL)
