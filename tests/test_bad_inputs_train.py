@@ -34,7 +34,7 @@ def good(tmp_path_factory):
 
 
 # -- every numeric flag out of its range, one line naming the flag, before any work (exit 1: the library's check)
-# one value per flag (both sides of every interval, NaN and the 2**32 seed bound: `check_ranges`'s tests in 09_command);
+# one value per flag (both sides of every interval, NaN and the 2**32 seed bound: `check_ranges`'s tests in 10_command);
 # negative values that argparse takes for options (-1e-6) are refused by the parser itself (exit 2, naming the flag)
 TRAIN_FLAGS = [('batch_size', 0), ('epochs', 0), ('accum_iter', 0), ('steps_per_epoch', 0), ('stop_epoch', 0), ('blr', 0),
                ('lr', -1), ('min_lr', -1), ('warmup_epochs', 2), ('layer_decay', 1.5), ('beta2', 1), ('weight_decay', -0.1),
