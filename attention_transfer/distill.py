@@ -4,35 +4,93 @@
 
 # %% ../nbs/03_distill.ipynb #217917ea
 from __future__ import annotations
+import dataclasses
 import torch, torch.nn as nn, torch.nn.functional as F
 from einops import rearrange
 from .attention import recording, QK, attention_logits, safe_softmax
 from .transfer import AttentionTransfer, TARGETS, vit_shape
 
 # %% auto #0
-__all__ = ['transfer_loss', 'probs_ce', 'AttentionLSE', 'TeacherAttention', 'AttentionDistill', 'relations', 'relation_loss',
-           'RelationDistill']
+__all__ = ['MASKED', 'hidden_keys', 'real_rows', 'transfer_loss', 'probs_ce', 'AttentionLSE', 'TeacherAttention',
+           'AttentionDistill', 'relations', 'relation_loss', 'RelationDistill']
+
+# %% ../nbs/03_distill.ipynb #a6107c78
+MASKED = -1e3   # an additive mask value at or below this hides its key: e^-1000 is 0 even in float64
+
+def hidden_keys(mask:torch.Tensor, # timm's attention mask: bool (True: attend) or additive float, to `b h n m`
+               ) -> torch.Tensor: # bool, the mask's shape
+    "Where `mask` hides a key from a query: False in a bool mask, at or below `MASKED` in an additive one."
+    return ~mask if mask.dtype == torch.bool else mask <= MASKED
+
+# %% ../nbs/03_distill.ipynb #18087821
+def _hidden4(mask:torch.Tensor) -> torch.Tensor:
+    "`hidden_keys(mask)` as a 4-d `b h n m` tensor (each dim maybe 1), as attention broadcasts it."
+    h = hidden_keys(mask)
+    return h.reshape((1,) * (4 - h.ndim) + tuple(h.shape))
+
+def real_rows(mask:torch.Tensor|None, # a self-attention's mask (see hidden_keys), or None
+              n:int, # query rows: the tokens
+             ) -> torch.Tensor|None: # bool, broadcastable to `b h n` (not to more dims than `mask`); None: all count
+    "The query rows a loss averages over: not a padding token (its key hidden from all queries), with a key to attend."
+    if mask is None: return None
+    h = _hidden4(mask)
+    real = ~h.all(-1)                                                 # b h n: some key to attend
+    if h.shape[-1] == n: real = real & ~h.all(-2).all(1)[:, None]     # the token's own key is seen by some query
+    return None if real.all() else real.reshape(real.shape[-max(mask.ndim - 1, 1):])   # no more dims than the mask
+
+# %% ../nbs/03_distill.ipynb #e3fd8542
+def _row_mean(rows:torch.Tensor, # per-row values `... n`
+              real:torch.Tensor, # bool, broadcastable to `rows`: the rows that count
+             ) -> torch.Tensor:
+    "The mean of `rows` over `real`, 0 if no row counts; NaN in a row that does not count is ignored."
+    real = real.expand(rows.shape)
+    return rows.masked_fill(~real, 0.).sum() / real.sum().clamp_min(1)
+
+def _hide(x:torch.Tensor, # logits or probabilities `... n m`
+          mask:torch.Tensor|None, # their attention mask (see hidden_keys)
+          value:float=float('-inf'), # what a hidden key gets: -inf for logits, 0 for probabilities
+         ) -> torch.Tensor:
+    "`x` with the keys `mask` hides set to `value`: no weight, whatever the mask's fill; `x` itself if none is hidden."
+    if mask is None: return x
+    h = hidden_keys(mask)
+    return x.masked_fill(h, value) if h.any() else x
 
 # %% ../nbs/03_distill.ipynb #28f0b88d
 def _logits_ce(t:torch.Tensor, # teacher logits `... n m` (-inf: masked)
                s:torch.Tensor, # student logits, same shape
+               real:torch.Tensor|None=None, # the rows that count (see real_rows); None: all with a key to attend
               ) -> torch.Tensor:
-    "Mean over rows of CE(softmax(t), softmax(s)), with 0·log 0 = 0: a fully masked row gives 0."
+    "Mean over the rows that count of CE(softmax(t), softmax(s)), with 0·log 0 = 0; a fully masked row does not count."
     ce = F.cross_entropy(s.flatten(0, -2), t.softmax(-1).flatten(0, -2), reduction='none')
     # no masked logits: the plain cross-entropy (NaN only comes from a -inf logit)
-    if not ce.isnan().any(): return ce.mean()
+    if real is None and not ce.isnan().any(): return ce.mean()
     dead = (t == float('-inf')).all(-1) | (s == float('-inf')).all(-1)
     s = s.masked_fill(s == float('-inf'), torch.finfo(s.dtype).min)    # finite log-probs: 0·log p is 0, not NaN
     ce = F.cross_entropy(s.flatten(0, -2), safe_softmax(t).flatten(0, -2), reduction='none')
-    return ce.view(dead.shape).masked_fill(dead, 0.).mean()
+    return _row_mean(ce.view(dead.shape), ~dead if real is None else real & ~dead)
+
+# %% ../nbs/03_distill.ipynb #bf655b10
+def _masked_loss(t:torch.Tensor, s:torch.Tensor, # teacher's and student's logits `b h n n`, or q/k/v `b h n d`, fp32
+                 target:str, mask:torch.Tensor, # a mask that hides some key
+                ) -> torch.Tensor:
+    "`transfer_loss` of tensors under `mask`: hidden keys get no weight, the mean is over the rows that count."
+    real = real_rows(mask, t.shape[-2])
+    if target != 'attn':
+        return F.mse_loss(s, t) if real is None else _row_mean(F.mse_loss(s, t, reduction='none').mean(-1), real)
+    return _logits_ce(_hide(t, mask), _hide(s, mask), real)
 
 # %% ../nbs/03_distill.ipynb #f81e6630
+def _select(mask:torch.Tensor|None, heads) -> torch.Tensor|None:
+    "`mask` restricted to `heads` where it has a head dimension (as `QK.select` does)."
+    return mask[:, heads] if heads is not None and mask is not None and mask.ndim == 4 and mask.shape[1] > 1 else mask
+
 def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its QK ('attn'), or q/k/v `b h n d`
                   student, # the student's, of the same kind and shape
                   target:str='attn', # 'attn': cross-entropy of the attention distributions; 'q'/'k'/'v': MSE
                   heads=None, # heads that enter the loss; None: all
+                  mask:torch.Tensor|None=None, # for tensors, the layer's mask (see real_rows); a QK has its own
                  ) -> torch.Tensor:
-    "The unweighted distillation loss of one layer, in fp32; a fully masked query row contributes 0."
+    "The unweighted distillation loss of one layer, in fp32: a mean over the query rows that count (see `real_rows`)."
     if target not in TARGETS: raise ValueError(f"target={target!r}: use one of {TARGETS}")
     if teacher.shape != student.shape:
         what = 'attention logits (b h n n)' if target == 'attn' else f'{target} (b h n d)'
@@ -40,32 +98,38 @@ def transfer_loss(teacher, # the teacher's pre-softmax logits `b h n n` or its Q
                          f"{tuple(student.shape)}: "
                          "teacher and student must agree in batch, heads, tokens (and head width for q/k/v)")
     fused = isinstance(teacher, QK)
-    if fused != isinstance(student, QK) or (fused and target != 'attn'):
-        raise TypeError(f"give teacher and student both as QK (target 'attn' only) or both as tensors, not "
-                        f"{type(teacher).__name__} and {type(student).__name__}")
+    if fused != isinstance(student, QK) or (fused and target != 'attn') or (fused and mask is not None):
+        raise TypeError(f"give teacher and student both as QK (target 'attn' only, no mask: a QK has its own) or both "
+                        f"as tensors, not {type(teacher).__name__} and {type(student).__name__}")
     if fused: teacher, student = teacher.select(heads), student.select(heads)
-    elif heads is not None: teacher, student = teacher[:, heads], student[:, heads]
+    elif heads is not None: teacher, student, mask = teacher[:, heads], student[:, heads], _select(mask, heads)
     with torch.autocast((student.q if fused else student).device.type, enabled=False):
         if fused: return _qk_ce(teacher, student)
         t, s = teacher.detach().float(), student.float()
+        if mask is not None and hidden_keys(mask).any(): return _masked_loss(t, s, target, mask)
         return F.mse_loss(s, t) if target != 'attn' else _logits_ce(t, s)
 
 # %% ../nbs/03_distill.ipynb #14fcb305
 def probs_ce(teacher:torch.Tensor, # the teacher's attention probabilities `b h n m` (e.g. averaged by a head map)
              student:torch.Tensor, # the student's pre-softmax logits, same shape (-inf: masked)
              heads=None, # heads that enter the loss; None: all
+             mask:torch.Tensor|None=None, # the layer's attention mask (see real_rows): what it hides does not count
             ) -> torch.Tensor:
-    "Mean over query rows of CE(teacher map, softmax(student logits)), in fp32; a fully masked student row gives 0."
+    "Mean over the query rows that count (see `real_rows`) of CE(teacher map, softmax(student logits)), in fp32."
     if teacher.shape != student.shape:
         raise ValueError(f"teacher attention maps have shape {tuple(teacher.shape)} but the student's logits "
                          f"{tuple(student.shape)}: "
                          "they must agree in batch, heads (after the head map) and tokens")
-    if heads is not None: teacher, student = teacher[:, heads], student[:, heads]
+    if heads is not None: teacher, student, mask = teacher[:, heads], student[:, heads], _select(mask, heads)
     with torch.autocast(student.device.type, enabled=False):
         t, s = teacher.detach().float(), student.float()
+        real = real_rows(mask, s.shape[-2])
+        t, s = _hide(t, mask, 0.), _hide(s, mask)
         dead, inf = (s == float('-inf')).all(-1), s == float('-inf')
         if inf.any(): s = s.masked_fill(inf, torch.finfo(s.dtype).min)   # finite where the teacher's is 0: 0·log p = 0
-        return (-(t * s.log_softmax(-1)).sum(-1)).masked_fill(dead, 0.).mean()
+        rows = -(t * s.log_softmax(-1)).sum(-1)
+        if real is None and not dead.any(): return rows.mean()
+        return _row_mean(rows, ~dead if real is None else real & ~dead)
 
 # %% ../nbs/03_distill.ipynb #ece29f93
 def _float_mask(m, dtype):
@@ -149,24 +213,31 @@ def _teacher_keys(t:QK, ks:torch.Tensor) -> torch.Tensor:
         return TeacherAttention.apply(t.q, t.k, ks, t.scale, t.attn_mask, t.is_causal)
     return F.scaled_dot_product_attention(t.q, t.k, ks, attn_mask=t.attn_mask, is_causal=t.is_causal, scale=t.scale)
 
-# %% ../nbs/03_distill.ipynb #0b526bcf
-def _dead_rows(m:torch.Tensor|None):
-    "Query rows (broadcastable to `b h n`) whose keys a bool mask hides entirely; None without one."
-    return None if m is None else ~m.any(-1)
-
 # %% ../nbs/03_distill.ipynb #2c3df965
+def _only_hides(m:torch.Tensor|None) -> torch.Tensor|None:
+    "A float mask that only hides keys (0 elsewhere) as a bool mask, whose rows that hide all keys attend to all."
+    if m is not None and m.dtype != torch.bool:
+        h = m <= MASKED
+        if not h.any() or m.masked_fill(h, 0.).any(): return m
+        m = ~h
+    return m if m is None else m | ~m.any(-1, keepdim=True)   # such rows do not count: finite in every kernel
+
 def _qk_ce(t:QK, # the teacher's attention
            s:QK, # the student's
           ) -> torch.Tensor:
-    "Mean over rows of CE(teacher map, student map) from q and k: LSE(s) − scale·q_S·(P_T K_S); no `b h n m` kept."
-    if any(a.attn_mask is not None and a.attn_mask.dtype != torch.bool for a in (t, s)):   # a float mask needs the map
-        return _logits_ce(t.logits().detach().float(), s.logits().float())
+    "Mean over the rows that count of CE(teacher map, student map) from q and k: LSE(s) − scale·q_S·(P_T K_S), no map."
+    real = None
+    if t.attn_mask is not None or s.attn_mask is not None:   # padding does not count (see real_rows)
+        masks = {id(m): m for m in (t.attn_mask, s.attn_mask)}.values()                 # the same mask: read once
+        rs = [r for r in (real_rows(m, s.q.shape[-2]) for m in masks) if r is not None]
+        real = None if not rs else rs[0] if len(rs) == 1 else rs[0] & rs[1]
+        t, s = (dataclasses.replace(a, attn_mask=_only_hides(a.attn_mask)) for a in (t, s))
+    if any(a.attn_mask is not None and a.attn_mask.dtype != torch.bool for a in (t, s)):   # a bias needs the map
+        return _logits_ce(_hide(t.logits().detach().float(), t.attn_mask), _hide(s.logits().float(), s.attn_mask), real)
     t = QK(t.q.detach().float(), t.k.detach().float(), t.scale, t.attn_mask, t.is_causal)
     qs, ks = s.q.float(), s.k.float()
     row = AttentionLSE.apply(qs, ks, s.scale, s.attn_mask, s.is_causal) - s.scale * (qs * _teacher_keys(t, ks)).sum(-1)
-    for dead in (_dead_rows(t.attn_mask), _dead_rows(s.attn_mask)):
-        if dead is not None: row = row.masked_fill(dead, 0.)
-    return row.mean()
+    return row.mean() if real is None else _row_mean(row, real)
 
 # %% ../nbs/03_distill.ipynb #5e76bf7a
 class AttentionDistill(AttentionTransfer):
@@ -183,9 +254,10 @@ class AttentionDistill(AttentionTransfer):
         sw = 'logits' if mapped else tw
         with self._drop_path():
             tv = self.teacher_values(x, (tw,))
-            with recording(self.student, (sw,), self.layers) as sv: out = self.student(x)
-        if mapped: loss = lambda i: probs_ce(tv[i][tw], sv[i][sw], self.heads)
-        else: loss = lambda i: transfer_loss(tv[i][tw], sv[i][sw], self.target, self.heads)
+            with recording(self.student, (sw, 'qk'), self.layers) as sv: out = self.student(x)
+        mask = lambda i: None if sw == 'qk' else sv[i]['qk'].attn_mask   # a QK carries its own
+        if mapped: loss = lambda i: probs_ce(tv[i][tw], sv[i][sw], self.heads, mask(i))
+        else: loss = lambda i: transfer_loss(tv[i][tw], sv[i][sw], self.target, self.heads, mask(i))
         losses = {i: loss(i) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
@@ -201,16 +273,26 @@ def relations(x:torch.Tensor, # q, k or v of one layer `b h n d`
     xr = rearrange(xr, 'b n (r e) -> b r n e', r=relation_heads)
     return xr @ xr.transpose(-2, -1) / xr.shape[-1] ** 0.5
 
+# %% ../nbs/03_distill.ipynb #1cd8a2a7
+def _padding(mask:torch.Tensor|None) -> torch.Tensor|None:
+    "The padding tokens `b n` of a self-attention's `mask`: keys hidden from every query of every head; None if none."
+    if mask is None: return None
+    pad = _hidden4(mask).all(-2).all(1)
+    return pad if pad.any() else None
+
 # %% ../nbs/03_distill.ipynb #644171f6
 def relation_loss(teacher:dict, # the teacher's {'q', 'k', 'v'} of one layer, each `b h n d`
                   student:dict, # the student's, any head count and width
                   relation_heads:int, # R (see relations)
                   what=('q', 'k', 'v'), # the relations compared
+                  mask:torch.Tensor|None=None, # the layer's mask: its padding (see real_rows) does not count
                  ) -> torch.Tensor:
     "MiniLMv2's loss of one layer, in fp32: Σ over q, k, v of the mean over relation rows of CE(teacher's, student's)."
-    rel = lambda x: relations(x, relation_heads)
+    rel, pad = lambda x: relations(x, relation_heads), _padding(mask)
+    if pad is not None: rel = lambda x, r=rel: r(x).masked_fill(pad[:, None, None], float('-inf'))   # padding keys
+    real = None if pad is None else ~pad[:, None]                                                    # padding rows
     with torch.autocast(student[what[0]].device.type, enabled=False):
-        return sum(_logits_ce(rel(teacher[k].detach().float()), rel(student[k].float())) for k in what)
+        return sum(_logits_ce(rel(teacher[k].detach().float()), rel(student[k].float()), real) for k in what)
 
 # %% ../nbs/03_distill.ipynb #b67ebcb4
 class RelationDistill(AttentionTransfer):
@@ -241,8 +323,8 @@ class RelationDistill(AttentionTransfer):
         if not self.training: return self.student(x)
         with self._drop_path():
             tv = self.teacher_values(x, ('q', 'k', 'v'))
-            with recording(self.student, ('q', 'k', 'v'), self.layers) as sv: out = self.student(x)
-        losses = {i: relation_loss(tv[i], sv[i], self.relation_heads) for i in self.layers}
+            with recording(self.student, ('q', 'k', 'v', 'qk'), self.layers) as sv: out = self.student(x)
+        losses = {i: relation_loss(tv[i], sv[i], self.relation_heads, mask=sv[i]['qk'].attn_mask) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
 

@@ -142,21 +142,26 @@ def evaluate(models, # an Ensemble, a module, a list of modules, or {name: modul
 
 # %% ../nbs/04_ensemble.ipynb #f2b0d99b
 import math
-from .attention import attention_layers, attention_maps
+from .attention import attention_layers, attention_maps, recording
+from .distill import hidden_keys, real_rows
 
 # %% ../nbs/04_ensemble.ipynb #eeffa3e2
 _TINY = torch.finfo(torch.float32).tiny  # ~1.2e-38: the floor of a probability inside a log
 
 def attention_kl_js(p:torch.Tensor, # the teacher's attention `... n m`: rows sum to 1, or are 0 where fully masked
                     q:torch.Tensor, # the student's, same shape
+                    mask:torch.Tensor|None=None, # the attention mask of both (see distill.real_rows)
                    ) -> tuple: # (KL(p ‖ q), JS(p, q)), each `... n`, in nats
-    "KL(p ‖ q) and the Jensen–Shannon divergence of each query row of two attention maps, in fp32, with 0·log 0 = 0."
+    "KL(p ‖ q) and JS divergence of each query row of two attention maps, in fp32; NaN in rows `mask` does not count."
     if p.shape != q.shape: raise ValueError(f"attention maps differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
     p, q = p.float(), q.float()
+    if mask is not None: p, q = p.masked_fill(hidden_keys(mask), 0.), q.masked_fill(hidden_keys(mask), 0.)  # no weight
     m = ((p + q) / 2).clamp_min(_TINY)
     kl = (torch.xlogy(p, p) - torch.xlogy(p, q.clamp_min(_TINY))).sum(-1)
     js = ((torch.xlogy(p, p) - torch.xlogy(p, m)).sum(-1) + (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(-1)) / 2
-    return kl.clamp_min(0), js.clamp_min(0)  # both are >= 0; fp32 rounding of equal maps can fall a hair below
+    kl, js = kl.clamp_min(0), js.clamp_min(0)  # both are >= 0; fp32 rounding of equal maps can fall a hair below
+    if (real := None if mask is None else real_rows(mask, p.shape[-2])) is None: return kl, js
+    return kl.masked_fill(~real, math.nan), js.masked_fill(~real, math.nan)
 
 # %% ../nbs/04_ensemble.ipynb #4d3b3796
 def _tokens(vit) -> int|None:
@@ -184,20 +189,33 @@ def _grid(teacher, student, layers) -> tuple:
     return ids, heads.pop()
 
 # %% ../nbs/04_ensemble.ipynb #7588f093
-def _row_sums(t:torch.Tensor, s:torch.Tensor) -> torch.Tensor:
+def _row_sums(t:torch.Tensor, s:torch.Tensor, # the maps `b h n m` of teacher and student
+              mask:torch.Tensor|None=None, # their attention mask: padding does not count (see distill.real_rows)
+             ) -> torch.Tensor:
     "`3 h` float64: KL and JS of maps `b h n m` summed over the live query rows (teacher's not all 0), and their count."
-    kl, js = attention_kl_js(t, s)                                 # b h n
+    kl, js = attention_kl_js(t, s, mask)                           # b h n
     live = t.float().sum(-1) > 0                                   # a fully masked query has no distribution
+    if (real := real_rows(mask, t.shape[-2])) is not None: live = live & real
     sums = [kl.where(live, 0.).sum((0, 2)), js.where(live, 0.).sum((0, 2)), live.sum((0, 2))]
     return torch.stack(sums).double().cpu()
+
+def _maps(model, x:torch.Tensor, ids:list) -> list:
+    "[(map `b h n n`, attention mask or None)] of each of layers `ids` of `model` on `x` (see attention_maps)."
+    with recording(getattr(model, 'student', model), ('qk',), ids) as rec: maps = attention_maps(model, x, ids)
+    return [(a, rec[i]['qk'].attn_mask) for a, i in zip(maps, ids)]
+
+def _either(a, b):
+    "One mask hiding what mask `a` or mask `b` hides (or None), to pick the rows and keys that count."
+    if a is None or a is b: return b
+    return a if b is None else ~(hidden_keys(a) | hidden_keys(b))
 
 @torch.no_grad()
 def _divergence_sums(teacher, student, x, ids, heads, chunk) -> torch.Tensor:
     "`3 l h` float64: `_row_sums` of every compared layer on `x`."
     out = torch.zeros(3, len(ids), heads, dtype=torch.float64)
     for xs in x.split(chunk):
-        for j, (t, s) in enumerate(zip(attention_maps(teacher, xs, ids), attention_maps(student, xs, ids))):
-            out[:, j] += _row_sums(t, s)
+        for j, ((t, mt), (s, ms)) in enumerate(zip(_maps(teacher, xs, ids), _maps(student, xs, ids))):
+            out[:, j] += _row_sums(t, s, _either(mt, ms))
     return out
 
 # %% ../nbs/04_ensemble.ipynb #2b6730e9

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import contextlib, os, re, pickle, argparse, tempfile, warnings
 from pathlib import Path
-import torch, torch.nn as nn, timm
+import numpy as np, torch, torch.nn as nn, timm
 import safetensors.torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import clean_state_dict
@@ -78,6 +78,12 @@ def _format(p:Path) -> str:
     return 'unknown'
 
 # %% ../nbs/06_models.ipynb #bcddfd53
+def _safe_globals() -> list:
+    "What weights-only loading may rebuild beyond torch's own: argparse's Namespace; numpy scalars, dtypes and arrays."
+    dts = [np.dtype(c) for c in '?bhilqBHILQefdgFDGSUMm']  # numbers, text and dates: no object or structured dtype
+    make = (np.float64(0).__reduce__()[0], np.zeros(0).__reduce__()[0])  # numpy's scalar and _reconstruct
+    new = [(f, f'numpy.{m}multiarray.{f.__name__}') for f in make for m in ('core.', '_core.')]  # numpy 1 and 2 names
+    return [argparse.Namespace, np.dtype, np.ndarray, *{type(d) for d in dts}, *{d.type for d in dts}, *new]
 _TRUST = ("if you trust the file, load it once with torch.load(path, weights_only=False) "
           "and torch.save only its state dict")
 
@@ -110,12 +116,11 @@ def _read(p:Path, map_location):
         try: return safetensors.torch.load_file(str(p), device=str(map_location))
         except Exception as e: raise _bad_safetensors(p, e) from None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            # protocol 3 loads fine; 4+ is refused below
-            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')  # protocol 3 loads, 4+ is refused
             return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        with torch.serialization.safe_globals([argparse.Namespace]): raise _refusal(p, e) from None
+        with torch.serialization.safe_globals(_safe_globals()): raise _refusal(p, e) from None
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(e)})") from None
 

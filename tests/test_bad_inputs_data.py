@@ -172,3 +172,18 @@ def test_eval_refuses_folder(env, tmp_path):
     line = assert_refused('at_eval', env/'good'/'model.pth', '--data_path', d, '--num_workers', 0, '--output', out,
                           code=1, names=[d/'val', 'cow'], watch=[env/'good', d], absent=[out], cwd=env)
     assert 'not in the training split' in line, line
+
+
+def test_eval_numpy_metadata(env, tmp_path):
+    "Issue 23: a plain checkpoint whose metadata holds numpy values evaluates; with code beside them, only the code is named."
+    sd = torch.load(env/'good'/'model.pth', weights_only=True)
+    sd = sd.get('model', sd)
+    meta = {'best_acc': np.float64(0.9), 'epoch': np.int64(3), 'curve': np.linspace(0., 1., 3), 'dtype': np.dtype('float32')}
+    torch.save({'model': sd, **meta}, tmp_path/'np.pth'); torch.save({'model': sd, **meta, 'x': _System()}, tmp_path/'np_system.pth')
+    r = run('at_eval', tmp_path/'np.pth', '--model', 'vit_nano_patch4_32', '--data_path', env/'data', '--num_workers', 0,
+            '--output', tmp_path/'eval.json', cwd=env)
+    assert r.returncode == 0 and (tmp_path/'eval.json').is_file(), r.stderr[-2000:]
+    p = tmp_path/'np_system.pth'
+    line = assert_refused('at_eval', p, '--model', 'vit_nano_patch4_32', '--data_path', env/'data', '--num_workers', 0,
+                          code=1, names=[p, f'holds {os.system.__module__}.system, which'], watch=[tmp_path], cwd=env)
+    assert 'numpy.' not in line, line
