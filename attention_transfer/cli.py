@@ -14,7 +14,7 @@ from .models import create_model, create_teacher, create_student, file_sha256, C
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
-from .methods import TransferTask
+from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
@@ -22,8 +22,7 @@ from .command import loader_workers, default_warmup
 
 # %% auto #0
 __all__ = ['RANGES', 'PRESETS', 'RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'TrainConfig', 'preset_command', 'parse_mode',
-           'check_aa', 'parse_layer_map', 'parse_head_map', 'option_fields', 'given_options', 'resolve', 'resume_keys',
-           'run_training', 'at_train', 'main']
+           'check_aa', 'option_fields', 'given_options', 'resolve', 'resume_keys', 'run_training', 'at_train', 'main']
 
 # %% ../nbs/11_cli.ipynb #22c4418c
 @dataclass
@@ -196,37 +195,6 @@ def check_aa(aa:str): # a timm auto-augment policy, e.g. 'rand-m9-mstd0.5-inc1',
     except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
         raise TrainError(f"--aa {aa!r} is not a timm auto-augment policy (e.g. rand-m9-mstd0.5-inc1, or none): "
                          f"{' '.join(str(e).split())[:80]}") from None
-
-# %% ../nbs/11_cli.ipynb #7836f140
-def parse_layer_map(v, # None, ['S:T', ...] from the command line, [[S, T], ...] or {S: T}
-                   ) -> list|None:
-    "`--layer_map` as [[student block, teacher block], ...] (None stays None); `TrainError` in one line otherwise."
-    if v is None: return None
-    items = list(v.items()) if isinstance(v, dict) else list(v)
-    try:
-        pairs = [[int(a), int(b)] for a, b in (p.split(':') if isinstance(p, str) else p for p in items)]
-        if not pairs or any(a < 0 or b < 0 for a, b in pairs): raise ValueError
-    except (ValueError, TypeError):
-        raise TrainError(f"--layer_map {' '.join(map(str, items))}: give student:teacher block pairs such as 0:1 1:3"
-                         ) from None
-    if len({a for a, _ in pairs}) < len(pairs):
-        raise TrainError(f"--layer_map gives a student block more than one teacher block: {' '.join(map(str, items))}")
-    return sorted(pairs)
-
-# %% ../nbs/11_cli.ipynb #208b48d6
-def parse_head_map(v, # None, ['S:T,T', ...] from the command line, or [[T, ...], ...] by student head (as recorded)
-                  ) -> list|None:
-    "`--head_map` as [[teacher heads of student head 0], ...] (None stays None); `TrainError` in one line otherwise."
-    if v is None: return None
-    try:
-        text = all(isinstance(p, str) for p in v)
-        pairs = sorted((int(s), t.split(',')) for s, t in (p.split(':') for p in v)) if text else list(enumerate(v))
-        groups = [[int(h) for h in (t if isinstance(t, (list, tuple)) else [t])] for _, t in pairs]
-        if not groups or [s for s, _ in pairs] != list(range(len(pairs))) or min(map(min, groups)) < 0: raise ValueError
-    except (ValueError, TypeError):
-        raise TrainError(f"--head_map {' '.join(map(str, v))}: give each student head, from 0 on, its teacher heads, "
-                         f"such as 0:0,1 1:2,3") from None
-    return groups
 
 # %% ../nbs/11_cli.ipynb #e0ea737f
 def option_fields(cfg) -> list:

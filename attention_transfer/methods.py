@@ -20,7 +20,8 @@ from .models import create_model, create_teacher, checkpoint_meta, file_sha256
 # %% auto #0
 __all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'OFFICIAL_MODELS', 'TrainError', 'split_output', 'label_loss',
            'trained_model', 'TransferTask', 'Method', 'register_method', 'get_method', 'option_defaults', 'build_task',
-           'FeatureDistill', 'recorded_options', 'timm_name', 'eval_meta', 'find_teacher', 'load_for_eval']
+           'parse_layer_map', 'parse_head_map', 'FeatureDistill', 'recorded_options', 'timm_name', 'eval_meta',
+           'find_teacher', 'load_for_eval']
 
 # %% ../nbs/07_methods.ipynb #196caa70
 class TrainError(Exception):
@@ -210,6 +211,37 @@ register_method('logit_kd', _logit_kd, 'train', ('atd_weight',), 'logit distilla
                 "timm's: KL to a fine-tuned teacher's logits")
 register_method('feature_kd', _feature_kd, 'train', ('atd_weight',), 'pooled-feature distillation',
                 "timm's: MSE to a fine-tuned teacher's pooled features")
+
+# %% ../nbs/07_methods.ipynb #7836f140
+def parse_layer_map(v, # None, ['S:T', ...] from the command line, [[S, T], ...] or {S: T}
+                   ) -> list|None:
+    "`--layer_map` as [[student block, teacher block], ...] (None stays None); `TrainError` in one line otherwise."
+    if v is None: return None
+    items = list(v.items()) if isinstance(v, dict) else list(v)
+    try:
+        pairs = [[int(a), int(b)] for a, b in (p.split(':') if isinstance(p, str) else p for p in items)]
+        if not pairs or any(a < 0 or b < 0 for a, b in pairs): raise ValueError
+    except (ValueError, TypeError):
+        raise TrainError(f"--layer_map {' '.join(map(str, items))}: give student:teacher block pairs such as 0:1 1:3"
+                         ) from None
+    if len({a for a, _ in pairs}) < len(pairs):
+        raise TrainError(f"--layer_map gives a student block more than one teacher block: {' '.join(map(str, items))}")
+    return sorted(pairs)
+
+# %% ../nbs/07_methods.ipynb #208b48d6
+def parse_head_map(v, # None, ['S:T,T', ...] from the command line, or [[T, ...], ...] by student head (as recorded)
+                  ) -> list|None:
+    "`--head_map` as [[teacher heads of student head 0], ...] (None stays None); `TrainError` in one line otherwise."
+    if v is None: return None
+    try:
+        text = all(isinstance(p, str) for p in v)
+        pairs = sorted((int(s), t.split(',')) for s, t in (p.split(':') for p in v)) if text else list(enumerate(v))
+        groups = [[int(h) for h in (t if isinstance(t, (list, tuple)) else [t])] for _, t in pairs]
+        if not groups or [s for s, _ in pairs] != list(range(len(pairs))) or min(map(min, groups)) < 0: raise ValueError
+    except (ValueError, TypeError):
+        raise TrainError(f"--head_map {' '.join(map(str, v))}: give each student head, from 0 on, its teacher heads, "
+                         f"such as 0:0,1 1:2,3") from None
+    return groups
 
 # %% ../nbs/07_methods.ipynb #8e313fa4
 class FeatureDistill(AttentionTransfer):

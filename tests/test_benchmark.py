@@ -1,5 +1,5 @@
 """`attention_transfer.benchmark` on tiny models: the saved-activation count is exact, the table's ratios are right,
-`python -m attention_transfer.benchmark` (what the GPU machine runs) writes its JSON without fastcore & co. installed,
+`python -m attention_transfer.benchmark` (what the GPU machine runs) writes its JSON without the notebook stack installed,
 the GPU preset's code path runs on the CPU, and bad flags are refused in one line before any work."""
 import json, os, subprocess, sys
 from pathlib import Path
@@ -93,10 +93,10 @@ def test_measure_reports_a_failure_instead_of_raising():
     assert r['status'].startswith('failed: ValueError: end_layer=-3 out of range') and 'Traceback' in r['error']
 
 
-def test_cli_writes_json_without_fastcore(tmp_path):
-    "`python -m attention_transfer.benchmark` on a machine with torch, timm, einops, numpy, safetensors and nothing more."
+def test_cli_writes_json_without_the_notebook_stack(tmp_path):
+    "`python -m attention_transfer.benchmark` with torch, timm, einops, numpy, safetensors, simple-parsing, fastcore only."
     out = tmp_path / 'b.json'
-    block = "import sys\nfor m in ('fastcore', 'fastprogress', 'matplotlib', 'mlxtend', 'sklearn', 'nbdev'): sys.modules[m] = None"
+    block = "import sys\nfor m in ('fastprogress', 'matplotlib', 'mlxtend', 'sklearn', 'nbdev', 'fastcore.script'): sys.modules[m] = None"
     r = bench(*TINY, '--rounds', '2', '--output', out, pre=block)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
