@@ -162,7 +162,7 @@ def duration(s:float) -> str:
 
 class Pulse:
     "Told how far the work is, print one progress line at most every `every` seconds: a piped log shows life."
-    def __init__(self, every:float|None=None, # seconds between lines (default: `progress_every()`)
+    def __init__(self, every:float|None=None, # seconds between lines (default: progress_every())
                  write=None, # where the line goes (default: printed at once, `flush` even into a pipe)
                 ):
         self.every = progress_every() if every is None else every
@@ -181,7 +181,7 @@ def progress_lines(items, # an iterable of work, e.g. an epoch's batches
                    total:int, # how many items it has
                    what:str, # names the work, e.g. 'epoch 3'
                    unit:str='batches', # names the items
-                   every:float|None=None, # seconds between lines (default: `progress_every()`)
+                   every:float|None=None, # seconds between lines (default: progress_every())
                   ):
     "Yield `items`; after each, a `Pulse` line when it is time (where no progress bar is drawn)."
     pulse = Pulse(every)
@@ -231,7 +231,7 @@ def _forked(device:torch.device):
 class AttentionDivergence(Callback):
     "After each epoch: KL and JS divergence of the network's attention from `teacher`'s on a probe (`attn_*` keys)."
     order = -5  # before `LogJSONL` writes the record
-    def __init__(self, teacher:nn.Module, # the reference ViT (frozen) of the student's shape, or `mapped_teacher`'s
+    def __init__(self, teacher:nn.Module, # the reference ViT (frozen) of the student's shape, or mapped_teacher's
                  images:int=64, # probe size: the first validation images, over all processes
                  chunk:int=16, # images per forward pass
                 ):

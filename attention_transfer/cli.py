@@ -415,8 +415,8 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     return trainer
 
 # %% ../nbs/11_cli.ipynb #8b91417d
-def at_train(cfg:TrainConfig, # the run: from flags (`main`), a preset or Python
-            ) -> Trainer|dict: # the trained `Trainer`, or with `eval` the evaluation's results
+def at_train(cfg:TrainConfig, # the run: from flags (main), a preset or Python
+            ) -> Trainer|dict: # the trained Trainer, or with `eval` the evaluation's results
     "Train a ViT from scratch, by fine-tuning, by attention copy or by attention distillation."
     return run_training(resolve(cfg))
 
