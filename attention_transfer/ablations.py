@@ -15,7 +15,7 @@ from .methods import TrainError, METHODS, register_method, get_method, build_tas
 from .distill import AttentionDistill
 from .models import CheckpointNote, CheckpointError
 from .train import write_atomic, save_figure
-from .command import run_command, environment
+from .command import run_command, environment, check_writable
 from .data import BUILTIN, DataError
 from .experiment import DemoConfig, default_recipes, check_config, config_from_flags, prepare_data
 from .experiment import pretrain_teacher, train_student, build_student, mean_std, paired_text
@@ -281,6 +281,7 @@ def run_ablations(cfg:DemoConfig, # the demo's settings: data, model, seeds, epo
     "Pre-train the teachers, train every arm of `ablations` for every seed with one budget; write tables and a figure."
     t0, out = time.perf_counter(), Path(output_dir)
     arms = check_ablations(cfg, ablations, shift_data, shift_teacher)  # before any training, before any file is written
+    check_writable(out, '--output_dir', 'at_ablate')
     register_ablation_methods()  # the averaged arms' methods, in this process's method table
     data, cfg = prepare_data(cfg)
     if len(data['x']) < cfg.batch_size:  # the students' loader drops the last partial batch: refused before the teacher

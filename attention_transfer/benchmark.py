@@ -14,7 +14,7 @@ from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from .models import create_model, create_teacher, create_student, atomic_write, ModelError
 from .methods import METHODS, TrainError, get_method, build_task, trained_model
-from .command import environment, env_line, run_command
+from .command import environment, env_line, run_command, check_output_file
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'DEFAULTS', 'GPU_PRESET', 'BenchError', 'build_network', 'TrainStep', 'saved_activation_bytes',
@@ -386,6 +386,8 @@ def _check(cfg:BenchConfig):
     "Raise `BenchError` naming the flag unless `cfg`, resolved, describes a run that can start."
     if cfg.output and Path(cfg.output).exists():
         raise BenchError(f"--output {cfg.output} exists: give a new file (earlier results are never overwritten)")
+    try: cfg.output and check_output_file(cfg.output)  # a folder that cannot be written: before the hour of timing
+    except TrainError as e: raise BenchError(str(e)) from None
     for k, lo in (('steps', 1), ('warmup', 0), ('rounds', 1), ('batch_memory', 0), ('threads', 1)):
         v = getattr(cfg, k)
         if v is not None and v < lo: raise BenchError(f"--{k} must be at least {lo}, not {v}")

@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_callbacks.ipynb #760a3b24
 from __future__ import annotations
-import copy, json, os, random, sys, time, warnings
+import copy, json, os, random, signal, sys, threading, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
@@ -17,10 +18,10 @@ from .transfer import vit_shape, check_pair, map_layers, map_heads, AttentionCop
 from .vit import ArchitectureWarning
 
 # %% auto #0
-__all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'save_atomic', 'write_atomic', 'save_figure', 'rng_state', 'set_rng_state', 'seed_all',
-           'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL', 'SaveCheckpoint',
-           'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse', 'progress_lines', 'ProgressBar',
-           'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
+__all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'save_atomic', 'write_atomic', 'save_figure', 'uninterrupted', 'rng_state',
+           'set_rng_state', 'seed_all', 'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL',
+           'SaveCheckpoint', 'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse', 'progress_lines',
+           'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -38,6 +39,19 @@ def save_figure(fig, # a matplotlib figure
                )->Path:
     "Write `fig` as a PNG atomically, trimmed to its content."
     return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight'))
+
+# %% ../nbs/08_callbacks.ipynb #f8356455
+@contextmanager
+def uninterrupted():
+    "Defer Ctrl-C (SIGINT) to the end of the block, so the files it writes are all written or none begun."
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler: yield; return
+    got = []
+    signal.signal(signal.SIGINT, lambda *a: got.append(a))
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if got: raise KeyboardInterrupt
 
 # %% ../nbs/08_callbacks.ipynb #07079d0a
 def rng_state() -> dict:

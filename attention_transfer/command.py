@@ -123,6 +123,36 @@ def _preset(cls:type, name:str|None, presets:dict, prog:str='', flag:bool=True):
         raise TrainError(msg)
     return cls(**presets[name])
 
+# %% ../nbs/10_command.ipynb #600fb131
+def _config_args(paths:list, # the `--config` files, in order
+                 cls:type, # the command's dataclass
+                 error, # prints one line and exits
+                ) -> list:
+    "A `--config` file's values as command-line tokens, so argparse checks and converts them as if they were typed."
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get('cmd', True)}
+    out = []
+    for path in paths:
+        for k, v in (_config_file(path, set(fields), error) or {}).items():
+            if v is None:
+                if fields[k].default is None: continue  # null: the flag's own default
+                error(f"--config {path}: {k}: null is not a value (leave the line out for the default)")
+            if isinstance(v, dict): error(f"--config {path}: {k}: a mapping is not a value")
+            vals = v if isinstance(v, list) else [v]
+            out += [f'--{k}', *(str(x).lower() if isinstance(x, bool) else str(x) for x in vals)]
+    return out
+
+# %% ../nbs/10_command.ipynb #b1e91944
+def _check_alone(p:argparse.ArgumentParser, # a fresh parser of the command
+                 tokens:list, # a `--config` file's values as tokens
+                 error, # names the file in its one line
+                ):
+    "Parse a `--config` file's tokens on their own, so a bad value is blamed on the file (positionals left optional)."
+    p._preprocessing()
+    for a in p._actions:
+        if not a.option_strings: a.required, a.nargs = False, '*'
+    p.error = error
+    p.parse_args(tokens)
+
 # %% ../nbs/10_command.ipynb #531a96fa
 def parse_config(cls:type, # the command's dataclass
                  argv:list, # its command-line arguments
@@ -130,14 +160,21 @@ def parse_config(cls:type, # the command's dataclass
                  presets:dict|None=None, # {name: {field: value}}: `--preset NAME` takes them as defaults
                  description:str|None=None, # the help's first line (default: from `cls`'s docstring)
                 ):
-    "The `cls` that command line `argv` describes; `--preset NAME` gives the defaults, the other flags win."
-    default = None
-    if presets is not None:
-        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        pre.add_argument('--preset')
-        pre.error = lambda msg: fail(prog, f"--preset needs a name: {' or '.join(presets)}", 2)
-        default = _preset(cls, pre.parse_known_args(argv)[0].preset, presets, prog)
-    cfg = config_parser(cls, prog, default, description).parse_args(argv).cfg
+    "The `cls` that `argv` describes: `--preset NAME` gives the defaults, `--config FILE` values, then the flags win."
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument('--config', nargs='+', default=[])
+    if presets is not None: pre.add_argument('--preset')
+    named = f"--preset needs a name: {' or '.join(presets or ())}"
+    pre.error = lambda msg: fail(prog, msg if '--config' in msg else named, 2)
+    ns, rest = pre.parse_known_args(argv)
+    about = lambda msg: fail(prog, f"--config {' '.join(ns.config)}: {msg}", 2)
+    given = _config_args(ns.config, cls, lambda msg: fail(prog, msg, 2))
+    if presets is not None and ns.preset is not None: given += ['--preset', ns.preset]  # the command line's wins
+    name = (pre.parse_known_args(given)[0].preset if presets is not None else None)
+    default = _preset(cls, name, presets, prog) if presets is not None else None
+    p = config_parser(cls, prog, default, description)
+    if ns.config: _check_alone(config_parser(cls, prog, default, description), given, about)
+    cfg = p.parse_args(given + rest).cfg
     return dataclasses.replace(cfg, preset=None) if presets is not None else cfg
 
 # %% ../nbs/10_command.ipynb #66b6d969
@@ -179,6 +216,8 @@ def run_command(func, # the command: takes an instance of `cls`
         warnings.showwarning = _note(prog, show)
         func(parse_config(cls, list(sys.argv[1:] if argv is None else argv), prog, presets, func.__doc__))
     except errors as e: fail(prog, e)
+    except KeyboardInterrupt:  # what was finished is on disk (files are written whole); no traceback
+        fail(prog, 'interrupted: the files written so far are whole (training continues with --resume allow)', 130)
     finally:
         warnings.showwarning = show
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()

@@ -21,7 +21,7 @@ import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size, all_reduce_sum
 from .methods import TrainError, trained_model, TransferTask
 from .models import CheckpointError, ModelError
-from .callbacks import (save_atomic, write_atomic, save_figure, rng_state, set_rng_state, seed_all,
+from .callbacks import (uninterrupted, save_atomic, write_atomic, save_figure, rng_state, set_rng_state, seed_all,
     load_checkpoint, plot_log, default_callbacks, progress_lines)
 # the rest of the callbacks lesson, for the commands that import it from here (cli, pretrain, demo, ablations)
 from .callbacks import (read_log, progress_shown, Callback, LogJSONL, SaveCheckpoint, ExportModel,
@@ -430,6 +430,8 @@ def fit(self:Trainer, stop_epoch:int|None=None, # stop after this many epochs (t
         rec = dict(epoch=self.epoch, **self.train_epoch())
         rec.update(self.validate(), step=self.step, seconds=time.perf_counter() - t0)
         self.epoch += 1; self.history.append(rec)
-        for cb in self.callbacks: cb.after_epoch(self, rec)
-    for cb in self.callbacks: cb.after_fit(self)
+        with uninterrupted():  # the epoch's log, checkpoint and exports: all or none
+            for cb in self.callbacks: cb.after_epoch(self, rec)
+    with uninterrupted():
+        for cb in self.callbacks: cb.after_fit(self)
     return self.history

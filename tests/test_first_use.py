@@ -71,15 +71,17 @@ def help_of(script:str) -> str:
     return out.getvalue()
 
 
+class _Caught(BaseException): "Not an error the commands report: it carries the parser out of `main`."
+
 def config_class(script:str) -> type:
     "The dataclass of `script`'s flags, from the parser it builds (caught as it parses)."
     caught, orig = {}, argparse.ArgumentParser.parse_known_args
     def catch(self, *a, **kw):
         if not self.add_help: return orig(self, *a, **kw)
-        caught['p'] = self; raise KeyboardInterrupt
+        caught['p'] = self; raise _Caught
     argparse.ArgumentParser.parse_known_args = catch
     try: main_of(script)([])
-    except KeyboardInterrupt: pass
+    except _Caught: pass
     finally: argparse.ArgumentParser.parse_known_args = orig
     return caught['p']._wrappers[0].dataclass
 
