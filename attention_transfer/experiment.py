@@ -368,6 +368,18 @@ def check_config(cfg:DemoConfig):
 # %% ../nbs/15_experiment.ipynb #6798e5b4
 def _number(v, lo:float, hi:float) -> bool: return isinstance(v, (int, float)) and lo < v <= hi
 
+def _ints(v, lo:int=0) -> bool: return isinstance(v, list) and bool(v) and all(type(x) is int and x >= lo for x in v)
+_OPTION_OK = dict(  # what each transfer option of the method table takes (at_train's flags check the same)
+    atd_weight=('a number >= 0', lambda v: type(v) in (int, float) and v >= 0),
+    end_layer=('an integer <= 0', lambda v: type(v) is int and v <= 0),
+    layers=('a list of block indices >= 0, e.g. [0, 1]', _ints),
+    heads=('a list of head indices >= 0, e.g. [0, 1]', _ints),
+    share_drop_path=('True or False', lambda v: type(v) is bool), fused=('True or False', lambda v: type(v) is bool),
+    target=("'attn', 'q', 'k' or 'v'", lambda v: v in ('attn', 'q', 'k', 'v')),
+    relation_heads=('an integer >= 1', lambda v: type(v) is int and v >= 1),
+    layer_map=('student:teacher pairs, e.g. [[0, 1], [1, 3]]', lambda v: isinstance(v, (list, dict)) and bool(v)),
+    head_map=('teacher heads per student head, e.g. [[0, 1], [2, 3]]', lambda v: isinstance(v, list) and bool(v)))
+
 def parse_recipe(items:list|None, # 'METHOD.KEY=VALUE' strings (at_demo's --recipe)
                  recipes:dict, # the recipes they change (left as they are)
                 ) -> dict: # a copy of `recipes` with the items merged in
@@ -385,6 +397,7 @@ def parse_recipe(items:list|None, # 'METHOD.KEY=VALUE' strings (at_demo's --reci
         if k == 'lr' and not _number(v, 0, float('inf')): raise TrainError(f"--recipe {it}: lr must be positive")
         if k == 'layer_decay' and not _number(v, 0, 1):
             raise TrainError(f"--recipe {it}: layer_decay must be in (0, 1]")
+        if k in _OPTION_OK and not _OPTION_OK[k][1](v): raise TrainError(f"--recipe {it}: {k} takes {_OPTION_OK[k][0]}")
         out.setdefault(m, {})[k] = v
     return out
 
