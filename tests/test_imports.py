@@ -9,7 +9,7 @@ LAYERS = {
     'I/O': ['data', 'models'],
     'methods': ['methods'],
     'engine': ['callbacks', 'train', 'mae'],
-    'command kit': ['command'],
+    'command kit': ['command', 'train_config'],
     'commands': ['cli', 'evaluate', 'pretrain', 'experiment', 'demo', 'benchmark', 'cross_size', 'ablations'],
 }
 ORDER = [m for ms in LAYERS.values() for m in ms]
