@@ -5,7 +5,9 @@
 # %% ../nbs/01_attention.ipynb #4049e742
 from __future__ import annotations
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 import inspect
 from einops import rearrange
@@ -15,7 +17,7 @@ from timm.models.eva import EvaAttention
 from timm.models.beit import Attention as BeitAttention
 
 # %% auto #0
-__all__ = ['TAPPED', 'RECORDABLE', 'INJECTABLE', 'TappedAttention', 'TappedEvaAttention', 'TappedAttentionRope',
+__all__ = ['TAPPED', 'RECORDABLE', 'INJECTABLE', 'ATTEND', 'TappedAttention', 'TappedEvaAttention', 'TappedAttentionRope',
            'TappedBeitAttention', 'attention_layers', 'AttentionTap', 'QK', 'attention_logits', 'safe_softmax', 'taps',
            'recording', 'injecting', 'forward_blocks', 'attention_maps']
 
@@ -59,8 +61,9 @@ def attention_layers(model:nn.Module, # a timm ViT: each `model.blocks[i].attn` 
     return mods
 
 # %% ../nbs/01_attention.ipynb #bc5f56f7
-RECORDABLE = ('logits', 'attn', 'q', 'k', 'v', 'qk')
+RECORDABLE = ('logits', 'attn', 'q', 'k', 'v', 'qk', 'loss')
 INJECTABLE = ('attn', 'q', 'k', 'v')
+ATTEND = 'attend'   # also injectable: a function that replaces the layer's attention (see `_attend`)
 
 # %% ../nbs/01_attention.ipynb #9b03461b
 class AttentionTap:
@@ -70,8 +73,9 @@ class AttentionTap:
 
     def check(self, record=(), inject=None, heads=None) -> list[int]|None:
         "Check quantity names and `heads`; the sorted heads (None: all)."
-        bad = set(record) - set(RECORDABLE) | set(inject or {}) - set(INJECTABLE)
-        if bad: raise ValueError(f"unknown attention quantity {sorted(bad)}: record {RECORDABLE}, inject {INJECTABLE}")
+        bad = set(record) - set(RECORDABLE) | set(inject or {}) - {*INJECTABLE, ATTEND}
+        if bad: raise ValueError(f"unknown attention quantity {sorted(bad)}: record {RECORDABLE}, "
+                                 f"inject {INJECTABLE + (ATTEND,)}")
         if heads is None: return None
         heads = sorted(set(int(h) for h in heads))
         if not heads or heads[0] < 0 or heads[-1] >= self.num_heads:
@@ -104,6 +108,7 @@ class QK:
     scale:float # the layer's softmax scale
     attn_mask:torch.Tensor|None=None # timm's mask: bool (True = attend) or additive float, broadcastable to `b h n m`
     is_causal:bool=False
+    attend:Callable|None=None # `attend(qk, v) -> b h n e`: how the map is applied to values; None: PyTorch's SDPA
 
     @property
     def shape(self): return (*self.q.shape[:-1], self.k.shape[-2])
@@ -118,7 +123,7 @@ class QK:
         if heads is None: return self
         m = self.attn_mask
         if m is not None and m.ndim == 4 and m.shape[1] > 1: m = m[:, heads]
-        return QK(self.q[:, heads], self.k[:, heads], self.scale, m, self.is_causal)
+        return QK(self.q[:, heads], self.k[:, heads], self.scale, m, self.is_causal, self.attend)
 
 # %% ../nbs/01_attention.ipynb #e952b5de
 def attention_logits(q:torch.Tensor, # queries `b h n d`
@@ -207,6 +212,14 @@ def _mask(self, call:dict, # `_call_args` of this call
     return m
 
 # %% ../nbs/01_attention.ipynb #866b0327
+def _attend_qk(new:QK, q, k, v, heads, attn_mask, is_causal, p:float) -> torch.Tensor:
+    "A `QK` with its own `attend` applied to v in `heads` (None: all); the layer's own attention in the other heads."
+    if p > 0: raise ValueError(f"an injected QK's own attend has no attention dropout: the layer's attn_drop is {p}")
+    if heads is None: return new.attend(new, v)
+    own = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    sel = new.select(heads)
+    return own.index_copy(1, torch.tensor(heads, device=v.device), sel.attend(sel, v[:, heads]))
+
 def _attend(self:nn.Module, tap:AttentionTap,
             q, k, v, # the layer's q, k and v, `b h n d` (q and k unused unless `own_qk`)
             own_qk:bool, # the layer computed its own q and k
@@ -214,6 +227,10 @@ def _attend(self:nn.Module, tap:AttentionTap,
     "The attention output `b h n d`: the layer's own map, the injected one, or both by head; recorded as `tap` says."
     rec, heads, new = tap.record, tap.heads, tap.inject.get('attn')
     p = self.attn_drop.p if self.training else 0.
+    if (op := tap.inject.get(ATTEND)) is not None:   # the pair computes the attention (and what it records) itself
+        o, extra = op(q, k, v, self.scale, attn_mask, is_causal, p)
+        for name, value in extra.items(): tap.save(name, value)
+        return o
     fuse_new = isinstance(new, QK) and new.q.shape[-1] == v.shape[-1] and (heads is None or (
         new.q.shape == q.shape and new.k.shape == k.shape and new.scale == self.scale
         and _same_mask(new.attn_mask, attn_mask) and new.is_causal == is_causal))
@@ -227,6 +244,9 @@ def _attend(self:nn.Module, tap:AttentionTap,
             attn = _mix(attn, m, heads, 'attn') if own_qk else m.to(v.dtype)
         tap.save('attn', attn)
         return self.attn_drop(attn) @ v
+    if new is not None and new.attend is not None:   # the injected map applies itself (e.g. a kernel of its own)
+        nq, nk = new.q.to(v.dtype), new.k.to(v.dtype)
+        return _attend_qk(dataclasses.replace(new, q=nq, k=nk), q, k, v, heads, attn_mask, is_causal, p)
     if new is not None:   # fused copy: the injected map is softmax(q' k'^T) per head, the teacher's q, k in `heads`
         nq, nk = new.q.to(v.dtype), new.k.to(v.dtype)
         if heads is not None: nq, nk = _mix(q, nq, heads, 'q'), _mix(k, nk, heads, 'k')

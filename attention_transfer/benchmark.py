@@ -13,6 +13,7 @@ import timm
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from .models import create_model, create_teacher, create_student, atomic_write, ModelError
+from .transfer import ATTN_IMPLS, kernel_problem
 from .methods import METHODS, TrainError, get_method, build_task, trained_model
 from .command import environment, env_line, run_command, check_output_file
 
@@ -34,11 +35,13 @@ def build_network(method:str, # a name in the method table, `methods.METHODS`
                   end_layer:int=-3, # methods that take it (copy, distill): transfer blocks [0, depth+end_layer)
                   atd_weight:float=3., # methods that take it (distill, ...): weight of the transfer loss
                   device='cpu', # where the weights are created
+                  attn_impl:str='auto', # methods that take it (copy, distill): the attention core (ATTN_IMPLS)
                  ) -> TrainingTask:
     "The `TrainingTask` that `method` trains for timm model `name` (`methods.build_task`): random weights, train mode."
     if method not in METHODS: raise BenchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     m, kw = get_method(method), {} if img_size is None else dict(img_size=img_size)
-    options = {k: v for k, v in dict(end_layer=end_layer, atd_weight=atd_weight).items() if k in m.options}
+    options = dict(end_layer=end_layer, atd_weight=atd_weight, attn_impl=attn_impl)
+    options = {k: v for k, v in options.items() if k in m.options}
     with torch.device(device):
         teacher = create_teacher(name, **kw) if m.teacher in ('train', 'inference') else None
         student = create_model(name, **kw) if teacher is None else create_student(teacher)
@@ -91,13 +94,10 @@ def saved_activation_bytes(fn, # runs a forward pass and returns its output (e.g
     live = weakref.WeakSet()
     def pack(t):
         s = _Saved(t); live.add(s); return s
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
-        out = fn()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t): out = fn()
     skip = set() if exclude is None else {_storage(p).data_ptr() for p in [*exclude.parameters(), *exclude.buffers()]}
-    sizes = {}
-    for s in list(live):
-        st = _storage(s.t)
-        if st.data_ptr() not in skip: sizes[st.data_ptr()] = st.nbytes()
+    storages = [_storage(s.t) for s in list(live)]
+    sizes = {st.data_ptr(): st.nbytes() for st in storages if st.data_ptr() not in skip}
     del out
     return sum(sizes.values())
 
@@ -137,8 +137,7 @@ def time_limit(seconds:float|None, # None: no limit
         yield; return
     if seconds <= 0: raise BenchTimeout()
     def alarm(*_): raise BenchTimeout()
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old = signal.signal(signal.SIGALRM, alarm); signal.setitimer(signal.ITIMER_REAL, seconds)
     try: yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
@@ -153,12 +152,9 @@ def _describe_error(e:BaseException) -> str:
     user = [l for l in lines if l.startswith('File ')]
     return f"{type(e).__name__}: {msg[:160]}{where}" + (f" (from user code: {user[-1][:160]})" if user else '')
 
-def _timed_out(e:BaseException) -> bool:
+def _timed_out(e:BaseException|None) -> bool:
     "Whether `BenchTimeout` caused `e` (torch.compile wraps what its backend raises)."
-    while e is not None:
-        if isinstance(e, BenchTimeout): return True
-        e = e.__cause__ or e.__context__
-    return False
+    return e is not None and (isinstance(e, BenchTimeout) or _timed_out(e.__cause__ or e.__context__))
 
 # %% ../nbs/17_benchmark.ipynb #c1b75d92
 def tokens(task:TrainingTask) -> int:
@@ -171,24 +167,26 @@ def measure(method:str, name:str, # see build_network
             img_size:int|None=None, batch:int=16, # image side; images per timed step
             batch_memory:int=2, # images for saved_activation_bytes (0: skip; always skipped when compiled)
             steps:int=10, warmup:int=2, # see time_steps
-            end_layer:int=-3, atd_weight:float=3., # see build_network
+            end_layer:int=-3, atd_weight:float=3., attn_impl:str='auto', # see build_network
             device='cpu', amp:torch.dtype|None=None, compile:bool=False, backend:str='inductor', # see TrainStep
             seconds:float|None=None, # time budget of this configuration (BenchTimeout after it)
            ) -> dict:
     "Step times, saved-activation bytes and (CUDA) peak memory of one method on one model; frees it afterwards."
     cuda = torch.device(device).type == 'cuda'
+    takes = 'attn_impl' in get_method(method).options
     row = dict(model=name, method=method, img_size=img_size, batch=batch, compile=compile,
-               amp=str(amp).replace('torch.', '') if amp else 'off')
+               amp=str(amp).replace('torch.', '') if amp else 'off', attn_impl=attn_impl if takes else None)
     if seconds is not None and seconds <= 0: return dict(row, status='skipped: time budget')
     net = step = None
     try:
         with time_limit(seconds):
             if cuda: gc.collect(); torch.cuda.empty_cache()
             if compile: torch._dynamo.reset()   # fresh cache: compile time is this configuration's, no recompile limit
-            net = build_network(method, name, img_size, end_layer, atd_weight, device)
+            net = build_network(method, name, img_size, end_layer, atd_weight, device, attn_impl)
             row.update(img_size=trained_model(net).patch_embed.img_size[0], tokens=tokens(net))
             if cuda: torch.cuda.reset_peak_memory_stats(device)
             step = TrainStep(net, batch, device, amp, compile, backend)
+            if takes: row['core'] = net.pair.resolve_impl(device, amp or torch.float32, row['tokens'])   # what runs
             row.update(time_steps(step, steps, warmup, device))
             if cuda: row['peak_bytes'] = torch.cuda.max_memory_allocated(device)
             if batch_memory and not compile:
@@ -217,19 +215,20 @@ def timing_issue(rows:list, # the `ok` rows of one (model, size, compile, method
 # %% ../nbs/17_benchmark.ipynb #91e0f9e3
 def summarize(rows:list, # from measure, any number of rounds
              ) -> list:
-    "One record per (model, size, compile, method): median step time, images/s, memory, and ratios to fine-tuning."
+    "One record per (model, size, compile, method, attn_impl): median step time, images/s, memory, ratios to fine-tune."
     groups = {}
-    for r in rows: groups.setdefault((r['model'], r['img_size'], r['compile'], r['method']), []).append(r)
+    key = ('model', 'img_size', 'compile', 'method', 'attn_impl')
+    for r in rows: groups.setdefault(tuple(r.get(k) for k in key), []).append(r)
     out = []
-    for (model, size, comp, method), rs in groups.items():
+    for (model, size, comp, method, impl), rs in groups.items():
         ok = [r for r in rs if r['status'] == 'ok']
         rec = dict(model=model, img_size=size, tokens=rs[0].get('tokens'), compile=comp, method=method,
+                   core=None if impl is None else rs[0].get('core', impl) + (' (auto)' if impl == 'auto' else ''),
                    batch=rs[0]['batch'], amp=rs[0]['amp'], status='ok' if ok else rs[0]['status'], rounds=len(ok))
         if ok:
             t = _median([x for r in ok for x in r['times']])
             rec.update(step_s=t, images_per_s=rs[0]['batch'] / t, round_step_s=[_median(r['times']) for r in ok],
-                       first_step_s=ok[0]['first'], saved_bytes=ok[0].get('saved_bytes'),
-                       peak_bytes=ok[0].get('peak_bytes'))
+                       first_step_s=ok[0]['first'], **{k: ok[0].get(k) for k in ('saved_bytes', 'peak_bytes')})
             if note := timing_issue(ok): rec['time_note'] = note
         out.append(rec)
     ref = {(r['model'], r['img_size'], r['compile']): r for r in out
@@ -251,7 +250,8 @@ def summarize(rows:list, # from measure, any number of rounds
 def markdown_table(summary:list) -> str:
     "The summary as a markdown table: columns empty everywhere are left out, time ratios not comparable are n/a."
     cols = [('model', 'model', '{}'), ('img_size', 'px', '{}'), ('tokens', 'tokens', '{}'),
-            ('compile', 'compile', '{}'), ('method', 'method', '{}'), ('batch', 'batch', '{}'),
+            ('compile', 'compile', '{}'), ('method', 'method', '{}'), ('core', 'attention core', '{}'),
+            ('batch', 'batch', '{}'),
             ('step_s', 'step ms', None), ('images_per_s', 'img/s', '{:.1f}'),
             ('time_ratio', '× fine-tune time', '{:.2f}'), ('time_ratio_range', 'per-round range', None),
             ('saved_bytes', 'saved MiB', None),
@@ -276,7 +276,8 @@ def markdown_table(summary:list) -> str:
 def _label(r:dict) -> str:
     "A row's configuration in words, for log lines and errors."
     mode = 'compiled' if r['compile'] else 'eager'
-    return f"{r['model']} {r['img_size']}px {mode} {r['method']} round {r.get('round', 0)}"
+    core = f" [{r['attn_impl']}]" if r.get('attn_impl') else ''
+    return f"{r['model']} {r['img_size']}px {mode} {r['method']}{core} round {r.get('round', 0)}"
 
 # %% ../nbs/17_benchmark.ipynb #b2ffb646
 def bench(models=('vit_tiny_patch16_224',), # timm names
@@ -285,25 +286,27 @@ def bench(models=('vit_tiny_patch16_224',), # timm names
           methods=DEFAULT_METHODS, # names in `methods.METHODS`; fine-tune, the reference, is always measured first
           *, batch_memory:int=2, steps:int=10, warmup:int=2, # see measure
           rounds:int=3, # interleaved rounds over the methods
+          attn_impls=('auto',), # attention cores of the methods that take one (copy, distill): each is measured
           compiles=(False,), # compile modes; eager ones run first
           budget:float|None=None, # seconds: later configurations are skipped, a running one is stopped
           log=print, # called with one line per configuration
           **kw, # more measure arguments: end_layer, atd_weight, device, amp, backend
          ) -> list:
-    "`measure` rows for every compile mode × model × image size × round × method."
+    "`measure` rows for every compile mode × model × image size × round × method (× attention core)."
     batches = list(batches) * len(models) if len(batches) == 1 else list(batches)
     if len(batches) != len(models):
         raise BenchError(f"give one batch size, or one per model ({len(models)}), not {len(batches)}")
     methods = ['finetune'] + [m for m in methods if m != 'finetune']
+    impls = {m: attn_impls if 'attn_impl' in get_method(m).options else ['auto'] for m in methods}
     deadline, rows = None if budget is None else time.monotonic() + budget, []
     for comp in sorted(compiles):
         for model, batch in zip(models, batches):
             for size in img_sizes:
                 for rnd in range(rounds):
-                    for m in methods:
+                    for m, impl in [(m, i) for m in methods for i in impls[m]]:
                         left = None if deadline is None else deadline - time.monotonic()
                         row = measure(m, model, size, batch, batch_memory if rnd == 0 else 0, steps, warmup,
-                                      compile=comp, seconds=left, **kw)
+                                      compile=comp, seconds=left, attn_impl=impl, **kw)
                         row['round'] = rnd; rows.append(row)
                         med = _median(row.get('times', []))
                         log(f"{_label(row)}: " + (f"{med * 1e3:.1f} ms/step" if med else row['status']))
@@ -338,6 +341,8 @@ class BenchConfig:
     # names in the method table (attention_transfer.methods.METHODS; all can be measured: weights are random, which
     # step time and memory do not depend on); fine-tune, the reference, always is (default: finetune copy distill)
     methods:list[str]=field(default_factory=lambda: list(DEFAULT_METHODS))
+    # attention cores of copy and distill, each measured: auto (transfer.AUTO_IMPL's pick), kernel, fused, explicit
+    attn_impl:list[str]=field(default_factory=lambda: ['auto'])
     device:str|None=None # cpu, cuda or cuda:N (default: cpu; --gpu: cuda)
     # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a GradScaler, as at_train) or off (default: auto)
     amp:str|None=None
@@ -400,9 +405,13 @@ def _check(cfg:BenchConfig):
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad: raise BenchError(f"--methods: unknown {' '.join(bad)}; choose from the method table: {', '.join(METHODS)}")
     if cfg.amp not in _AMP: raise BenchError(f"--amp must be one of {', '.join(_AMP)}, not {cfg.amp!r}")
+    if bad := [i for i in cfg.attn_impl if i not in ATTN_IMPLS]:
+        raise BenchError(f"--attn_impl: unknown {' '.join(bad)}; choose from {', '.join(ATTN_IMPLS)}")
     if cfg.compile not in _COMPILE:
         raise BenchError(f"--compile must be one of {', '.join(_COMPILE)}, not {cfg.compile!r}")
     _check_device(cfg.device)
+    if 'kernel' in cfg.attn_impl and (why := kernel_problem(cfg.device, torch.float32)):
+        raise BenchError(f"--attn_impl kernel cannot run on {cfg.device}: {why}")
     for name in cfg.model:
         if not timm.is_model(name): raise BenchError(f"--model {name!r} is not in timm's registry")
         for size in cfg.img_size:
@@ -420,9 +429,9 @@ def at_bench(cfg:BenchConfig, # the flags (None: from `DEFAULTS`, or `GPU_PRESET
     env = environment(dev)
     print(f"at_bench: {env_line(env)}", flush=True)
     rows = bench(cfg.model, cfg.img_size, cfg.batch_time, cfg.methods, batch_memory=cfg.batch_memory, steps=cfg.steps,
-                 warmup=cfg.warmup, rounds=cfg.rounds, compiles=_COMPILE[cfg.compile], budget=cfg.budget,
-                 end_layer=cfg.end_layer, atd_weight=cfg.atd_weight, device=dev, amp=amp, backend=cfg.backend,
-                 log=lambda s: print(f"at_bench: {s}", flush=True))
+                 warmup=cfg.warmup, rounds=cfg.rounds, attn_impls=cfg.attn_impl, compiles=_COMPILE[cfg.compile],
+                 budget=cfg.budget, end_layer=cfg.end_layer, atd_weight=cfg.atd_weight, device=dev, amp=amp,
+                 backend=cfg.backend, log=lambda s: print(f"at_bench: {s}", flush=True))
     summary = summarize(rows)
     env['load_after'] = environment()['load']
     print(markdown_table(summary), flush=True)

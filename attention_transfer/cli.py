@@ -13,6 +13,7 @@ from .data import build_dataset, build_loader, build_mixup, build_criterion, bui
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
+from .transfer import ATTN_IMPLS, kernel_problem
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
@@ -22,8 +23,8 @@ from .command import loader_workers, default_warmup
 from .train_config import TrainConfig, RANGES, PRESETS, preset_command
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options', 'resolve',
-           'resume_keys', 'run_training', 'at_train', 'main']
+__all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'FREE_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options',
+           'resolve', 'resume_keys', 'run_training', 'at_train', 'main']
 
 # %% ../nbs/11_cli.ipynb #959beb08
 def parse_mode(mode:str|None, # a method of the table, or the official copy_q/k/v, distill_q/k/v
@@ -138,6 +139,8 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
     if c.warmup_epochs is None and isinstance(c.epochs, int): c.warmup_epochs = default_warmup(c.epochs)  # scaled
     check_ranges(asdict(c), RANGES)
     amp_dtype(c.amp, 'cpu'); check_aa(c.aa)  # check the names
+    if c.attn_impl not in ATTN_IMPLS:
+        raise TrainError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {c.attn_impl!r}")
     _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c)
     return c
 
@@ -147,10 +150,11 @@ LEARNING_KEYS = ('data', 'seed', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob',
                  'blr', 'lr', 'min_lr', 'warmup_epochs', 'layer_decay', 'layer_decay_rule', 'beta2', 'weight_decay',
                  'clip_grad', 'ema')  # optimisation
 RESOLVED_KEYS = ('end_layer', 'layers', 'heads', 'layer_map', 'head_map', 'relation_heads')  # resolved with models
+FREE_KEYS = ('attn_impl',)  # how, not what, is computed (every attention core is exact): a resumed run may change it
 
 def resume_keys(cfg) -> tuple:
     "The settings a resumed run keeps: what is trained, what is transferred (the table's options), what is learnt."
-    return RUN_KEYS + tuple(option_fields(cfg)) + LEARNING_KEYS
+    return RUN_KEYS + tuple(o for o in option_fields(cfg) if o not in FREE_KEYS) + LEARNING_KEYS
 
 # %% ../nbs/11_cli.ipynb #59ac1dee
 def _check_resumed(ck:dict, c:TrainConfig, trainer:Trainer):
@@ -247,7 +251,17 @@ def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
     batch = c.batch_size * c.accum_iter * world
     return (f"at_train: {who}; {c.data or c.data_path}: {n_train} train / {n_val} test images, {c.nb_classes} classes, "
             f"{c.input_size}px; {world} process(es) on {trainer.device}, effective batch {batch}, "
-            f"lr {c.abs_lr:.3g}{decay}, {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
+            f"lr {c.abs_lr:.3g}{decay}, {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}"
+            + _core(c, trainer))
+
+def _core(c:TrainConfig, trainer) -> str:
+    "The attention core copy and distill run on, for the summary line ('' for other methods)."
+    pair = getattr(trainer.task, 'pair', None)
+    if 'attn_impl' not in get_method(c.mode).options or pair.target != 'attn': return ''
+    x = torch.empty(1, 3, c.input_size, c.input_size, device=trainer.device)
+    with torch.autocast(trainer.device.type, amp_dtype(c.amp, trainer.device), enabled=c.amp != 'off'):
+        impl = pair.impl_for(x)
+    return f"; attention core {impl}" + (' (auto)' if c.attn_impl == 'auto' else '')
 
 # %% ../nbs/11_cli.ipynb #c5b4437e
 def _probe_callbacks(c:TrainConfig, teacher, student) -> list:
@@ -271,6 +285,8 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     c = replace(cfg)
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
     device, rk, world = init_distributed(c.device)
+    if c.attn_impl == 'kernel' and (why := kernel_problem(device, amp_dtype(c.amp, device) or torch.float32)):
+        raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
     if ck is not None: check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)

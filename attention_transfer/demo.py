@@ -15,7 +15,7 @@ from .models import create_model, create_teacher, CheckpointNote, save_timm_chec
 from .methods import TrainError, METHODS, get_method, build_task
 from .train import write_atomic, save_figure
 from .ensemble import attention_divergence, divergence_table
-from .transfer import transfer_layers, AttentionCopy
+from .transfer import transfer_layers, AttentionCopy, ATTN_IMPLS, kernel_problem
 from .distill import AttentionDistill
 from .command import run_command, check_writable, environment, cores
 from .experiment import DemoConfig, default_recipes, check_config, config_from_flags, _arch
@@ -374,6 +374,9 @@ class DemoArgs:
     atd_weight:float=_D.atd_weight # weight of the distillation loss
     drop_path:float=_D.drop_path # stochastic depth of the students
     mask_ratio:float=_D.mask_ratio # MAE mask ratio of the teacher's pre-training
+    # how copy and distill compute attention, all exact: auto (the fastest measured on this device for these tokens),
+    # kernel (Triton), fused or explicit
+    attn_impl:str='auto'
     # METHOD.KEY=VALUE entries of any method's recipe, after the flags above: lr, layer_decay or an option the method
     # takes, e.g. distill_features.lr=0.01 distill_features.layer_decay=1.0 (default: none)
     recipe:list[str]|None=None
@@ -383,7 +386,12 @@ class DemoArgs:
 def at_demo(args:DemoArgs, # the command line's flags
            ) -> dict: # results.json's content
     "Pre-train an MAE teacher, train students of each method over seeds, and report them and their ensembles."
-    return run_demo(config_from_flags(asdict(args)), args.output_dir, args.workers)
+    flags, impl = asdict(args), args.attn_impl
+    if impl not in ATTN_IMPLS: raise TrainError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {impl!r}")
+    if impl == 'kernel' and (why := kernel_problem('cpu', torch.float32)): raise TrainError(f"--attn_impl kernel: {why}")
+    if flags.pop('attn_impl') != 'auto':   # an entry of copy's and distill's recipes, which --recipe may override
+        flags['recipe'] = [f'{m}.attn_impl={impl}' for m in ('copy', 'distill')] + (flags['recipe'] or [])
+    return run_demo(config_from_flags(flags), args.output_dir, args.workers)
 
 # %% ../nbs/16_demo.ipynb #bae7614c
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])

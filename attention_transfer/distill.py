@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import torch, torch.nn as nn, torch.nn.functional as F
 from einops import rearrange
-from .attention import recording, QK, attention_logits, safe_softmax
+from .attention import recording, injecting, QK, ATTEND, attention_logits, safe_softmax
 from .transfer import AttentionTransfer, TARGETS, vit_shape
 
 # %% auto #0
-__all__ = ['MASKED', 'hidden_keys', 'real_rows', 'transfer_loss', 'probs_ce', 'AttentionLSE', 'TeacherAttention',
+__all__ = ['MASKED', 'hidden_keys', 'real_rows', 'transfer_loss', 'probs_ce', 'AttentionLSE', 'TeacherAttention', 'AttentionCE',
            'AttentionDistill', 'relations', 'relation_loss', 'RelationDistill']
 
 # %% ../nbs/03_distill.ipynb #a6107c78
@@ -239,26 +239,79 @@ def _qk_ce(t:QK, # the teacher's attention
     row = AttentionLSE.apply(qs, ks, s.scale, s.attn_mask, s.is_causal) - s.scale * (qs * _teacher_keys(t, ks)).sum(-1)
     return row.mean() if real is None else _row_mean(row, real)
 
+# %% ../nbs/03_distill.ipynb #71d83819
+class AttentionCE(torch.autograd.Function):
+    "Attention `softmax(s)·v` `b h n e` (s = q·scale kᵀ) and the mean row CE(teacher map, softmax(s)) in `heads`."
+    @staticmethod
+    def forward(ctx, q, k, v, # `b h n d`, `b h m d`, `b h m e`, in float32
+                pt, # the teacher's maps `b h' n m` of the heads in the loss (rows sum to 1)
+                scale:float, heads:list|None): # the heads in the loss; None: all
+        s = (q * scale) @ k.transpose(-2, -1)
+        p = s.softmax(-1)
+        o = p @ v
+        loss = -(pt * (s if heads is None else s[:, heads]).log_softmax(-1)).sum(-1).mean()
+        ctx.save_for_backward(q, k, v, p, pt, o); ctx.scale, ctx.heads = scale, heads
+        return o, loss
+
+    @staticmethod
+    def backward(ctx, go, gl):
+        q, k, v, p, pt, o = ctx.saved_tensors
+        g = gl / (pt.numel() // pt.shape[-1])                         # each row's share of the mean
+        ds = (go @ v.transpose(-2, -1)).sub_((go * o).sum(-1, keepdim=True))   # dP − D
+        if ctx.heads is None: ds.add_(g).mul_(p).addcmul_(pt, g, value=-1)      # P∘(dP − D + g) − g·P_T
+        else:
+            ds.mul_(p); ds[:, ctx.heads] += g * (p[:, ctx.heads] - pt)
+        sc = ctx.scale
+        return (ds @ k) * sc, (ds.transpose(-2, -1) @ q) * sc, p.transpose(-2, -1) @ go, None, None, None
+
+# %% ../nbs/03_distill.ipynb #c7926e05
+def _explicit_attend(pt:torch.Tensor, # the teacher's maps for the student's heads `b h n n` (probabilities)
+                     heads:list|None, # the heads in the loss; None: all
+                    ):
+    "An `ATTEND` for a distilled layer: its attention output and, recorded as 'loss', its loss against the maps `pt`."
+    def attend(q, k, v, scale, mask, is_causal, p):
+        if pt.shape != (*q.shape[:-1], k.shape[-2]):
+            raise ValueError(f"teacher attention maps have shape {tuple(pt.shape)} but the student's is "
+                             f"{(*q.shape[:-1], k.shape[-2])}: they must agree in batch, heads and tokens")
+        fast = mask is None and not is_causal and p == 0 and not torch.is_autocast_enabled(q.device.type)
+        if fast and q.dtype == k.dtype == v.dtype == torch.float32:
+            o, loss = AttentionCE.apply(q, k, v, (pt if heads is None else pt[:, heads]).float(), scale, heads)
+            return o, {'loss': loss}
+        logits = attention_logits(q, k, scale, mask, is_causal)
+        attn = logits.softmax(-1) if mask is None else safe_softmax(logits)
+        return F.dropout(attn, p) @ v, {'loss': probs_ce(pt, logits, heads, mask)}
+    return attend
+
+def _kernel_attend(t:QK, # the teacher's attention (its q and k) in the student's heads
+                   heads:list|None):
+    "An `ATTEND` for a distilled layer on the Triton kernel: output and loss in one pass."
+    raise NotImplementedError("the Triton kernel is not part of this version of attention_transfer")
+
 # %% ../nbs/03_distill.ipynb #5e76bf7a
 class AttentionDistill(AttentionTransfer):
     "The student learns to match the frozen teacher's attention (or q, k, v); train: (logits, loss), eval: logits."
     layer_losses = {}   # {layer: detached loss term} of the last train-mode forward
+    kind = 'distill'    # the row of `transfer.AUTO_IMPL` that attn_impl='auto' reads
 
     def forward(self, x:torch.Tensor, # images `b c h w`
                ):
         "Train mode: (student logits, unweighted transfer loss summed over layers); eval: student logits, no teacher."
         self._check_student()
         if not self.training: return self.student(x)
-        mapped = self.target == 'attn' and self.head_map is not None   # averaged teacher maps: probabilities
-        tw = 'attn' if mapped else ('qk' if self.fused else 'logits') if self.target == 'attn' else self.target
-        sw = 'logits' if mapped else tw
+        impl = self.impl_for(x)
+        tw = self._teacher_what(impl)   # 'attn': maps (explicit, or averaged by a head map); 'qk': q and k; q, k or v
         with self._drop_path():
             tv = self.teacher_values(x, (tw,))
-            with recording(self.student, (sw, 'qk'), self.layers) as sv: out = self.student(x)
-        mask = lambda i: None if sw == 'qk' else sv[i]['qk'].attn_mask   # a QK carries its own
-        if mapped: loss = lambda i: probs_ce(tv[i][tw], sv[i][sw], self.heads, mask(i))
-        else: loss = lambda i: transfer_loss(tv[i][tw], sv[i][sw], self.target, self.heads, mask(i))
-        losses = {i: loss(i) for i in self.layers}
+            if self.target == 'attn' and (tw == 'attn' or impl == 'kernel'):   # output and loss in one pass
+                op = _explicit_attend if tw == 'attn' else _kernel_attend
+                ops = {i: {ATTEND: op(tv[i][tw], self.heads)} for i in self.layers}
+                with injecting(self.student, ops, record=('loss',)) as sv:
+                    out = self.student(x)
+                losses = {i: sv[i]['loss'] for i in self.layers}
+            else:
+                with recording(self.student, (tw, 'qk'), self.layers) as sv: out = self.student(x)
+                mask = lambda i: None if tw == 'qk' else sv[i]['qk'].attn_mask   # a QK carries its own
+                losses = {i: transfer_loss(tv[i][tw], sv[i][tw], self.target, self.heads, mask(i)) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
         return out, sum(losses.values())
 

@@ -376,6 +376,7 @@ _OPTION_OK = dict(  # what each transfer option of the method table takes (at_tr
     heads=('a list of head indices >= 0, e.g. [0, 1]', _ints),
     share_drop_path=('True or False', lambda v: type(v) is bool), fused=('True or False', lambda v: type(v) is bool),
     target=("'attn', 'q', 'k' or 'v'", lambda v: v in ('attn', 'q', 'k', 'v')),
+    attn_impl=("'auto', 'kernel', 'fused' or 'explicit'", lambda v: v in ('auto', 'kernel', 'fused', 'explicit')),
     relation_heads=('an integer >= 1', lambda v: type(v) is int and v >= 1),
     layer_map=('student:teacher pairs, e.g. [[0, 1], [1, 3]]', lambda v: isinstance(v, (list, dict)) and bool(v)),
     head_map=('teacher heads per student head, e.g. [[0, 1], [2, 3]]', lambda v: isinstance(v, list) and bool(v)))

@@ -115,7 +115,7 @@ TransferTask.setup_ema, TransferTask.update_ema, TransferTask.get_eval_model = _
 # %% ../nbs/07_methods.ipynb #97fb9a07
 TEACHER_ROLES = ('none', 'init', 'train', 'inference')  # none; it starts the student; in training; also at test time
 TRANSFER_OPTIONS = ['end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'atd_weight', 'layer_map',
-                    'head_map', 'relation_heads']  # the settings a method may take: `build_task(**options)`
+                    'head_map', 'relation_heads', 'attn_impl']  # the settings a method may take (`build_task`)
 
 @dataclass(frozen=True)
 class Method:
@@ -187,7 +187,7 @@ def _pair(cls, weight:float=1.):
         return TransferTask(cls(teacher, student, **transfer), criterion, atd_weight)
     return build
 
-_PAIR = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'layer_map', 'head_map')
+_PAIR = ('end_layer', 'layers', 'heads', 'target', 'share_drop_path', 'fused', 'layer_map', 'head_map', 'attn_impl')
 register_method('scratch', _classification, label='scratch', doc='train the student from random weights')
 register_method('finetune', _classification, 'init', label='fine-tune',
                 doc='start the student from the pre-trained weights')

@@ -37,6 +37,9 @@ class TrainConfig:
     # distill_features, as in the paper; 1 for logit_kd and feature_kd)
     atd_weight:float|None=None
     share_drop_path:bool=False # teacher and student share drop-path masks (the reference code's behaviour)
+    # how copy and distill compute attention, all exact: auto (the fastest measured for the device, dtype and tokens),
+    # kernel (Triton), fused or explicit; a resumed run may change it
+    attn_impl:str='auto'
     batch_size:int=64 # images per process and step: effective batch = batch_size * accum_iter * processes
     epochs:int=50 # length of the schedule
     accum_iter:int=1 # micro-batches per optimizer update

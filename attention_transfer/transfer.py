@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_copy.ipynb #e7a04965
 from __future__ import annotations
-import functools, operator
+import dataclasses, functools, math, operator
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -14,8 +14,9 @@ from .attention import attention_layers, taps, recording, injecting, forward_blo
 from .vit import warn_architecture
 
 # %% auto #0
-__all__ = ['TARGETS', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'map_layers', 'map_heads', 'average_heads',
-           'shared_drop_path', 'checkpointed_blocks', 'AttentionTransfer', 'AttentionCopy']
+__all__ = ['TARGETS', 'ATTN_IMPLS', 'AUTO_IMPL', 'transfer_layers', 'transfer_heads', 'vit_shape', 'check_pair', 'map_layers',
+           'map_heads', 'average_heads', 'shared_drop_path', 'checkpointed_blocks', 'auto_impl', 'check_attn_impl',
+           'AttentionTransfer', 'kernel_problem', 'AttentionCopy']
 
 # %% ../nbs/02_copy.ipynb #88dd9c49
 def transfer_layers(depth:int, # number of blocks of the student
@@ -209,6 +210,36 @@ def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens 
         for blk in student.blocks: del blk.forward
         student.grad_checkpointing = True
 
+# %% ../nbs/02_copy.ipynb #9b9d6162
+ATTN_IMPLS = ('auto', 'kernel', 'fused', 'explicit')   # how a pair computes the student's attention; all exact
+AUTO_IMPL = {   # {(device type, 'copy' or 'distill'): [(up to this many tokens, impl), ...]}, first that fits: measured
+    ('cpu', 'copy'): [(math.inf, 'explicit')],
+    ('cpu', 'distill'): [(math.inf, 'explicit')],
+    ('cuda', 'copy'): [(math.inf, 'explicit')],     # H200 bf16, 197 tokens (issue 12); the kernel is unmeasured
+    ('cuda', 'distill'): [(math.inf, 'explicit')],
+}
+
+def auto_impl(kind:str, # 'copy' or 'distill'
+              device, # where the pair runs: a torch.device or its name
+              dtype:torch.dtype=torch.float32, # the attention's compute dtype (the autocast dtype under autocast)
+              tokens:int=197, # tokens per image
+             ) -> str:
+    "The attention core `attn_impl='auto'` picks: `AUTO_IMPL`'s entry; 'explicit' for float64 and unlisted devices."
+    rules = AUTO_IMPL.get((torch.device(device).type, kind))
+    if rules is None or dtype == torch.float64: return 'explicit'
+    return next(impl for most, impl in rules if tokens <= most)
+
+# %% ../nbs/02_copy.ipynb #b444c83f
+def check_attn_impl(attn_impl:str, # one of `ATTN_IMPLS`
+                    fused:bool|None=None, # the older switch: True is 'fused', False 'explicit'; None: not given
+                   ) -> str:
+    "`attn_impl`, or the one `fused` names; `ValueError` for an unknown name or a `fused` that contradicts it."
+    if attn_impl not in ATTN_IMPLS: raise ValueError(f"attn_impl={attn_impl!r}: use one of {', '.join(ATTN_IMPLS)}")
+    if fused is None: return attn_impl
+    old = 'fused' if fused else 'explicit'
+    if attn_impl not in ('auto', old): raise ValueError(f"fused={fused} contradicts attn_impl={attn_impl!r}: give one")
+    return old
+
 # %% ../nbs/02_copy.ipynb #d545e9d6
 class AttentionTransfer(nn.Module):
     "A frozen teacher and a student ViT whose attention is tied to it in `layers` and `heads`: copy's, distill's base."
@@ -221,9 +252,10 @@ class AttentionTransfer(nn.Module):
                  heads=None, # head indices transferred in every layer; None: all
                  target:str='attn', # 'attn' (the attention map), 'q', 'k' or 'v'
                  share_drop_path:bool=False, # share the student's drop-path masks with the teacher, like the reference
-                 fused:bool=True, # target 'attn': hand the teacher's map over as its q and k; False: as `b h n n` maps
+                 attn_impl:str='auto', # the attention core: 'auto', 'kernel', 'fused' or 'explicit' (see `ATTN_IMPLS`)
                  layer_map=None, # {student block: teacher block}; None: the same relative depth (map_layers)
                  head_map=None, # per student head, the teacher head(s) averaged into it; None: see map_heads
+                 fused:bool|None=None, # the older switch: True is attn_impl='fused', False 'explicit'
                 ):
         super().__init__()
         check_pair(teacher, student, target)
@@ -232,7 +264,8 @@ class AttentionTransfer(nn.Module):
         if share_drop_path and (t['depth'] != s['depth'] or any(i != j for i, j in self.layer_map.items())):
             raise ValueError("share_drop_path shares masks block by block: "
                              "it needs a teacher as deep as the student and the identity layer map")
-        self.target, self.share_drop_path, self.fused = target, share_drop_path, fused
+        self.target, self.share_drop_path = target, share_drop_path
+        self.attn_impl = check_attn_impl(attn_impl, fused)
         self.teacher, self.student = teacher.requires_grad_(False).eval(), student
         taps(self.teacher); taps(self.student)
         warn_architecture(teacher, student)  # one line when the student lacks its teacher's components
@@ -257,6 +290,39 @@ def _set_maps(self:AttentionTransfer, t:dict, s:dict, # `vit_shape` of the teach
     average = target == 'attn'
     self.head_map = map_heads(t['heads'][0], s['heads'][0], head_map, average=average) if self.maps_heads else None
     self.heads = transfer_heads(s['heads'][0], heads)
+
+# %% ../nbs/02_copy.ipynb #1e801faf
+def kernel_problem(device, dtype) -> str|None:
+    "Why the Triton kernel cannot run on `device` in `dtype`, or None."
+    return "the Triton kernel is not part of this version of attention_transfer"
+
+@patch
+def resolve_impl(self:AttentionTransfer, device, # where the pair runs
+                 dtype:torch.dtype=torch.float32, # the compute dtype (the autocast dtype under autocast)
+                 tokens:int|None=None, # tokens per image; None: the student's configured count
+                ) -> str:
+    "The attention core a forward uses: `attn_impl`, 'auto' resolved (`auto_impl`); ValueError if 'kernel' cannot run."
+    impl, dev = self.attn_impl, torch.device(device)
+    if impl == 'auto': return auto_impl(self.kind, dev, dtype, tokens or vit_shape(self.student)['tokens'] or 197)
+    if impl == 'kernel' and self.target == 'attn' and self.head_map is not None:
+        raise ValueError("attn_impl='kernel' cannot average teacher heads (head_map): use 'auto' or 'explicit'")
+    if impl == 'kernel' and (why := kernel_problem(dev, dtype)):
+        raise ValueError(f"attn_impl='kernel' cannot run on {dev} in {dtype}: {why}; use 'auto', 'fused' or 'explicit'")
+    return impl
+
+@patch
+def impl_for(self:AttentionTransfer, x:torch.Tensor, # images `b c h w`
+            ) -> str:
+    "The attention core a forward on `x` uses (see `resolve_impl`): its device, the autocast dtype, its token count."
+    dev = x.device
+    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else x.dtype
+    pe = self.student.patch_embed
+    n = math.prod(x.shape[-2:]) // math.prod(pe.patch_size) + getattr(self.student, 'num_prefix_tokens', 0)
+    return self.resolve_impl(dev, dtype, n)
+
+AttentionTransfer.kind = 'copy'   # the row of `AUTO_IMPL` that 'auto' reads; distillation's pairs set 'distill'
+AttentionTransfer.fused = property(lambda self: self.attn_impl == 'fused',
+                                   lambda self, v: setattr(self, 'attn_impl', 'fused' if v else 'explicit'))
 
 # %% ../nbs/02_copy.ipynb #dac29c7e
 def _compact(v):
@@ -284,10 +350,10 @@ def _regroup(self:AttentionTransfer, v, name:str):
                          "(an average of maps is not softmax(q kᵀ)): record 'attn'")
     return average_heads(v, self.head_map)
 
-@patch(as_prop=True)
-def _teacher_what(self:AttentionTransfer) -> str:
-    "What the teacher records: its q and k (`QK`) for a fused 'attn' target without a head map, else the target."
-    return 'qk' if self.target == 'attn' and self.fused and self.head_map is None else self.target
+@patch
+def _teacher_what(self:AttentionTransfer, impl:str) -> str:
+    "What the teacher records: q and k (`QK`) for 'attn' on the fused or kernel core, no head map; else the target."
+    return 'qk' if self.target == 'attn' and impl in ('fused', 'kernel') and self.head_map is None else self.target
 
 @patch
 def _check_student(self:AttentionTransfer):
@@ -326,14 +392,22 @@ def extra_repr(self:AttentionTransfer):
             + f", share_drop_path={self.share_drop_path}")
 
 # %% ../nbs/02_copy.ipynb #79eb481a
+def _kernel_copy(qk:QK, v:torch.Tensor) -> torch.Tensor:
+    "The teacher's map `qk` applied to the student's values `v` `b h n e` by the Triton kernel, differentiable in v."
+    raise NotImplementedError("the Triton kernel is not part of this version of attention_transfer")
+
 class AttentionCopy(AttentionTransfer):
     "The student uses the frozen teacher's attention (or q, k, v) in the transferred layers and heads; forward: logits."
     @contextmanager
     def student_context(self, x:torch.Tensor, # images `b c h w`
                        ):
         "Within the block, the student's forward on `x` gets the teacher's `target` in the copied layers and heads."
-        vals, what = self.teacher_values(x, (self._teacher_what,)), self._teacher_what
-        with injecting(self.student, {i: {self.target: vals[i][what]} for i in self.layers}, heads=self.heads): yield
+        impl = self.impl_for(x)
+        what = self._teacher_what(impl)
+        vals = {i: v[what] for i, v in self.teacher_values(x, (what,)).items()}
+        if impl == 'kernel' and what == 'qk': 
+            vals = {i: dataclasses.replace(v, attend=_kernel_copy) for i, v in vals.items()}
+        with injecting(self.student, {i: {self.target: vals[i]} for i in self.layers}, heads=self.heads): yield
 
     def forward(self, x:torch.Tensor, # images `b c h w`
                ) -> torch.Tensor:

@@ -34,23 +34,24 @@ def test_tapped_model_pickles(pair):
     assert type(m2.blocks[0].attn) in TAPPED.values()
     torch.testing.assert_close(attention_maps(m2, X)[1], attention_maps(m, X)[1], rtol=0, atol=0)
 
-def test_checkpointed_student_same_grads(pair):
+@pytest.mark.parametrize('impl', ['fused', 'explicit'])
+def test_checkpointed_student_same_grads(pair, impl):
     t, s = pair
     res = []
     for ckpt in (False, True):
         st = copy.deepcopy(s); st.set_grad_checkpointing(ckpt)
-        ad = AttentionDistill(t, st, heads=[0, 3]).train()
+        ad = AttentionDistill(t, st, heads=[0, 3], attn_impl=impl).train()
         out, loss = ad(X); (F.cross_entropy(out, Y) + loss).backward()
         res.append((out.detach(), loss.detach(), [p.grad for p in st.parameters()]))
     (o0, l0, g0), (o1, l1, g1) = res
     torch.testing.assert_close(o1, o0); torch.testing.assert_close(l1, l0)
     for a, b in zip(g0, g1): torch.testing.assert_close(a, b)
 
-@pytest.mark.parametrize('target', ['attn', 'q', 'k', 'v'])
-def test_distill_every_target_against_recorded(pair, target):
+@pytest.mark.parametrize('target, impl', [('attn', 'explicit'), ('attn', 'fused'), ('q', 'auto'), ('k', 'auto'), ('v', 'auto')])
+def test_distill_every_target_against_recorded(pair, target, impl):
     "The loss of each target is the mean squared error (q, k, v) or cross-entropy (attn) of what the taps record."
     t, s = pair
-    ad = AttentionDistill(t, s, target=target, fused=False).train()
+    ad = AttentionDistill(t, s, target=target, attn_impl=impl).train()
     _, loss = ad(X)
     with torch.no_grad(), recording(t, (target if target != 'attn' else 'attn',)) as rt: t(X)
     with torch.no_grad(), recording(s, (target if target != 'attn' else 'attn',)) as rs: s(X)

@@ -9,6 +9,7 @@ NEW = snapshot()
 # spelling of a switch (--noX, argparse's BooleanOptionalAction).
 ADDED = {'--config', '--recipe'}  # --recipe: at_demo runs any method of the table (issue 22, item 3)
 ADDED |= {'--head_map'}  # at_train: the head map the method table always took had no flag (issue 23, item 11)
+ADDED |= {'--attn_impl'}  # at_train, at_bench, at_demo: the attention core of copy and distill, all exact (issue 20, item 2)
 # Flags whose old parser default was None, "filled in later from the command's config": their value is read there.
 FILLED = {'at_demo': json.loads((SNAPSHOT.parent/'demo_effective.json').read_text())}
 # A switch still works bare; a value flag takes the same number of values.

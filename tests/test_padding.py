@@ -105,7 +105,8 @@ def test_no_mask_and_a_bias_are_not_padding():
 # ---- whole models: a timm ViT that pads its own batch, as NaFlex does
 
 X = torch.randn(2, 3, 32, 32)
-PAIRS = {'fused': dict(), 'explicit': dict(fused=False), 'q': dict(target='q'), 'heads': dict(heads=[0, 3]),
+PAIRS = {'fused': dict(attn_impl='fused'), 'explicit': dict(attn_impl='explicit'), 'q': dict(target='q'),
+         'heads': dict(heads=[0, 3], attn_impl='fused'), 'heads_explicit': dict(heads=[0, 3], attn_impl='explicit'),
          'head_map': dict(head_map='average'), 'relations': None}
 
 
