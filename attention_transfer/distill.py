@@ -273,7 +273,8 @@ def _explicit_attend(pt:torch.Tensor, # the teacher's maps for the student's hea
         if pt.shape != (*q.shape[:-1], k.shape[-2]):
             raise ValueError(f"teacher attention maps have shape {tuple(pt.shape)} but the student's is "
                              f"{(*q.shape[:-1], k.shape[-2])}: they must agree in batch, heads and tokens")
-        fast = mask is None and not is_causal and p == 0 and not torch.is_autocast_enabled(q.device.type)
+        amp = q.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(q.device.type)
+        fast = mask is None and not is_causal and p == 0 and not amp
         if fast and q.dtype == k.dtype == v.dtype == torch.float32:
             o, loss = AttentionCE.apply(q, k, v, (pt if heads is None else pt[:, heads]).float(), scale, heads)
             return o, {'loss': loss}

@@ -212,11 +212,11 @@ def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens 
 
 # %% ../nbs/02_copy.ipynb #9b9d6162
 ATTN_IMPLS = ('auto', 'kernel', 'fused', 'explicit')   # how a pair computes the student's attention; all exact
-AUTO_IMPL = {   # {(device type, 'copy' or 'distill'): [(up to this many tokens, impl), ...]}, first that fits: measured
-    ('cpu', 'copy'): [(math.inf, 'explicit')],
-    ('cpu', 'distill'): [(math.inf, 'explicit')],
-    ('cuda', 'copy'): [(math.inf, 'explicit')],     # H200 bf16, 197 tokens (issue 12); the kernel is unmeasured
-    ('cuda', 'distill'): [(math.inf, 'explicit')],
+AUTO_IMPL = {   # {(device type, 'copy' or 'distill'): [(up to this many tokens, impl), ...]}: the first that fits
+    ('cpu', 'copy'): [(256, 'explicit'), (math.inf, 'fused')],      # explicit: faster at 17 and 197 tokens (measured)
+    ('cpu', 'distill'): [(256, 'explicit'), (math.inf, 'fused')],   # fused above: no `b h n n` maps kept (memory)
+    ('cuda', 'copy'): [(256, 'explicit'), (math.inf, 'fused')],     # H200 bf16 at 197 tokens (issue 12); a GPU run
+    ('cuda', 'distill'): [(256, 'explicit'), (math.inf, 'fused')],  # decides 'kernel' (unmeasured) and the crossover
 }
 
 def auto_impl(kind:str, # 'copy' or 'distill'
@@ -315,7 +315,8 @@ def impl_for(self:AttentionTransfer, x:torch.Tensor, # images `b c h w`
             ) -> str:
     "The attention core a forward on `x` uses (see `resolve_impl`): its device, the autocast dtype, its token count."
     dev = x.device
-    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else x.dtype
+    amp = dev.type in ('cpu', 'cuda') and torch.is_autocast_enabled(dev.type)   # (the meta device has no autocast)
+    dtype = torch.get_autocast_dtype(dev.type) if amp else x.dtype
     pe = self.student.patch_embed
     n = math.prod(x.shape[-2:]) // math.prod(pe.patch_size) + getattr(self.student, 'num_prefix_tokens', 0)
     return self.resolve_impl(dev, dtype, n)

@@ -99,9 +99,10 @@ def test_at_train_flag_logs_and_resumes_on_another_core(tmp_path, capsys):
     train(*args, '--resume', 'allow')                                              # the same run, on the auto core
     log = capsys.readouterr().out
     assert 'from epoch 1' in log and f"attention core {auto_impl('distill', 'cpu', tokens=65)} (auto)" in log, log
-    for bad, name in ((['--attn_impl', 'flash'], "--attn_impl must be one of auto, kernel, fused, explicit, not 'flash'"),
-                      (['--mode', 'finetune', '--attn_impl', 'explicit'], '--attn_impl does not apply to --mode finetune')):
-        with pytest.raises(SystemExit) as e: train(*(args[:2] if bad[0] != '--mode' else []), *bad, '--output_dir', tmp_path/'x')
+    for bad, name in ((args[:4] + ['--attn_impl', 'flash'], "--attn_impl must be one of auto, kernel, fused, explicit, not 'flash'"),
+                      (['--mode', 'finetune', '--finetune', teacher, '--attn_impl', 'explicit'],
+                       '--attn_impl does not apply to --mode finetune')):
+        with pytest.raises(SystemExit) as e: train(*bad, '--output_dir', tmp_path/'x')
         err = capsys.readouterr().err
         assert e.value.code == 1 and name in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path/'x').exists()
