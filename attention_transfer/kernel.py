@@ -257,12 +257,15 @@ def _kernels(device:torch.device) -> tuple:
 
 # %% ../nbs/03a_kernel.ipynb #f9b99b5c
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TRITON = (3, 8)   # the oldest Triton the kernel (and its use of the interpreter) is tested with
 
 def kernel_supported(q, k, v, # the student's `b h n d`, `b g m d`, `b g m e` (g dividing h)
                      tq=None, tk=None, # the teacher's `b h n dt`, `b g' m dt`, or None (copy: pass them as q, k)
                      mask=None, tmask=None, # timm masks: bool (True = attend) or additive float, to `b h n m`
                     ) -> str|None:
     "None when `attention_ce` (or `attention_copy`) can run these tensors, else a one-line reason."
+    if tuple(map(int, triton.__version__.split('.')[:2])) < _TRITON:
+        return f"Triton {triton.__version__}: the kernel is tested with {'.'.join(map(str, _TRITON))} and later"
     if (tq is None) != (tk is None): return "give both the teacher's tq and tk, or neither"
     ts = {n: t for n, t in dict(q=q, k=k, v=v, tq=tq, tk=tk).items() if t is not None}
     if any(not isinstance(t, torch.Tensor) or t.ndim != 4 for t in ts.values()):

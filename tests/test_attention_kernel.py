@@ -1,8 +1,10 @@
-"The Triton kernel of issue 20 (attention_transfer.kernel) = the explicit reference, under Triton's interpreter on the CPU."
+"""Issue 20's Triton kernel (attention_transfer.kernel) = the explicit reference: under Triton's interpreter on the CPU,
+compiled on CUDA where a GPU is (tests/gpu/kernel_check.py runs those)."""
 import pytest, torch, timm, triton
 import torch.nn.functional as F
 from triton.runtime.jit import JITFunction
-from attention_transfer.kernel import attention_ce, attention_copy, kernel_supported, _fwd, _bwd
+from triton.runtime.interpreter import InterpretedFunction
+from attention_transfer.kernel import attention_ce, attention_copy, kernel_supported, _fwd, _bwd, _kernels
 from attention_transfer.attention import attention_logits, safe_softmax, recording
 from attention_transfer.distill import _logits_ce, _hide, real_rows
 
@@ -38,7 +40,8 @@ def check(q, k, v, tq, tk, scale=0.25, tscale=None, tol=1e-5, **kw):
     o, rows = attention_ce(q, k, v, tq, tk, scale, tscale, **kw)
     ro, rrows = explicit(q, k, v, tq, tk, scale, tscale, **kw)
     assert o.shape == ro.shape and o.dtype == q.dtype and rows.dtype == torch.float32
-    for name, a, b in (('o', o, ro), ('rows', rows, rrows), ('loss', rows.mean(), rrows.mean())): assert_close(a, b, tol, name)
+    for name, a, b in (('o', o, ro), ('rows', rows, rrows), ('loss', rows.mean(), rrows.mean())):
+        assert_close(a, b, tol, name)
     go = torch.randn_like(ro)
     gs = torch.autograd.grad((o.float() * go).sum() + rows.mean(), (q, k, v))
     rgs = torch.autograd.grad((ro * go).sum() + rrows.mean(), (q, k, v))
@@ -58,9 +61,9 @@ def randn(*shape, dtype=torch.float32): return torch.randn(*shape).to(dtype)
 @pytest.fixture(autouse=True)
 def seed(): torch.manual_seed(0)
 
-def test_cpu_tensors_run_interpreted_whatever_the_environment():
+def test_cpu_tensors_run_interpreted_whatever_the_environment():   # TRITON_INTERPRET set or not, before import or not
     assert isinstance(_fwd, JITFunction) and isinstance(_bwd, JITFunction)   # the CUDA kernels stay compiled
-    assert not triton.knobs.runtime.interpret                                  # TRITON_INTERPRET is not set in CI
+    assert all(isinstance(f, InterpretedFunction) for f in _kernels(torch.device('cpu')))
 
 def test_plain_and_the_loss_is_distills():
     q, k, v, tq, tk = (randn(2, 3, 40, 16) for _ in range(5))
@@ -81,7 +84,8 @@ def test_grouped_kv_heads():   # 4 query heads over 2 k/v heads (and over 1 teac
 def test_rotated_qk():   # EVA/RoPE: the kernel sees pre-rotated q and k
     q, k, tq, tk = (randn(2, 2, 20, 16) for _ in range(4))
     ang = torch.arange(20)[:, None] * torch.logspace(0, -2, 8)[None]
-    rot = lambda x: torch.cat([x[..., :8] * ang.cos() - x[..., 8:] * ang.sin(), x[..., :8] * ang.sin() + x[..., 8:] * ang.cos()], -1)
+    c, sn = ang.cos(), ang.sin()
+    rot = lambda x: torch.cat([x[..., :8] * c - x[..., 8:] * sn, x[..., :8] * sn + x[..., 8:] * c], -1)
     check(rot(q), rot(k), randn(2, 2, 20, 16), rot(tq), rot(tk))
 
 def test_beit_bias():   # a float relative position bias `1 h n m`, the student's and the teacher's own

@@ -63,7 +63,8 @@ def main(argv=None):
             if rc: sys.exit(f"CUDA tests failed (pytest exit {rc})")
         else: print("no CUDA: the CUDA tests skip (run tests/test_attention_kernel.py for the interpreter's)")
     shapes = ([('tiny', 2, 2, 40, 16, torch.float32)] if a.tiny or not cuda else
-              [('ViT-B/16 224px', 128, 12, 197, 64, torch.bfloat16), ('ViT-L/16 224px', 64, 16, 197, 64, torch.bfloat16)])
+              [('ViT-B/16 224px', 128, 12, 197, 64, torch.bfloat16),
+               ('ViT-L/16 224px', 64, 16, 197, 64, torch.bfloat16)])
     for name, b, h, n, d, dtype in shapes:
         fns = paths(b, h, n, d, dev, dtype)
         ms = {k: timed(f, 3 if not cuda else a.iters) for k, f in fns.items()}
