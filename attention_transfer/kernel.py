@@ -7,6 +7,7 @@ __all__ = ['kernel_supported', 'attention_ce', 'attention_copy']
 
 # %% ../nbs/03a_kernel.ipynb #0848954c
 import types
+from typing import Optional
 import torch
 import triton, triton.language as tl
 from triton.runtime.jit import JITFunction
@@ -325,41 +326,68 @@ def _launch(q, k, v, tq, tk, mask, tmask, o) -> tuple:
     return [q if ms is None else ms, q if mt is None else mt], strides, sizes, consts
 
 # %% ../nbs/03a_kernel.ipynb #a0f7c552
-class _Attention(torch.autograd.Function):
-    "`_fwd` and `_bwd` as an autograd function: (o, CE rows), differentiable in q, k, v (copy: v)."
-    @staticmethod
-    def forward(ctx, q, k, v, tq, tk, scale, tscale, mask, tmask, is_causal, ce, loss):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()   # the gradients share their strides
-        tq, tk = (t if t.stride(-1) == 1 else t.contiguous() for t in (tq, tk))
-        b, h, n, _ = q.shape
-        o = q.new_empty(b, h, n, v.shape[-1])
-        rows, lse, tlse = (torch.empty(b, h, n, dtype=torch.float32, device=q.device) for _ in range(3))
-        masks, strides, sizes, consts = _launch(q, k, v, tq, tk, mask, tmask, o)
-        blk = 16 if q.device.type == 'cpu' else 64
-        _kernels(q.device)[0][(triton.cdiv(n, blk), b * h)](
-            q, k, v, tq, tk, *masks, o, rows, lse, tlse, ce, *strides, *sizes, scale, tscale,
-            BM=blk, BN=blk, CAUSAL=is_causal, LOSS=loss, **consts)
-        ctx.save_for_backward(q, k, v, tq, tk, o, lse, tlse, ce)
-        ctx.masks, ctx.scale, ctx.tscale, ctx.is_causal, ctx.loss = (mask, tmask), scale, tscale, is_causal, loss
-        if not loss: ctx.mark_non_differentiable(rows)
-        return o, rows
+# the operators' namespace; a notebook run beside the installed module registers its own
+_NS = 'attention_transfer' if __name__.startswith('attention_transfer') else 'attention_transfer_nb'
 
-    @staticmethod
-    def backward(ctx, go, grows):
-        q, k, v, tq, tk, o, lse, tlse, ce = ctx.saved_tensors
-        go = torch.zeros_like(o) if go is None else go.contiguous()
-        delta, g = (go.float() * o.float()).sum(-1), torch.zeros_like(lse)   # D_i = do_i·o_i
-        if ctx.loss and grows is not None:   # rows with no key (LSE = inf) or outside ce_heads are constant 0
-            g = grows.float().masked_fill(lse.isinf() | tlse.isinf() | ~ce.bool()[:, None], 0.)
-            delta = delta - g
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        masks, strides, sizes, consts = _launch(q, k, v, tq, tk, *ctx.masks, o)
-        blk = 16 if q.device.type == 'cpu' else 64 if max(consts['BD'], consts['BE'], consts['BDT']) <= 64 else 32
-        grid = (max(triton.cdiv(q.shape[2], blk), triton.cdiv(k.shape[2], blk)), q.shape[0] * k.shape[1])
-        _kernels(q.device)[1][grid](q, k, v, tq, tk, *masks, go, lse, tlse, delta, g, ce, dq, dk, dv, *strides, *sizes,
-                                    ctx.scale, ctx.tscale, B=blk, CAUSAL=ctx.is_causal, LOSS=ctx.loss, QK=ctx.loss,
-                                    **consts)
-        return *((dq, dk, dv) if ctx.loss else (None, None, dv)), *[None] * 9
+@torch.library.custom_op(f'{_NS}::attention_fwd', mutates_args=())
+def _attention_fwd(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, tq:torch.Tensor, tk:torch.Tensor, scale:float,
+                   tscale:float, mask:Optional[torch.Tensor], tmask:Optional[torch.Tensor], is_causal:bool,
+                   ce:torch.Tensor, loss:bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    "`_fwd` launched: o `b h n e`, the CE rows, the student's and the teacher's row LSE `b h n` (fp32)."
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()   # the gradients share their strides
+    tq, tk = (t if t.stride(-1) == 1 else t.contiguous() for t in (tq, tk))
+    b, h, n, _ = q.shape
+    o = q.new_empty(b, h, n, v.shape[-1])
+    rows, lse, tlse = (torch.empty(b, h, n, dtype=torch.float32, device=q.device) for _ in range(3))
+    masks, strides, sizes, consts = _launch(q, k, v, tq, tk, mask, tmask, o)
+    blk = 16 if q.device.type == 'cpu' else 64
+    _kernels(q.device)[0][(triton.cdiv(n, blk), b * h)](
+        q, k, v, tq, tk, *masks, o, rows, lse, tlse, ce, *strides, *sizes, scale, tscale,
+        BM=blk, BN=blk, CAUSAL=is_causal, LOSS=loss, **consts)
+    return o, rows, lse, tlse
+
+@_attention_fwd.register_fake
+def _(q, k, v, tq, tk, scale, tscale, mask, tmask, is_causal, ce, loss):
+    rows = q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(*q.shape[:3], v.shape[-1]), rows, torch.empty_like(rows), torch.empty_like(rows)
+
+# %% ../nbs/03a_kernel.ipynb #5655e75c
+@torch.library.custom_op(f'{_NS}::attention_bwd', mutates_args=())
+def _attention_bwd(go:torch.Tensor, g:torch.Tensor, q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, tq:torch.Tensor,
+                   tk:torch.Tensor, o:torch.Tensor, lse:torch.Tensor, tlse:torch.Tensor, scale:float, tscale:float,
+                   mask:Optional[torch.Tensor], tmask:Optional[torch.Tensor], is_causal:bool, ce:torch.Tensor,
+                   loss:bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "`_bwd` launched: dq, dk, dv (copy: dv, and dq, dk empty) from do `b h n e` and the rows' gradient `g`."
+    q, k, v, go = q.contiguous(), k.contiguous(), v.contiguous(), go.contiguous()
+    tq, tk = (t if t.stride(-1) == 1 else t.contiguous() for t in (tq, tk))
+    delta = (go.float() * o.float()).sum(-1) - g   # D_i − g_i
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    masks, strides, sizes, consts = _launch(q, k, v, tq, tk, mask, tmask, o)
+    blk = 16 if q.device.type == 'cpu' else 64 if max(consts['BD'], consts['BE'], consts['BDT']) <= 64 else 32
+    grid = (max(triton.cdiv(q.shape[2], blk), triton.cdiv(k.shape[2], blk)), q.shape[0] * k.shape[1])
+    _kernels(q.device)[1][grid](q, k, v, tq, tk, *masks, go, lse, tlse, delta, g, ce, dq, dk, dv, *strides, *sizes,
+                                scale, tscale, B=blk, CAUSAL=is_causal, LOSS=loss, QK=loss, **consts)
+    return dq, dk, dv
+
+@_attention_bwd.register_fake
+def _(go, g, q, k, v, *args): return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+def _setup(ctx, inputs, output):
+    q, k, v, tq, tk, scale, tscale, mask, tmask, is_causal, ce, loss = inputs
+    ctx.save_for_backward(q, k, v, tq, tk, output[0], *output[2:], ce, mask, tmask)
+    ctx.args = scale, tscale, is_causal, loss
+
+def _backward(ctx, go, grows, *_):
+    "The gradients to q, k, v (copy: v) of o and the CE rows; rows with no key or outside ce_heads are constant 0."
+    q, k, v, tq, tk, o, lse, tlse, ce, mask, tmask = ctx.saved_tensors
+    scale, tscale, is_causal, loss = ctx.args
+    go = torch.zeros_like(o) if go is None else go
+    g = torch.zeros_like(lse) if grows is None or not loss else grows.float()
+    g = g.masked_fill(lse.isinf() | tlse.isinf() | ~ce.bool()[:, None], 0.)
+    dq, dk, dv = _attention_bwd(go, g, q, k, v, tq, tk, o, lse, tlse, scale, tscale, mask, tmask, is_causal, ce, loss)
+    return *((dq, dk) if loss else (None, None)), dv, *[None] * 9
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup)
 
 # %% ../nbs/03a_kernel.ipynb #e920b6d7
 def attention_ce(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, # the student's `b h n d`, `b g m d`, `b g m e`
@@ -372,7 +400,7 @@ def attention_ce(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, # the student's
     "Attention `softmax(s)·v` and each row's CE(teacher map, student map) = `LSE_j(s_ij) − Σ_j p_t(ij)·s_ij`."
     if reason := kernel_supported(q, k, v, tq, tk, mask, tmask): raise ValueError(reason)
     ce = _heads(ce_heads, q.shape[1], q.device)
-    return _Attention.apply(q, k, v, tq.detach(), tk.detach(), scale, tscale, mask, tmask, is_causal, ce, True)
+    return _attention_fwd(q, k, v, tq.detach(), tk.detach(), scale, tscale, mask, tmask, is_causal, ce, True)[:2]
 
 # %% ../nbs/03a_kernel.ipynb #39f53938
 def attention_copy(tq:torch.Tensor, tk:torch.Tensor, # the teacher's `b h n d`, `b g m d`: no gradient
@@ -385,4 +413,4 @@ def attention_copy(tq:torch.Tensor, tk:torch.Tensor, # the teacher's `b h n d`, 
     if reason := kernel_supported(tq, tk, v, mask=tmask): raise ValueError(reason)
     ce = torch.zeros(tq.shape[1], dtype=torch.int32, device=tq.device)
     tq, tk = tq.detach(), tk.detach()
-    return _Attention.apply(tq, tk, v, tq, tk, tscale, tscale, tmask, None, is_causal, ce, False)[0]
+    return _attention_fwd(tq, tk, v, tq, tk, tscale, tscale, tmask, None, is_causal, ce, False)[0]

@@ -194,3 +194,20 @@ def test_cuda_copy_vit_b():
     o = attention_copy(tq, tk, v, 0.125)
     ro = F.scaled_dot_product_attention(tq.float(), tk.float(), v.float(), scale=0.125)
     assert_close(o, ro, 2e-2, 'copy o')
+
+def compiled_matches(device, backend):
+    "attention_ce and attention_copy under torch.compile(fullgraph=True): one graph, the eager values and gradients."
+    q, k, v, tq, tk = (torch.randn(2, 2, 24, 16, device=device, requires_grad=i < 3) for i in range(5))
+    def f(q, k, v):
+        o, rows = attention_ce(q, k, v, tq, tk, 0.25, 0.25)
+        return o.square().sum() + rows.mean() + attention_copy(tq, tk, v, 0.25).square().sum()
+    eager = f(q, k, v), *torch.autograd.grad(f(q, k, v), (q, k, v))
+    torch._dynamo.reset()
+    g = torch.compile(f, fullgraph=True, backend=backend)
+    comp = g(q, k, v), *torch.autograd.grad(g(q, k, v), (q, k, v))
+    for a, b in zip(comp, eager): assert_close(a, b, 1e-5)
+
+def test_compile_one_graph(): compiled_matches('cpu', 'aot_eager')   # the kernels are custom operators to Dynamo
+
+@cuda
+def test_cuda_compile(): compiled_matches('cuda', 'inductor')
