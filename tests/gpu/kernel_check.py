@@ -7,6 +7,7 @@ the fused path of today (SDPA + distill's AttentionLSE and teacher term; copy: S
 import argparse, sys, time
 from pathlib import Path
 import torch, torch.nn.functional as F
+from attention_transfer import kernel
 from attention_transfer.kernel import attention_ce, attention_copy
 from attention_transfer.attention import QK, attention_logits
 from attention_transfer.distill import _qk_ce, _logits_ce, TeacherAttention
@@ -52,6 +53,7 @@ def main(argv=None):
     ap.add_argument('--tiny', action='store_true', help='b 2, h 2, n 40, d 16, fp32: a smoke run on any machine')
     ap.add_argument('--iters', type=int, default=20, help='timed calls per path')
     ap.add_argument('--skip_tests', action='store_true', help='only the benchmark')
+    ap.add_argument('--sweep', action='store_true', help="also time kernel.TILES choices (the first shape's kernel)")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = 'cuda' if cuda else 'cpu'
@@ -70,6 +72,14 @@ def main(argv=None):
         ms = {k: timed(f, 3 if not cuda else a.iters) for k, f in fns.items()}
         print(f"{name} (b {b}, h {h}, n {n}, d {d}, {str(dtype)[6:]}), one layer fwd+bwd, median ms:")
         for k, t in ms.items(): print(f"  {k:15s} {t:9.3f}  ({t / ms['attention_only']:.2f}x attention alone)")
+        if a.sweep and name == shapes[0][0]:
+            default = dict(kernel.TILES)
+            for fwd, bwd in (((64, 64, 4), (64, 4)), ((128, 64, 8), (64, 4)), ((128, 64, 4), (64, 8)),
+                             ((64, 32, 4), (32, 4)), ((128, 128, 8), (64, 8))):
+                kernel.TILES.update(fwd=fwd, bwd=bwd)
+                try: print(f"  TILES fwd {fwd} bwd {bwd}: kernel {timed(fns['kernel'], a.iters if cuda else 1):.3f} ms")
+                except Exception as e: print(f"  TILES fwd {fwd} bwd {bwd}: {type(e).__name__} {str(e)[:100]}")
+            kernel.TILES.update(default)
         if cuda: torch.cuda.empty_cache()
 
 if __name__ == '__main__': main()
