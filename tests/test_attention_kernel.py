@@ -211,3 +211,12 @@ def test_compile_one_graph(): compiled_matches('cpu', 'aot_eager')   # the kerne
 
 @cuda
 def test_cuda_compile(): compiled_matches('cuda', 'inductor')
+
+def test_keys_not_queries():   # m ≠ n keys (cross-attention shapes), and a single query row
+    check(randn(2, 2, 20, 16), randn(2, 2, 33, 16), randn(2, 2, 33, 16), randn(2, 2, 20, 8), randn(2, 2, 33, 8))
+    check(randn(1, 2, 1, 16), randn(1, 2, 5, 16), randn(1, 2, 5, 16), randn(1, 2, 1, 16), randn(1, 2, 5, 16))
+
+def test_rows_the_teacher_hides():   # rows with no key for the teacher only: their CE is 0, the attention still counts
+    tmask = torch.zeros(2, 1, 24, 24); tmask[0, :, 5:9] = INF
+    o, rows = check(*(randn(2, 2, 24, 16) for _ in range(5)), tmask=tmask)
+    assert rows[0, :, 5:9].abs().max() == 0 and o[0, :, 5:9].abs().min() > 0
