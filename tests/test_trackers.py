@@ -153,3 +153,14 @@ def test_tensorboard_folder_of_another_run_is_refused(runs, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.count('\n') == 1 and "--log_tensorboard" in err and "another run" in err, err
     assert not new.exists()
+
+
+def test_only_rank_0_logs(tmp_path, monkeypatch):
+    "Under torchrun the other processes write nothing and start no W&B run."
+    from types import SimpleNamespace
+    import attention_transfer.callbacks as cbs
+    monkeypatch.setattr(cbs, 'rank', lambda: 1)
+    tr = SimpleNamespace(epoch=0, history=[], output_dir=tmp_path/'out', meta={})
+    for cb in (cbs.TensorBoardLog(tmp_path/'tb'), cbs.WandbLog()):
+        cb.before_fit(tr); cb.after_epoch(tr, dict(epoch=0, train_loss=1.)); cb.after_fit(tr)
+    assert not (tmp_path/'tb').exists() and not (tmp_path/'out').exists()
