@@ -164,3 +164,18 @@ def test_only_rank_0_logs(tmp_path, monkeypatch):
     for cb in (cbs.TensorBoardLog(tmp_path/'tb'), cbs.WandbLog()):
         cb.before_fit(tr); cb.after_epoch(tr, dict(epoch=0, train_loss=1.)); cb.after_fit(tr)
     assert not (tmp_path/'tb').exists() and not (tmp_path/'out').exists()
+
+
+@pytest.mark.parametrize('case', ['file', 'eval'])
+def test_bad_tracker_flags_are_one_line_before_any_work(tmp_path, capsys, case):
+    from attention_transfer.cli import main
+    torch.save({'model': timm.create_model('vit_nano_patch4_32', num_classes=0).state_dict()}, tmp_path/'mae.pth')
+    (tmp_path/'a_file').write_text('')
+    base = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--num_workers', '0', '--output_dir', tmp_path/'out']
+    argv, msg = {'file': (base + ['--log_tensorboard', tmp_path/'a_file'], '--log_tensorboard: cannot create'),
+                 'eval': (base + ['--finetune', tmp_path/'mae.pth', '--eval', '--log_wandb'],
+                          '--log_wandb does not apply to --eval')}[case]
+    with pytest.raises(SystemExit) as e: main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and out == '' and err.count('\n') == 1 and msg in err, err
+    assert not (tmp_path/'out').exists()
