@@ -83,6 +83,9 @@ def main(argv=None):
     out.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
                MPLBACKEND='Agg', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+    ok, _, err = run([sys.executable, '-c', 'import attention_transfer.cli, attention_transfer.evaluate, '
+                      'attention_transfer.pretrain, sklearn'], env, 300)  # the three commands and the digits
+    if not ok: sys.exit(f"e2e: the package or its requirements do not import here: {err} (pip install -e .)")
     launcher = out/'at_train_main.py'  # torchrun runs a file: at_train's main, from the repository
     launcher.write_text("from attention_transfer.cli import main\nmain()\n")
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1', launcher]
