@@ -389,7 +389,8 @@ class WandbLog(Callback):
         keep = out/'wandb_run_id' if out else None
         old = keep.read_text().strip() if keep and tr.epoch > 0 and keep.is_file() else None
         run_id = old or ''.join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        if out: out.mkdir(parents=True, exist_ok=True)
+        made = out is not None and not out.exists()
+        if made: out.mkdir(parents=True)
         where = None if out is None or 'WANDB_DIR' in os.environ else str(out)  # W&B's files: in the run's folder
         rng = rng_state()  # W&B draws no number the training would have drawn
         try:
@@ -399,7 +400,8 @@ class WandbLog(Callback):
                 resume='allow', config=getattr(tr, 'meta', None), dir=where)
         except self.wandb.errors.Error as e:
             why = ' '.join(str(e).split())  # e.g. no API key
-            raise TrainError(f"{self.flag}: W&B cannot start a run: {why} (WANDB_MODE=offline works offline)") from None
+            if made and not any(out.iterdir()): out.rmdir()  # no half-made run folder
+            raise TrainError(f"{self.flag}: W&B cannot start a run: {why} (WANDB_MODE=offline: no login)") from None
         finally: set_rng_state(rng)
         if keep: write_atomic(run_id + '\n', keep)
         if old is None:
