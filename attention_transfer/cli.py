@@ -99,7 +99,8 @@ def _resolve_data(c:TrainConfig):
     if c.data_path and not remote: c.data_path = str(Path(c.data_path).resolve())
     if c.dataset:
         c.train_split, c.val_split = c.train_split or 'train', c.val_split or 'validation'
-        check_dataset(c.dataset, c.data_path or None, dict(train_split=c.train_split, val_split=c.val_split))
+        check_dataset(c.dataset, c.data_path or None, dict(train_split=c.train_split, val_split=c.val_split),
+                      dict(input_key=c.input_key, target_key=c.target_key))
 
 def _resolve_inputs(c:TrainConfig):
     "Check and complete, in place, the pooling, data, files, teacher identity, layer-decay rule and transfer flags."

@@ -127,10 +127,13 @@ _TORCH_SPLITS = set(_TRAIN_SYNONYM) | set(_EVAL_SYNONYM) | {'test'}
 def check_dataset(name:str, # a `--dataset`
                   root:str|None, # `--data_path`: shards, image folders, torchvision root or Hugging Face cache
                   splits:dict, # {flag: split}, e.g. {'train_split': 'train', 'val_split': 'validation'}
+                  keys:dict|None=None, # {'input_key': ..., 'target_key': ...}: fields only wds/ and hfds/ readers take
                  ):
     "The checks that need no reading: the extra installed, the shards or split folders there; one-line `DataError`."
     check_extra(name)
     kind = dataset_kind(name)
+    if given := [k for k, v in (keys or {}).items() if v is not None and kind not in ('wds', 'hfds', 'hfids')]:
+        raise DataError(f"--{given[0]} applies to wds/ and hfds/ datasets, not --dataset {name}")
     for flag, split in splits.items():
         if kind == 'wds': check_wds(name, root, split, flag, train=flag == 'train_split')
         elif kind == 'folder': split_root(root, split, flag)
@@ -161,6 +164,15 @@ def dataset_classes(ds:Dataset) -> list|None:
     c2i = getattr(getattr(ds, 'reader', None), 'class_to_idx', None)
     return [str(k) for k, _ in sorted(c2i.items(), key=lambda kv: kv[1])] if c2i else None
 
+def _check_columns(ds:Dataset, name:str):
+    "Raise `DataError` unless a Hugging Face dataset has the image and label columns asked for (`--input_key`, ...)."
+    r = getattr(ds, 'reader', None); d = getattr(r, 'dataset', None)
+    if not hasattr(d, 'column_names') or not len(d): return
+    cols = ', '.join(c for c in d.column_names if d[0][c] is not None)  # timm's cast adds an empty column if missing
+    if d[0][r.image_key] is None: raise DataError(f"--input_key {r.image_key}: no such column in {name} ({cols})")
+    if isinstance(r.label_key, str) and ',' not in r.label_key and r.label_key not in d.column_names:
+        raise DataError(f"--target_key {r.label_key}: no such column in {name} ({cols})")
+
 def _num_classes(ds:Dataset) -> int|None:
     "Classes of `ds`: its names, else `num_classes` of a WebDataset's `_info.json`, else a label column's largest + 1."
     if names := dataset_classes(ds): return len(names)
@@ -186,16 +198,15 @@ def build_timm_dataset(name:str, # timm's dataset: 'wds/NAME', 'hfds/NAME_OR_PAT
                       ) -> tuple: # (dataset of (image tensor, label), number of classes or None)
     "A split of any dataset timm's `create_dataset` reads, with timm's transforms; one-line `DataError` if it cannot."
     flag = flag or ('train_split' if train else 'val_split')
-    check_dataset(name, root, {flag: split})
-    kind, opts = dataset_kind(name), dict(seed=seed, batch_size=batch_size, is_training=train)
     keys = {k: v for k, v in dict(input_key=input_key, target_key=target_key).items() if v is not None}
-    if keys and kind not in ('wds', 'hfds', 'hfids'):
-        raise DataError(f"--{next(iter(keys))} applies to wds/ and hfds/ datasets, not --dataset {name}")
+    check_dataset(name, root, {flag: split}, keys)
+    kind, opts = dataset_kind(name), dict(seed=seed, batch_size=batch_size, is_training=train)
     if kind == 'folder':
         where = split_root(root, split, flag)
         ds = _create(name, where, split, flag, search_split=False,
                      class_map={c: i for i, c in enumerate(classes)} if classes else None)
     else: ds = _create(name, root, split, flag, **opts, **keys)
+    if kind == 'hfds': _check_columns(ds, name)
     ds.transform = build_transform(train and augment, input_size, **kw)
     ds.classes = dataset_classes(ds)
     ds.spec = dict(dataset=name, root=root, split=split, **keys)  # what at_eval needs to read it again

@@ -9,6 +9,8 @@ NEW = snapshot()
 # spelling of a switch (--noX, argparse's BooleanOptionalAction).
 ADDED = {'--config', '--recipe'}  # --recipe: at_demo runs any method of the table (issue 22, item 3)
 ADDED |= {'--head_map'}  # at_train: the head map the method table always took had no flag (issue 23, item 11)
+# at_train and at_eval read what timm's create_dataset reads, spelt as timm's train.py spells it (issue 21, item 3)
+ADDED |= {'--dataset', '--train_split', '--val_split', '--input_key', '--target_key'}
 # Flags whose old parser default was None, "filled in later from the command's config": their value is read there.
 FILLED = {'at_demo': json.loads((SNAPSHOT.parent/'demo_effective.json').read_text())}
 # A switch still works bare; a value flag takes the same number of values.
