@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_timm_data.ipynb #da1dee73
 from __future__ import annotations
-import io, json
+import io, json, os
 from pathlib import Path
 import numpy as np, torch.distributed as dist
 from PIL import Image
@@ -14,7 +14,7 @@ from timm.data.dataset_factory import _TRAIN_SYNONYM, _EVAL_SYNONYM
 from .data import DataError, build_transform
 
 # %% auto #0
-__all__ = ['KINDS', 'EXTRA', 'dataset_kind', 'check_extra', 'write_wds', 'check_wds', 'split_root', 'check_dataset',
+__all__ = ['KINDS', 'EXTRA', 'dataset_kind', 'check_extra', 'write_wds', 'check_wds', 'split_root', 'check_dataset', 'RGB',
            'dataset_classes', 'build_timm_dataset']
 
 # %% ../nbs/05c_timm_data.ipynb #8a444692
@@ -146,6 +146,10 @@ def check_dataset(name:str, # a --dataset
 # %% ../nbs/05c_timm_data.ipynb #a47bc2a8
 def _one_line(e:BaseException) -> str: return ' '.join(str(e).split())[:300]
 
+class RGB:
+    "Convert a PIL image to RGB: torchvision's sets come as they are stored (MNIST in grayscale); timm's readers convert."
+    def __call__(self, img:Image.Image) -> Image.Image: return img.convert('RGB')
+
 def _create(name, root, split, flag, **kw):
     "timm's `create_dataset`, its errors as one-line `DataError`s naming the flag."
     try: return create_dataset(name, root=root, split=split, **kw)
@@ -161,7 +165,8 @@ def _create(name, root, split, flag, **kw):
 def dataset_classes(ds:Dataset) -> list|None:
     "The class names of a timm or torchvision dataset in label order; None where it names none (WebDataset)."
     if getattr(ds, 'classes', None): return [str(c) for c in ds.classes]
-    c2i = getattr(getattr(ds, 'reader', None), 'class_to_idx', None)
+    r = getattr(ds, 'reader', None)
+    c2i = getattr(r, 'class_to_idx', None) or getattr(r, 'class_name_to_idx', None)  # folders, hfds; tars
     return [str(k) for k, _ in sorted(c2i.items(), key=lambda kv: kv[1])] if c2i else None
 
 def _check_columns(ds:Dataset, name:str):
@@ -183,6 +188,10 @@ def _num_classes(ds:Dataset) -> int|None:
     return None
 
 # %% ../nbs/05c_timm_data.ipynb #9366bab4
+def _class_folders(where:str) -> list:
+    "The visible sub-folders of a split's folder (a tar's classes are checked by timm's reader)."
+    return [e.name for e in os.scandir(where) if e.is_dir() and not e.name.startswith('.')] if os.path.isdir(where) else []
+
 def build_timm_dataset(name:str, # timm's dataset: 'wds/NAME', 'hfds/NAME_OR_PATH', 'torch/NAME', or a folder's name
                        root:str|None, # --data_path: shards, image folders, torchvision root, Hugging Face cache
                        split:str, # e.g. 'train', 'validation', or a WebDataset shard pattern
@@ -203,11 +212,14 @@ def build_timm_dataset(name:str, # timm's dataset: 'wds/NAME', 'hfds/NAME_OR_PAT
     kind, opts = dataset_kind(name), dict(seed=seed, batch_size=batch_size, is_training=train)
     if kind == 'folder':
         where = split_root(root, split, flag)
+        if classes and (unknown := sorted(set(_class_folders(where)) - set(classes))):  # timm would drop their images
+            raise DataError(f"--{flag} {split}: {where} has classes not in the training split: {', '.join(unknown[:5])}")
         ds = _create(name, where, split, flag, search_split=False,
                      class_map={c: i for i, c in enumerate(classes)} if classes else None)
     else: ds = _create(name, root, split, flag, **opts, **keys)
     if kind == 'hfds': _check_columns(ds, name)
     ds.transform = build_transform(train and augment, input_size, **kw)
+    if kind == 'torch': ds.transform.transforms.insert(0, RGB())  # a Compose: its Normalize stays where train.py looks
     ds.classes = dataset_classes(ds)
     ds.spec = dict(dataset=name, root=root, split=split, **keys)  # what at_eval needs to read it again
     return ds, _num_classes(ds)

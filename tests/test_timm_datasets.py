@@ -5,7 +5,7 @@ exactly; and each bad input is one line, exit 1, before any work. No network: th
 import os, tempfile
 os.environ.update(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')  # before `datasets` is imported: no Hub, no retries
 os.environ.setdefault('HF_DATASETS_CACHE', tempfile.mkdtemp(prefix='at_hf_cache_'))  # arrow files of local datasets
-import json, sys
+import io, json, struct, sys, tarfile
 from pathlib import Path
 import numpy as np, pytest, torch
 import torch.distributed as dist
@@ -42,6 +42,18 @@ def data(tmp_path_factory):
         d = datasets.Dataset.from_dict(dict(image=[Image.fromarray(i) for i in x], label=y.tolist()), features=feats)
         d.to_parquet(str(root/'hf'/'data'/f'{split}-00000-of-00001.parquet'))
     (root/'empty').mkdir()
+    raw = root/'tv'/'MNIST'/'raw'; raw.mkdir(parents=True)  # torchvision's MNIST files (idx format), 20 + 10 images
+    for pre, n in (('train', 20), ('t10k', 10)):
+        x, y = toy(n, 8, 10)
+        (raw/f'{pre}-images-idx3-ubyte').write_bytes(struct.pack('>IIII', 2051, n, 32, 32) + x[..., 0].tobytes())
+        (raw/f'{pre}-labels-idx1-ubyte').write_bytes(struct.pack('>II', 2049, n) + y.astype(np.uint8).tobytes())
+    (root/'tars').mkdir()
+    for split, (n, seed) in {'train': (6, 9), 'val': (3, 10)}.items():  # a tar of class folders per split
+        with tarfile.open(root/'tars'/f'{split}.tar', 'w') as t:
+            for i, (x, y) in enumerate(zip(*toy(n, seed))):
+                b = io.BytesIO(); Image.fromarray(x).save(b, 'PNG')
+                ti = tarfile.TarInfo(f"{['dark', 'mid', 'bright'][y]}/{i}.png"); ti.size = len(b.getvalue())
+                t.addfile(ti, io.BytesIO(b.getvalue()))
     return root
 
 
@@ -88,6 +100,19 @@ def test_eval_on_another_dataset_of_the_same_classes(runs, data, tmp_path):
             Image.fromarray(x).save(p)
     e = run_forked('at_eval', out/'hfds'/'model.pth', '--dataset', 'folder', '--data_path', tmp_path, '--num_workers', 0)
     assert e.returncode == 0 and '(5 images)' in e.stdout, e.stdout + e.stderr[-3000:]
+
+
+@pytest.mark.parametrize('kind', ['torch', 'tar'])
+def test_torchvision_and_tars(data, tmp_path, kind):
+    "torch/NAME reads torchvision's files (grayscale MNIST made RGB), a plain name a folder of .tar files; both train."
+    src = ['--dataset', 'torch/mnist', '--data_path', data/'tv'] if kind == 'torch' else \
+          ['--dataset', 'imagenet', '--data_path', data/'tars']
+    r = run_forked('at_train', *TRAIN, *src, '--steps_per_epoch', 1, '--output_dir', tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    classes = ['0 - zero', '1 - one'] if kind == 'torch' else ['bright', 'dark', 'mid']  # timm sorts folders
+    n_test = 10 if kind == 'torch' else 3
+    assert _meta(tmp_path/'checkpoint.pth')['classes'][:len(classes)] == classes
+    assert f"/ {n_test} test images" in r.stdout, r.stdout
 
 
 def test_nb_classes_from_the_data(data):
