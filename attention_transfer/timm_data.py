@@ -147,7 +147,7 @@ def check_dataset(name:str, # a --dataset
 def _one_line(e:BaseException) -> str: return ' '.join(str(e).split())[:300]
 
 class RGB:
-    "Convert a PIL image to RGB: torchvision's sets come as they are stored (MNIST in grayscale); timm's readers convert."
+    "Convert a PIL image to RGB: torchvision's sets come as stored (MNIST: grayscale); timm's own readers convert."
     def __call__(self, img:Image.Image) -> Image.Image: return img.convert('RGB')
 
 def _create(name, root, split, flag, **kw):
@@ -190,7 +190,8 @@ def _num_classes(ds:Dataset) -> int|None:
 # %% ../nbs/05c_timm_data.ipynb #9366bab4
 def _class_folders(where:str) -> list:
     "The visible sub-folders of a split's folder (a tar's classes are checked by timm's reader)."
-    return [e.name for e in os.scandir(where) if e.is_dir() and not e.name.startswith('.')] if os.path.isdir(where) else []
+    if not os.path.isdir(where): return []
+    return [e.name for e in os.scandir(where) if e.is_dir() and not e.name.startswith('.')]
 
 def build_timm_dataset(name:str, # timm's dataset: 'wds/NAME', 'hfds/NAME_OR_PATH', 'torch/NAME', or a folder's name
                        root:str|None, # --data_path: shards, image folders, torchvision root, Hugging Face cache
@@ -213,7 +214,8 @@ def build_timm_dataset(name:str, # timm's dataset: 'wds/NAME', 'hfds/NAME_OR_PAT
     if kind == 'folder':
         where = split_root(root, split, flag)
         if classes and (unknown := sorted(set(_class_folders(where)) - set(classes))):  # timm would drop their images
-            raise DataError(f"--{flag} {split}: {where} has classes not in the training split: {', '.join(unknown[:5])}")
+            raise DataError(f"--{flag} {split}: {where} has classes not in the training split: "
+                            f"{', '.join(unknown[:5])}")
         ds = _create(name, where, split, flag, search_split=False,
                      class_map={c: i for i, c in enumerate(classes)} if classes else None)
     else: ds = _create(name, root, split, flag, **opts, **keys)
