@@ -6,9 +6,9 @@
 from __future__ import annotations
 import io, json, os
 from pathlib import Path
-import numpy as np, torch.distributed as dist
+import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 from timm.data import create_dataset
 from timm.data.dataset_factory import _TRAIN_SYNONYM, _EVAL_SYNONYM
 from .data import DataError, build_transform
