@@ -285,8 +285,18 @@ def _explicit_attend(pt:torch.Tensor, # the teacher's maps for the student's hea
 
 def _kernel_attend(t:QK, # the teacher's attention (its q and k) in the student's heads
                    heads:list|None):
-    "An `ATTEND` for a distilled layer on the Triton kernel: output and loss in one pass."
-    raise NotImplementedError("the Triton kernel is not part of this version of attention_transfer")
+    "An `ATTEND` for a distilled layer on the Triton kernel: output and loss in one pass, the rows that count averaged."
+    from attention_transfer.kernel import attention_ce
+    def attend(q, k, v, scale, mask, is_causal, p):
+        if p > 0: raise ValueError(f"attn_impl='kernel' has no attention dropout (attn_drop {p}): use 'explicit'")
+        o, rows = attention_ce(q, k, v, t.q, t.k, scale, t.scale, mask, t.attn_mask, is_causal, heads)
+        rs = [r for r in {id(m): real_rows(m, q.shape[-2]) for m in (mask, t.attn_mask)}.values() if r is not None]
+        rows = rows if heads is None else rows[:, heads]
+        if not rs: return o, {'loss': rows.mean()}
+        real = rs[0] if len(rs) == 1 else rs[0] & rs[1]
+        if real.ndim == 3 and real.shape[1] > 1 and heads is not None: real = real[:, heads]
+        return o, {'loss': _row_mean(rows, real)}
+    return attend
 
 # %% ../nbs/03_distill.ipynb #5e76bf7a
 class AttentionDistill(AttentionTransfer):

@@ -293,8 +293,11 @@ def _set_maps(self:AttentionTransfer, t:dict, s:dict, # `vit_shape` of the teach
 
 # %% ../nbs/02_copy.ipynb #1e801faf
 def kernel_problem(device, dtype) -> str|None:
-    "Why the Triton kernel cannot run on `device` in `dtype`, or None."
-    return "the Triton kernel is not part of this version of attention_transfer"
+    "Why the Triton kernel (`attention_transfer.kernel`) cannot run on `device` in `dtype`, or None."
+    try: from attention_transfer.kernel import kernel_supported   # imports Triton: only when asked for
+    except ImportError as e: return f"the Triton kernel cannot be imported: {e}"
+    x = torch.empty(1, 1, 16, 16, device=device, dtype=dtype)
+    return kernel_supported(x, x, x, x, x)
 
 @patch
 def resolve_impl(self:AttentionTransfer, device, # where the pair runs
@@ -395,7 +398,8 @@ def extra_repr(self:AttentionTransfer):
 # %% ../nbs/02_copy.ipynb #79eb481a
 def _kernel_copy(qk:QK, v:torch.Tensor) -> torch.Tensor:
     "The teacher's map `qk` applied to the student's values `v` `b h n e` by the Triton kernel, differentiable in v."
-    raise NotImplementedError("the Triton kernel is not part of this version of attention_transfer")
+    from attention_transfer.kernel import attention_copy
+    return attention_copy(qk.q, qk.k, v, qk.scale, qk.attn_mask, qk.is_causal)
 
 class AttentionCopy(AttentionTransfer):
     "The student uses the frozen teacher's attention (or q, k, v) in the transferred layers and heads; forward: logits."

@@ -77,11 +77,16 @@ def test_the_older_switch_and_the_tasks():
     with pytest.raises(ValueError, match="attn_impl='flash'"): AttentionDistill(vit(), vit(1), attn_impl='flash')
 
 def test_kernel_where_it_cannot_run_is_one_line():
-    "'kernel' where the kernel cannot run: a ValueError naming attn_impl (the pair) and --attn_impl (at_train)."
-    pair = AttentionDistill(vit(), vit(1), attn_impl='kernel').train()
-    from attention_transfer.transfer import kernel_problem
-    if kernel_problem('cpu', torch.float32) is None: pytest.skip('the kernel runs here (Triton interpreter)')
-    with pytest.raises(ValueError, match="attn_impl='kernel' cannot run on cpu"): pair(X)
+    "'kernel' where the kernel cannot run (a head map averages teacher maps; no Triton): one ValueError naming attn_impl."
+    pair = AttentionDistill(vit(), vit(1, num_heads=2), attn_impl='kernel', head_map=[[0, 1], [2, 3]]).train()
+    with pytest.raises(ValueError, match="attn_impl='kernel' cannot average teacher heads"): pair(X)
+    from attention_transfer import transfer
+    real = transfer.kernel_problem
+    try:
+        transfer.kernel_problem = lambda device, dtype: 'no Triton here'
+        with pytest.raises(ValueError, match="attn_impl='kernel' cannot run on cpu .*no Triton here"):
+            AttentionDistill(vit(), vit(1), attn_impl='kernel').train()(X)
+    finally: transfer.kernel_problem = real
 
 FLAGS = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--epochs', '2', '--steps_per_epoch', '2', '--batch_size', '8',
          '--num_workers', '0', '--warmup_epochs', '0', '--attn_probe', '0']
@@ -120,3 +125,34 @@ def test_at_demo_refuses_a_bad_core_before_work(tmp_path):
     with pytest.raises(Exception, match="--attn_impl must be one of auto, kernel, fused, explicit, not 'flash'"):
         at_demo(DemoArgs(attn_impl='flash', output_dir=str(tmp_path/'o')))
     assert not (tmp_path/'o').exists()
+
+# ---- the Triton kernel, under its interpreter on the CPU (tiny shapes: the interpreter is slow)
+
+def small(seed=0): return vit(seed, depth=2)
+
+@pytest.mark.parametrize('cls', [AttentionCopy, AttentionDistill])
+@pytest.mark.parametrize('heads', [None, [1, 2]])
+def test_kernel_core_gives_the_explicit_step(cls, heads):
+    "attn_impl='kernel' (one Triton pass, interpreted here) gives the explicit core's logits, loss and gradients."
+    from attention_transfer.transfer import kernel_problem
+    if kernel_problem('cpu', torch.float32): pytest.skip(kernel_problem('cpu', torch.float32))
+    x, y = X[:2], Y[:2]
+    def run(impl):
+        pair = cls(small(), small(1), attn_impl=impl, heads=heads).train()
+        r = pair(x); out, loss = r if isinstance(r, tuple) else (r, torch.zeros(()))
+        (F.cross_entropy(out, y) + loss).backward()
+        return out.detach(), loss.detach(), [p.grad.clone() for p in pair.student.parameters() if p.grad is not None]
+    (o1, l1, g1), (o0, l0, g0) = run('kernel'), run('explicit')
+    torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-5); torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g0): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
+
+def test_kernel_padding_does_not_count():
+    "An image alone and padded by junk tokens behind a mask: the kernel core's loss is the same (real rows only)."
+    from _padded import padded_vit, set_padding
+    from attention_transfer.transfer import kernel_problem
+    if kernel_problem('cpu', torch.float32): pytest.skip(kernel_problem('cpu', torch.float32))
+    t, s = padded_vit(0), padded_vit(1)
+    ad = AttentionDistill(t, s, attn_impl='kernel').train()
+    set_padding((t, s)); l0 = ad(X[:1])[1]
+    set_padding((t, s), extra=5, fill='-inf'); l1 = ad(X[:1])[1]
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
