@@ -386,13 +386,11 @@ class DemoArgs:
 def at_demo(args:DemoArgs, # the command line's flags
            ) -> dict: # results.json's content
     "Pre-train an MAE teacher, train students of each method over seeds, and report them and their ensembles."
-    flags, impl = asdict(args), args.attn_impl
+    impl = args.attn_impl   # becomes copy's and distill's recipe entry (config_from_flags); --recipe may override it
     if impl not in ATTN_IMPLS: raise TrainError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {impl!r}")
     if impl == 'kernel' and (why := kernel_problem('cpu', torch.float32)):
         raise TrainError(f"--attn_impl kernel cannot run here: {why}")
-    if flags.pop('attn_impl') != 'auto':   # an entry of copy's and distill's recipes, which --recipe may override
-        flags['recipe'] = [f'{m}.attn_impl={impl}' for m in ('copy', 'distill')] + (flags['recipe'] or [])
-    return run_demo(config_from_flags(flags), args.output_dir, args.workers)
+    return run_demo(config_from_flags(asdict(args)), args.output_dir, args.workers)
 
 # %% ../nbs/16_demo.ipynb #bae7614c
 def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])

@@ -434,5 +434,7 @@ def config_from_flags(flags:dict, # flag values by name (at_demo's, or some of t
     arch = {k: f.pop(k) for k in ('depth', 'embed_dim', 'num_heads') if k in f}
     for k in ('output_dir', 'workers'): f.pop(k, None)
     _check_flags(f, arch, rec)
+    if (impl := f.pop('attn_impl', 'auto')) != 'auto':   # at_demo --attn_impl: copy's and distill's, as recipe entries
+        for m in ('copy', 'distill'): rec[m]['attn_impl'] = impl
     rec = parse_recipe(f.pop('recipe', None), rec)  # after the per-method flags: `--recipe copy.lr=...` wins
     return replace(cfg, recipes=rec, arch=arch, **f)

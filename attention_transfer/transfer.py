@@ -213,10 +213,11 @@ def checkpointed_blocks(student:nn.Module, # a tapped timm ViT; nothing happens 
 # %% ../nbs/02_copy.ipynb #9b9d6162
 ATTN_IMPLS = ('auto', 'kernel', 'fused', 'explicit')   # how a pair computes the student's attention; all exact
 AUTO_IMPL = {   # {(device type, 'copy' or 'distill'): [(up to this many tokens, impl), ...]}: the first that fits
-    ('cpu', 'copy'): [(256, 'explicit'), (math.inf, 'fused')],      # explicit: faster at 17 and 197 tokens (measured)
-    ('cpu', 'distill'): [(256, 'explicit'), (math.inf, 'fused')],   # fused above: no `b h n n` maps kept (memory)
-    ('cuda', 'copy'): [(256, 'explicit'), (math.inf, 'fused')],     # H200 bf16 at 197 tokens (issue 12); a GPU run
-    ('cuda', 'distill'): [(256, 'explicit'), (math.inf, 'fused')],  # decides 'kernel' (unmeasured) and the crossover
+    ('cpu', 'copy'): [(math.inf, 'explicit')],      # explicit: faster at 17, 197 and 785 tokens (measured); the fused
+    ('cpu', 'distill'): [(math.inf, 'explicit')],   # core keeps less memory at 785 tokens: attn_impl='fused' for it
+    ('cuda', 'copy'): [(256, 'explicit'), (math.inf, 'fused')],     # H200 bf16 at 197 tokens (issue 12); above 256
+    ('cuda', 'distill'): [(256, 'explicit'), (math.inf, 'fused')],  # unmeasured: fused keeps no maps. A GPU run decides
+                                                                    # 'kernel' (unmeasured) and the crossover
 }
 
 def auto_impl(kind:str, # 'copy' or 'distill'

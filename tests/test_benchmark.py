@@ -105,7 +105,7 @@ def test_cli_writes_json_without_the_notebook_stack(tmp_path):
     ft = res['summary'][0]
     assert ft['time_ratio'] == 1. and ft['saved_ratio'] == 1. and all(s['saved_bytes'] > 0 for s in res['summary'])
     assert len(res['rows']) == 6 and all(len(r['times']) == 2 for r in res['rows'])
-    assert '| vit_nano_patch4_32 | 32 | 65 | False | distill | 2 |' in r.stdout and 'torch threads' in r.stdout
+    assert '| vit_nano_patch4_32 | 32 | 65 | False | distill | explicit (auto) | 2 |' in r.stdout and 'torch threads' in r.stdout   # auto's core named
 
 
 def test_gpu_preset_code_path_on_cpu(tmp_path):
