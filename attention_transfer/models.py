@@ -11,6 +11,7 @@ import safetensors.torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import clean_state_dict
 import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_nano_*) in timm's registry
+from .hub import HubError, pretrained_source, load_pretrained
 
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
@@ -223,18 +224,21 @@ def load_weights(model:nn.Module, # a timm model
 
 # %% ../nbs/06_models.ipynb #522cfd57
 def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 'vit_pico_patch4_32'
-                 checkpoint:str|Path|None=None, # local weights (MAE, timm/DeiT, safetensors); None: random init
+                 checkpoint:str|Path|None=None, # weights: a file (MAE, timm, safetensors) or a timm pre-trained name
                  *, num_classes:int|None=None, # None: the checkpoint's classifier size, else timm's default
                  img_size:int|None=None, # None: the architecture's default; position embeddings are resampled
                  global_pool:str|None=None, # 'token' or 'avg'; None: 'avg' for MAE/fc_norm checkpoints, else timm's
                  drop_path:float=0., # stochastic depth rate
                  use_ema:bool=False, # load the checkpoint's EMA weights
-                 **kw, # more `timm.create_model` arguments (patch_size, depth, ...)
+                 **kw, # more timm.create_model arguments (patch_size, depth, pretrained, pretrained_cfg_overlay, ...)
                 ) -> nn.Module:
-    "A timm model by registry name, with weights from `checkpoint` fitted and checked (see `load_weights`)."
-    sd = None
-    if checkpoint is not None:
-        sd = load_state_dict(checkpoint, use_ema=use_ema)
+    "A timm model by name (a tag or `pretrained=True`: its weights), weights from `checkpoint` fitted and checked."
+    try:  # weights by timm name (arch.tag, hf-hub:..., pretrained_cfg_overlay): timm loads them, see hub.py
+        src = pretrained_source(name, checkpoint, kw)
+        name, sd, hub = load_pretrained(*src, img_size=img_size, **kw) if src else (name, None, None)
+    except HubError as e: raise CheckpointError(str(e)) from None
+    if checkpoint is not None or sd is not None:
+        if sd is None: sd = load_state_dict(checkpoint, use_ema=use_ema)
         has_head = 'head.weight' in sd
         if global_pool is None and ('fc_norm.weight' in sd or not has_head): global_pool = 'avg'
         if num_classes is None and has_head and sd['head.weight'].ndim == 2: num_classes = sd['head.weight'].shape[0]
@@ -247,7 +251,8 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise ModelError(f"cannot build {name} with {args}: {_one_line(e)}") from None
     model.at_spec = dict(name=name, **args)
-    if sd is not None: model.at_checkpoint = load_weights(model, sd, name=str(checkpoint))
+    if sd is not None: model.at_checkpoint = load_weights(model, sd, name=hub['name'] if hub else str(checkpoint))
+    if hub: model.at_pretrained = hub  # name, revision, file, SHA-256 (hub.weights_identity)
     return model
 
 # %% ../nbs/06_models.ipynb #7383ee11
@@ -257,8 +262,8 @@ def freeze(model:nn.Module) -> nn.Module:
     return model.eval()
 
 # %% ../nbs/06_models.ipynb #e815be49
-def create_teacher(name:str, # timm registry name
-                   checkpoint:str|Path|None=None, # local teacher weights (MAE, timm/DeiT, safetensors)
+def create_teacher(name:str, # timm name; with a tag (vit_base_patch16_224.mae) or hf-hub:, its weights
+                   checkpoint:str|Path|None=None, # its weights: a file, or a timm pre-trained name
                    **kw, # create_model options (num_classes, img_size, global_pool, use_ema, ...)
                   ) -> nn.Module:
     "A frozen teacher (eval mode, no gradients) built by `create_model`."
@@ -393,11 +398,15 @@ def model_meta(model:nn.Module, # the timm model the checkpoint holds
     t = None
     if teacher is not None or teacher_path is not None:
         t = dict(zip(('model', 'model_args'), model_args(teacher))) if teacher is not None else {}
-        if teacher_path is not None:
+        hub = getattr(_unwrap(teacher), 'at_pretrained', None) if teacher is not None else None
+        if hub: t['pretrained'] = {k: v for k, v in hub.items() if k != 'file'}  # by name (weights_identity)
+        elif teacher_path is not None:
             p = Path(teacher_path).resolve()
             t.update(abs_path=str(p), sha256=file_sha256(p))
     meta = dict(format=META_FORMAT, model=name, model_args=args, method=method, transfer=transfer, teacher=t,
                 classes=None if classes is None else [str(c) for c in classes], data=data)
+    if own := getattr(_unwrap(model), 'at_pretrained', None):  # fine-tuned from weights by name
+        meta['pretrained'] = {k: v for k, v in own.items() if k != 'file'}
     return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
 
 # %% ../nbs/06_models.ipynb #0544813d

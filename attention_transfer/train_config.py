@@ -19,10 +19,12 @@ class TrainConfig:
     # a method of the table (methods.METHODS): scratch, finetune, copy, distill, logit_kd, feature_kd, distill_features,
     # ...; the official copy_q..distill_v too; default: finetune with --finetune, else scratch
     mode:str|None=None
-    # pre-trained checkpoint (MAE, timm/DeiT, safetensors): the teacher of copy/distill, the start of finetune
-    # (default: none, for a student from random weights)
+    # pre-trained weights: a file (MAE, timm/DeiT, safetensors) or a timm name (vit_base_patch16_224.mae,
+    # hf-hub:org/name, from the Hugging Face cache): the teacher of copy/distill, the start of finetune (default: none,
+    # for a student from random weights)
     finetune:str=''
-    teacher:str|None=None # teacher model name (default: --model, so the student is the teacher's exact architecture)
+    # teacher architecture (default: that of --finetune's timm name, else --model: the student's exact architecture)
+    teacher:str|None=None
     end_layer:int=0 # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
     layers:list[int]|None=None # block indices to transfer, instead of --end_layer (default: those of --end_layer)
     heads:list[int]|None=None # heads to transfer in each block (default: all)
@@ -87,8 +89,8 @@ class TrainConfig:
     # test images on which the student's attention is compared with the pre-trained model's after every epoch
     # (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
     attn_probe:int=64
-    # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none
-    # unless given)
+    # pre-trained weights (a file or a timm name) to compare the student's attention with (default: --finetune, so a
+    # scratch run has none unless given)
     attn_teacher:str|None=None
     # not flags: the SHA-256 of the teacher's weights, set by `resolve` (copy and distill); the absolute peak lr, set by
     # `run_training` from --blr or --lr and the processes
