@@ -22,7 +22,7 @@ __all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'weight
 class HubError(CheckpointError):
     "Weights named the timm way that cannot be had (unknown tag, not cached offline); the message is one line."
 
-# %% ../nbs/05b_hub.ipynb #563b1c04
+# %% ../nbs/05b_hub.ipynb #c0b60b7d
 def _close(arch:str, tag:str) -> str:
     "The registered tags of `arch` closest to `tag`, as a hint."
     tags = timm.list_pretrained(f'{arch}.*')
@@ -38,9 +38,10 @@ def pretrained_name(name:str, # e.g. 'vit_base_patch16_224.mae', 'hf-hub:timm/vi
     arch, tag = split_model_name_tag(name)
     if not timm.is_model(arch): return None
     try: cfg = get_pretrained_cfg(name)
-    except RuntimeError: raise HubError(f"unknown pre-trained tag {tag!r} for {arch}: {_close(arch, tag)}") from None
+    except RuntimeError:
+        raise HubError(f"{name}: unknown pre-trained tag {tag!r} of {arch}; {_close(arch, tag)}") from None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise HubError(f"{arch} has no pre-trained weights in timm's registry: give a file")
+        raise HubError(f"{name}: timm's registry has no pre-trained weights for {arch}: give a file")
     return f"{arch}.{cfg.tag}" if cfg.tag else arch
 
 # %% ../nbs/05b_hub.ipynb #0b69f13a
