@@ -22,12 +22,14 @@ __all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'weight
 class HubError(CheckpointError):
     "Weights named the timm way that cannot be had (unknown tag, not cached offline); the message is one line."
 
-# %% ../nbs/05b_hub.ipynb #c0b60b7d
+# %% ../nbs/05b_hub.ipynb #396a2366
 def _close(arch:str, tag:str) -> str:
     "The registered tags of `arch` closest to `tag`, as a hint."
     tags = timm.list_pretrained(f'{arch}.*')
     near = difflib.get_close_matches(f'{arch}.{tag}', tags, n=4, cutoff=0.6) or tags[:4]
     return f"close ones: {', '.join(near)}" if near else "it has no pre-trained weights in timm"
+
+_FILES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.npz', '.tar')  # weights files, not tags
 
 def pretrained_name(name:str, # e.g. 'vit_base_patch16_224.mae', 'hf-hub:timm/vit_base_patch16_224.mae'
                    ) -> str|None: # 'arch.tag' (default tag filled in), or the hf-hub id as given; None: not timm's
@@ -36,7 +38,7 @@ def pretrained_name(name:str, # e.g. 'vit_base_patch16_224.mae', 'hf-hub:timm/vi
         if '/' not in name[7:]: raise HubError(f"{name}: a Hugging Face id reads hf-hub:org/name")
         return name
     arch, tag = split_model_name_tag(name)
-    if not timm.is_model(arch): return None
+    if not timm.is_model(arch) or f'.{tag}' in _FILES: return None  # a path (vit_base_patch16_224.pth is a file)
     try: cfg = get_pretrained_cfg(name)
     except RuntimeError:
         raise HubError(f"{name}: unknown pre-trained tag {tag!r} of {arch}; {_close(arch, tag)}") from None

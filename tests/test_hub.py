@@ -157,9 +157,10 @@ def test_unknown_tag_and_neither_file_nor_name_are_one_line(offline, tmp_path, c
     code, out, err = cli(main, base + ['--finetune', 'vit_base_patch16_224.maee'], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert '--finetune' in err and 'close ones: vit_base_patch16_224.mae' in err, err
-    code, out, err = cli(main, base + ['--finetune', 'no_such_teacher.pth'], capsys)
-    assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert 'checkpoint not found: no_such_teacher.pth' in err and 'timm pre-trained name' in err, err
+    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth'):  # the second: a file name, not a tag
+        code, out, err = cli(main, base + ['--finetune', missing], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f'checkpoint not found: {missing}' in err and 'timm pre-trained name' in err, err
     code, out, err = cli(main, [*base[:1], 'vit_base_patch16_224.mae', *base[2:], '--finetune',
                                 'vit_base_patch16_224.mae'], capsys)  # a tag on --model: never a silent random model
     assert code == 1 and '--model vit_base_patch16_224.mae names pre-trained weights' in err, err
