@@ -107,7 +107,8 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
                 ) -> nn.Module:
     "A timm model by name (a tag or `pretrained=True`: its weights), weights from `checkpoint` fitted and checked."
     src = pretrained_source(name, checkpoint, kw)  # weights by timm name (arch.tag, hf-hub:, overlay): hub.py
-    name, sd, hub = load_pretrained(*src, img_size=img_size, **kw) if src else (name, None, None)  # timm loads them
+    arch, sd, hub = load_pretrained(*src, img_size=img_size, **kw) if src else (name, None, None)  # timm loads them
+    if checkpoint is None: name = arch  # named by its weights (arch.tag, hf-hub:): their architecture
     if checkpoint is not None or sd is not None:
         if sd is None: sd = load_state_dict(checkpoint, use_ema=use_ema)
         has_head = 'head.weight' in sd

@@ -82,6 +82,9 @@ def test_create_teacher_by_tagged_name_loads_its_weights(offline):
     assert t.at_pretrained['name'] == 'vit_base_patch16_224.mae'
     assert (t.at_pretrained['revision'], t.at_pretrained['sha256']) == (C1, sha(f))
     assert t.at_spec['name'] == 'vit_base_patch16_224' and not t.training
+    # weights by name as the checkpoint of another architecture: that one is built (and told it does not fit)
+    with pytest.raises(ModelError, match='vit_base_patch16_224.mae does not fit vit_nano_patch4_32: 6 shape mismatches'):
+        create_teacher('vit_nano_patch4_32', 'vit_base_patch16_224.mae', **TINY)  # MLP ratio 2, not 4
 
 def test_create_teacher_by_hf_hub_id_and_overlay_file(offline):
     t = create_teacher('hf-hub:timm/vit_nano_patch4_32.test')  # the repository's config.json: architecture, depth 1
