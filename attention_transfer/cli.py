@@ -19,8 +19,9 @@ from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_ta
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
+from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_module
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
-from .command import loader_workers, default_warmup
+from .command import loader_workers, default_warmup, check_writable
 from .train_config import TrainConfig, RANGES, PRESETS, preset_command
 
 # %% auto #0
@@ -151,6 +152,21 @@ def _resolve_probe(c:TrainConfig):
     if not c.attn_probe: raise TrainError("--attn_teacher is only used with --attn_probe N (N > 0): drop one of them")
     c.attn_teacher = named or str(p.resolve())
 
+# %% ../nbs/11_cli.ipynb #2dfd21f5
+def _resolve_trackers(c:TrainConfig):
+    "Check and complete, in place, `--log_tensorboard` (a folder of this run's, made absolute) and `--log_wandb`."
+    given = [f for f in ('log_tensorboard', 'log_wandb') if getattr(c, f)]
+    if given and c.eval: raise TrainError(f"--{given[0]} does not apply to --eval (nothing is trained, nothing logged)")
+    if c.log_wandb: wandb_module('--log_wandb')
+    if not c.log_tensorboard: return
+    summary_writer('--log_tensorboard')
+    p = Path(c.log_tensorboard)
+    check_writable(p, '--log_tensorboard', 'at_train')
+    if not c.resume and any(p.glob('events.out.tfevents.*')):
+        raise TrainError(f"--log_tensorboard {p} holds another run's events: choose another folder "
+                         "(a resumed run adds to its own)")
+    c.log_tensorboard = str(p.resolve())
+
 # %% ../nbs/11_cli.ipynb #6a1f2c42
 def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
            ) -> TrainConfig:
@@ -159,7 +175,7 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
     if c.warmup_epochs is None and isinstance(c.epochs, int): c.warmup_epochs = default_warmup(c.epochs)  # scaled
     check_ranges(asdict(c), RANGES)
     amp_dtype(c.amp, 'cpu'); check_aa(c.aa)  # check the names
-    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c)
+    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c); _resolve_trackers(c)
     return c
 
 # %% ../nbs/11_cli.ipynb #d98d18bb
@@ -260,7 +276,7 @@ def _trainer(c:TrainConfig, student, teacher, train_ds, val_ds, device:torch.dev
                        clip_grad=c.clip_grad, ema=c.ema, mixup=mix, amp=c.amp, compile=c.compile,
                        steps_per_epoch=c.steps_per_epoch, device=device,
                        output_dir=None if c.eval else c.output_dir, meta=asdict(c),
-                       callbacks=default_callbacks() + _probe_callbacks(c, teacher, student))
+                       callbacks=default_callbacks() + _probe_callbacks(c, teacher, student) + _trackers(c))
     except ValueError as e: raise TrainError(str(e).splitlines()[0]) from None  # e.g. teacher and student do not fit
 
 def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
@@ -287,6 +303,12 @@ def _probe_callbacks(c:TrainConfig, teacher, student) -> list:
     except ValueError as e:  # e.g. heads that do not group evenly, for relation distillation
         if rank() == 0: print(f"at_train: note: --attn_probe skipped: the pre-trained model cannot be mapped: {e}")
         return []
+
+def _trackers(c:TrainConfig) -> list:
+    "`TensorBoardLog` for `--log_tensorboard` and `WandbLog` for `--log_wandb`; [] with `--eval`."
+    if c.eval: return []
+    return (([TensorBoardLog(c.log_tensorboard, '--log_tensorboard')] if c.log_tensorboard else [])
+            + ([WandbLog(flag='--log_wandb')] if c.log_wandb else []))
 
 # %% ../nbs/11_cli.ipynb #09d1ddc2
 def run_training(cfg:TrainConfig, # a configuration checked and completed by resolve

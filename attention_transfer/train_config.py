@@ -72,6 +72,12 @@ class TrainConfig:
     nb_classes:int|None=None # classes of the head (default: the dataset's)
     input_size:int|None=None # image side (default: the model's)
     output_dir:str='runs/train' # log.jsonl, checkpoint.pth, model.pth, model_ema.pth, model.json, curves.png
+    # also log each epoch's numbers (log.jsonl's) as TensorBoard scalars in this folder; a resumed run adds to it
+    # (default: none; needs pip install "attention_transfer[log]")
+    log_tensorboard:str|None=None
+    # also log them to a Weights & Biases run: W&B's variables apply (WANDB_PROJECT, default attention_transfer;
+    # WANDB_MODE=offline); a resumed run continues it (needs pip install "attention_transfer[log]")
+    log_wandb:bool=False
     # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
     resume:str=''
     eval:bool=False # only evaluate (the --resume or --finetune weights) and print the result

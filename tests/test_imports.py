@@ -5,7 +5,7 @@ from pathlib import Path
 LIB = Path(__file__).resolve().parents[1]/'attention_transfer'
 # Reading order, layer by layer; within a layer a module may use the ones listed before it.
 LAYERS = {
-    'core': ['vit', 'attention', 'transfer', 'distill', 'ensemble'],
+    'core': ['vit', 'kernel', 'attention', 'transfer', 'distill', 'ensemble'],
     'I/O': ['data', 'checkpoints', 'hub', 'models'],
     'methods': ['methods'],
     'engine': ['callbacks', 'train', 'mae'],
