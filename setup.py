@@ -14,7 +14,9 @@ min_python = c['min_python']
 
 requirements = c.get('requirements', '').split()
 dev_requirements = c.get('dev_requirements', '').split()
-extras = {k[len('extra_'):]: v.split() for k, v in c.items() if k.startswith('extra_')}  # extra_<name> lines
+# optional extras: every `NAME_requirements` key but dev's is `pip install "attention_transfer[NAME]"`; dev has them all
+extras = {k[:-len('_requirements')]: v.split() for k, v in c.items()
+          if k.endswith('_requirements') and k != 'dev_requirements'}
 console_scripts = c.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -38,7 +40,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=requirements,
-    extras_require={**extras, 'dev': dev_requirements + [r for rs in extras.values() for r in rs]},  # dev: all
+    extras_require={**extras, 'dev': dev_requirements + [r for rs in extras.values() for r in rs]},
     entry_points={'console_scripts': console_scripts, 'nbdev': [f'{c["lib_path"]}={c["lib_path"]}._modidx:d']},
     zip_safe=False,
 )

@@ -12,6 +12,7 @@ from . import vit  # registers the small CPU ViTs in timm's registry
 from timm.models import split_model_name_tag
 from .hub import HubError, pretrained_name, pretrained_cfg, weights_file
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
+from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
@@ -105,15 +106,31 @@ def given_options(cfg) -> list:
     return [o for o in option_fields(cfg) if getattr(cfg, o) not in (None, [], (), default[o])]
 
 # %% ../nbs/11_cli.ipynb #9c9d77e1
+_SPLIT_FLAGS = ('train_split', 'val_split', 'input_key', 'target_key')  # --dataset's own flags
+
+def _resolve_data(c:TrainConfig):
+    "Check and complete, in place, the data: `--data`, `--data_path` (made absolute), or `--dataset` and its splits."
+    if not c.dataset:
+        if bool(c.data) == bool(c.data_path):
+            raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER "
+                             "(or --dataset NAME, timm's)")
+        if given := [k for k in _SPLIT_FLAGS if getattr(c, k) is not None]:
+            raise TrainError(f"--{given[0]} applies to --dataset only (--data_path alone is an ImageFolder)")
+    elif c.data: raise TrainError(f"--data {c.data} and --dataset {c.dataset} contradict each other: give one")
+    remote = '://' in c.data_path or c.data_path.startswith('pipe:')  # WebDataset shards that timm opens
+    if c.data_path and not remote: c.data_path = str(Path(c.data_path).resolve())
+    if c.dataset:
+        c.train_split, c.val_split = c.train_split or 'train', c.val_split or 'validation'
+        check_dataset(c.dataset, c.data_path or None, dict(train_split=c.train_split, val_split=c.val_split),
+                      dict(input_key=c.input_key, target_key=c.target_key))
+
 def _resolve_inputs(c:TrainConfig):
     "Check and complete, in place, the pooling, data, files, teacher identity, layer-decay rule and transfer flags."
     m = get_method(c.mode)
     transfer = m.teacher in ('train', 'inference')
     if c.global_pool and c.cls_token: raise TrainError("--global_pool and --cls_token contradict each other")
     c.global_pool = 'token' if c.cls_token else 'avg'
-    if bool(c.data) == bool(c.data_path):
-        raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER")
-    if c.data_path: c.data_path = str(Path(c.data_path).resolve())
+    _resolve_data(c)
     named, weights = _weights('--finetune', c.finetune)  # by name: the cache's file
     if c.finetune: c.finetune = named or str(Path(c.finetune).resolve())
     try: c.teacher_sha256 = file_sha256(weights or c.finetune) if transfer else None  # the teacher's identity
@@ -180,7 +197,8 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
 
 # %% ../nbs/11_cli.ipynb #d98d18bb
 RUN_KEYS = ('mode', 'model', 'nb_classes', 'input_size', 'global_pool', 'teacher', 'teacher_sha256')  # what is trained
-LEARNING_KEYS = ('data', 'seed', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob', 'no_aug', 'drop_path',  # loss, data
+LEARNING_KEYS = ('data', 'dataset', 'train_split', 'seed', 'smoothing', 'mixup', 'cutmix', 'aa', 'reprob', 'no_aug',
+                 'drop_path',  # loss, data
                  'blr', 'lr', 'min_lr', 'warmup_epochs', 'layer_decay', 'layer_decay_rule', 'beta2', 'weight_decay',
                  'clip_grad', 'ema')  # optimisation
 RESOLVED_KEYS = ('end_layer', 'layers', 'heads', 'layer_map', 'head_map', 'relation_heads')  # resolved with models
@@ -203,6 +221,19 @@ def _check_resumed(ck:dict, c:TrainConfig, trainer:Trainer):
     if rank() == 0: print(f"at_train: note: {done} (more --epochs continue it)")
 
 # %% ../nbs/11_cli.ipynb #2f3bce1c
+def _timm_datasets(c:TrainConfig, size:int, norm:dict|None) -> tuple:
+    "`--dataset`'s training and test splits (timm's `create_dataset`) and its number of classes."
+    kw = dict(seed=c.seed, batch_size=c.batch_size, input_key=c.input_key, target_key=c.target_key, model=norm)
+    train_ds, nb = build_timm_dataset(c.dataset, c.data_path or None, c.train_split, True, size, augment=not c.no_aug,
+                                      aa=c.aa, reprob=c.reprob, **kw)
+    val_ds, nb_val = build_timm_dataset(c.dataset, c.data_path or None, c.val_split, False, size,
+                                        classes=train_ds.classes, **kw)
+    nb = nb or nb_val or c.nb_classes
+    if nb is None:
+        raise TrainError(f"--dataset {c.dataset} does not say how many classes it has (no class names, no num_classes "
+                         f"in its _info.json): give --nb_classes")
+    return train_ds, val_ds, nb
+
 def _datasets(c:TrainConfig) -> tuple:
     "Training and validation datasets, classes, and the image size (default: the weights' or the model's)."
     named = c.finetune if c.finetune and not Path(c.finetune).exists() else None  # resolve checked the name
@@ -211,9 +242,11 @@ def _datasets(c:TrainConfig) -> tuple:
     size = c.input_size or (cfg['input_size'][-1] if cfg is not None else 224)
     keys = ('mean', 'std', 'crop_pct', 'interpolation') if named else ('mean', 'std')  # files: as before
     norm = {k: cfg[k] for k in keys if cfg.get(k) is not None} if cfg is not None else None
-    src = c.data or c.data_path
-    train_ds, nb = build_dataset(src, True, size, augment=not c.no_aug, aa=c.aa, reprob=c.reprob, model=norm)
-    val_ds, _ = build_dataset(src, False, size, model=norm)
+    if c.dataset: train_ds, val_ds, nb = _timm_datasets(c, size, norm)
+    else:
+        src = c.data or c.data_path
+        train_ds, nb = build_dataset(src, True, size, augment=not c.no_aug, aa=c.aa, reprob=c.reprob, model=norm)
+        val_ds, _ = build_dataset(src, False, size, model=norm)
     if c.nb_classes is not None and c.nb_classes < nb:
         raise TrainError(f"--nb_classes {c.nb_classes} is fewer than the {nb} classes of the data")
     return train_ds, val_ds, c.nb_classes or nb, size
@@ -285,7 +318,8 @@ def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
     who = f"{c.mode} {c.model} ({params:.2f}M params)" + (f" <- teacher {c.teacher} {c.finetune}" if c.teacher else '')
     decay = f" (layer decay {c.layer_decay}, {c.layer_decay_rule} rule)" if c.layer_decay != 1 else ''
     batch = c.batch_size * c.accum_iter * world
-    return (f"at_train: {who}; {c.data or c.data_path}: {n_train} train / {n_val} test images, {c.nb_classes} classes, "
+    data = f"{c.dataset} ({c.data_path})" if c.dataset and c.data_path else c.dataset or c.data or c.data_path
+    return (f"at_train: {who}; {data}: {n_train} train / {n_val} test images, {c.nb_classes} classes, "
             f"{c.input_size}px; {world} process(es) on {trainer.device}, effective batch {batch}, "
             f"lr {c.abs_lr:.3g}{decay}, {trainer.updates_per_epoch} updates/epoch, from epoch {trainer.epoch}")
 

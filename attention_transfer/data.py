@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 from PIL import Image
 import torchvision.datasets
-from torch.utils.data import Dataset, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DataLoader, DistributedSampler, Sampler, IterableDataset
 from timm.data import create_transform, Mixup, resolve_model_data_config, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 
@@ -239,6 +239,7 @@ class SeededLoader(DataLoader):
     def set_epoch(self, epoch:int):
         "Make the next iteration epoch `epoch`'s (call before each epoch, also after resuming)."
         if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, 'set_epoch'): self.dataset.set_epoch(epoch)  # timm's iterable datasets: shard order
         self.generator.manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank)
 
 # %% ../nbs/05_data.ipynb #ce9f968f
@@ -262,7 +263,10 @@ def build_loader(dataset:Dataset, # from build_dataset
     ws, rk = dist_info(distributed)
     ws, rk = world_size or ws, rk if rank is None else rank
     if drop_last is None: drop_last = train
-    if train:
+    if isinstance(dataset, IterableDataset):  # timm's wds/tfds readers shard by rank and worker themselves
+        if hasattr(dataset, 'set_loader_cfg'): dataset.set_loader_cfg(num_workers=num_workers)
+        sampler = None
+    elif train:
         sampler = DistributedSampler(dataset, num_replicas=ws, rank=rk, shuffle=True, seed=seed, drop_last=drop_last)
     else: sampler = ShardSampler(len(dataset), ws, rk)
     dl = SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,

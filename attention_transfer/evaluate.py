@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import timm, torch
 from .data import build_dataset, build_loader, eval_split, BUILTIN
+from .timm_data import build_timm_dataset
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size
 from .models import create_teacher
@@ -38,6 +39,10 @@ class EvalConfig:
     # ImageFolder root with train/ and val/: for checkpoints that do not record theirs, or other images of the
     # recorded classes (default: the recorded data)
     data_path:str|None=None
+    # timm's dataset (as at_train --dataset: wds/NAME, hfds/NAME, torch/NAME, a folder's name), for checkpoints that
+    # do not record theirs, or other images of the recorded classes; --data_path is its folder (default: the recorded)
+    dataset:str|None=None
+    val_split:str|None=None # --dataset's split to evaluate on (default: validation)
     input_size:int|None=None # image side, for checkpoints that do not record theirs (default: the model's)
     batch_size:int=128 # images per process and batch (at_demo scores with 128 too)
     # DataLoader worker processes per process (default: min(4, cores per process - 1), what the machine has room for)
@@ -59,6 +64,9 @@ def _check_flags(c:EvalConfig):
     if c.num_workers < 0: raise TrainError(f"--num_workers must be 0 or more, not {c.num_workers}")
     if c.how not in ens.COMBINE: raise TrainError(f"--how must be one of {', '.join(ens.COMBINE)}, not {c.how!r}")
     if c.data and c.data_path: raise TrainError("give the data once: --data NAME or --data_path FOLDER")
+    if c.data and c.dataset:
+        raise TrainError(f"--data {c.data} and --dataset {c.dataset} contradict each other: give one")
+    if c.val_split and not c.dataset: raise TrainError("--val_split applies to --dataset only")
     if c.input_size is not None and c.input_size < 1:
         raise TrainError(f"--input_size must be at least 1, not {c.input_size}")
     amp_dtype(c.amp, 'cpu')  # checks the name
@@ -77,6 +85,12 @@ def eval_data(meta:dict, # a checkpoint's description (its `data`)
     size = d.get('input_size') or (meta['model_args'].get('img_size') or _default_size(meta['model']))
     norm = dict(mean=tuple(d['mean']), std=tuple(d['std'])) if d.get('mean') else dict(model=_default_norm(meta))
     if own := _named_data(meta): norm['model'] = {**(norm.get('model') or {}), **own}  # weights by name: their crop
+    if d.get('dataset'):  # timm's create_dataset (timm_data), numbered with the recorded classes
+        ds, n = build_timm_dataset(d['dataset'], d.get('root'), d.get('split') or 'validation', False, size,
+                                   classes=meta.get('classes'), input_key=d.get('input_key'),
+                                   target_key=d.get('target_key'), **norm)
+        n = n or meta['model_args'].get('num_classes') or 0
+        return ds, list(ds.classes or [str(i) for i in range(n)])
     ds, _ = build_dataset(d['name'], False, size, **norm)
     return ds, list(ds.classes)
 
@@ -94,23 +108,31 @@ def _default_norm(meta:dict):
     return dict(mean=cfg.mean, std=cfg.std) if cfg is not None else None
 
 # %% ../nbs/12_evaluate.ipynb #c3c29534
-def _data_of(meta:dict, data, data_path, input_size, path) -> dict:
-    "One checkpoint's evaluation data: as recorded, other images made alike (`--data`/`--data_path`), or the flags'."
+def _data_of(meta:dict, data, data_path, input_size, path, dataset=None, val_split=None) -> dict:
+    "One checkpoint's evaluation data: as recorded, other images made alike (the data flags), or the flags'."
     src = data or data_path or None
-    name = None if src is None else src if src in BUILTIN else str(Path(src).resolve())
+    remote = bool(data_path) and ('://' in data_path or data_path.startswith('pipe:'))  # WebDataset URLs
+    name = None if src is None else src if src in BUILTIN or remote else str(Path(src).resolve())
+    spec = dict(dataset=dataset, root=name, split=val_split or 'validation') if dataset else {}  # timm's
     d = meta.get('data')
     if d is None:
-        if not src:
+        if not src and not dataset:
             raise TrainError(f"{path} does not say which data it was trained on: give --data NAME or --data_path FOLDER"
                              )
-        return dict(name=name, split='val', holdout=0, input_size=input_size, mean=None, std=None, pipeline='timm')
+        return dict(name=name or dataset, split='val', holdout=0, input_size=input_size, mean=None, std=None,
+                    pipeline='timm') | spec
     if input_size and d.get('input_size') and input_size != d['input_size']:
         raise TrainError(f"--input_size {input_size} contradicts {path}, trained and evaluated at {d['input_size']}px: "
                          f"drop the flag")
+    if data and d.get('dataset'):
+        raise TrainError(f"--data {data} contradicts {path}, trained on --dataset {d['dataset']}: drop the flag")
+    if spec:  # other images of the same classes (checked), read by timm
+        return {**d, 'name': name or dataset, 'holdout': 0, 'pipeline': 'timm'} | spec
     if data and d['name'] in BUILTIN and data != d['name']:  # another built-in set: not other images of the same one
         raise TrainError(f"--data {data} contradicts {path}, trained on {d['name']}: drop the flag "
                          f"(--data_path FOLDER evaluates on other images of its classes)")
     if name is None or name == d['name']: return d
+    if d.get('dataset'): return {**d, 'name': name, 'root': name, 'holdout': 0}  # the same dataset, elsewhere
     split = 'val' if d.get('pipeline') == 'timm' else 'test'
     return {**d, 'name': name, 'split': split, 'holdout': 0}  # other images, same classes (checked)
 
@@ -137,7 +159,8 @@ def _members(c:EvalConfig) -> tuple:
         raise TrainError(f"{c.checkpoints[scored.index(False)]} holds no trained classifier (no head weights: an "
                          f"encoder such as MAE's), so its accuracy would be chance: --attention N still compares its "
                          f"attention")
-    specs = [_data_of(m, c.data, c.data_path, c.input_size, p) for p, (_, m) in zip(c.checkpoints, nets)]
+    specs = [_data_of(m, c.data, c.data_path, c.input_size, p, c.dataset, c.val_split)
+             for p, (_, m) in zip(c.checkpoints, nets)]
     if any(s != specs[0] for s in specs[1:]):
         raise TrainError("the checkpoints were evaluated on different images and cannot be ensembled: "
                          + '; '.join(f"{p}: {_describe_data(s)}" for p, s in zip(c.checkpoints, specs)))

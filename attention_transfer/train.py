@@ -307,10 +307,10 @@ def describe(self:Trainer, folder:str|Path|None=None, # the checkpoint's folder,
         pair, method = net is not None, getattr(self.task, 'method', None) or f.get('mode')
         # a pair's teacher, or the teacher of timm's KD tasks
         teacher = net.teacher if pair else getattr(getattr(self.task, 'teacher', None), 'model', None)
-        src = f.get('data') or f.get('data_path')
+        src = f.get('data') or f.get('data_path') or f.get('dataset')
         mean, std = _normalisation(ds)
         data = dict(name=src, split='val', holdout=0, input_size=f.get('input_size'), mean=mean, std=std,
-                    pipeline='timm') if src else None
+                    pipeline='timm') | (getattr(ds, 'spec', None) or {}) if src else None  # spec: timm_data's
         try: self._description = model_meta(self.student, method, net.transfer_meta() if pair else None,
                                             teacher, f.get('finetune') or None if teacher is not None else None,
                                             getattr(ds, 'classes', None), data)

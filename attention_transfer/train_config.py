@@ -69,6 +69,16 @@ class TrainConfig:
     data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
     # ImageFolder root with train/<class>/* and val/<class>/*, val/ the test images (default: none; give it or --data)
     data_path:str=''
+    # timm's dataset, as timm.data.create_dataset reads it: wds/NAME (WebDataset shards in --data_path), hfds/NAME
+    # or hfds/PATH (Hugging Face; --data_path: its cache), torch/NAME (torchvision; --data_path: its root), or any
+    # other name for --data_path's split folders or .tar files; wds/ and hfds/ need
+    # pip install "attention_transfer[data]" (default: none: --data_path is an ImageFolder)
+    dataset:str|None=None
+    # --dataset's training split, or a WebDataset shard pattern such as 'x-{0000..0009}.tar|SAMPLES' (default: train)
+    train_split:str|None=None
+    val_split:str|None=None # --dataset's test split (default: validation; a folder's val/ counts as it)
+    input_key:str|None=None # --dataset's image field, wds/ and hfds/ only (default: timm's: jpg;png;webp or image)
+    target_key:str|None=None # --dataset's label field, wds/ and hfds/ only (default: timm's: the .cls file or label)
     nb_classes:int|None=None # classes of the head (default: the dataset's)
     input_size:int|None=None # image side (default: the model's)
     output_dir:str='runs/train' # log.jsonl, checkpoint.pth, model.pth, model_ema.pth, model.json, curves.png

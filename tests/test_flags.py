@@ -12,6 +12,8 @@ ADDED |= {'--head_map'}  # at_train: the head map the method table always took h
 # at_train: TensorBoard and Weights & Biases get each epoch's log.jsonl numbers (issue 21, item 4); --nolog_wandb is
 # the generated negative of the new switch
 ADDED |= {'--log_tensorboard', '--log_wandb', '--nolog_wandb'}
+# at_train and at_eval read what timm's create_dataset reads, spelt as timm's train.py spells it (issue 21, item 3)
+ADDED |= {'--dataset', '--train_split', '--val_split', '--input_key', '--target_key'}
 # Flags whose old parser default was None, "filled in later from the command's config": their value is read there.
 FILLED = {'at_demo': json.loads((SNAPSHOT.parent/'demo_effective.json').read_text())}
 # A switch still works bare; a value flag takes the same number of values.

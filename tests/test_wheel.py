@@ -18,7 +18,9 @@ CFG.read(ROOT/'settings.ini', encoding='utf-8')
 C = CFG['DEFAULT']
 LIB = C['lib_name']
 SCRIPTS = dict(s.split('=', 1) for s in C.get('console_scripts', '').split())
-EXTRAS = {k[len('extra_'):]: v.split() for k, v in C.items() if k.startswith('extra_')}  # optional: imported lazily
+# optional extras (setup.py): every `NAME_requirements` key but dev's, e.g. data = webdataset datasets
+EXTRAS = {k[:-len('_requirements')]: v.split() for k, v in C.items()
+          if k.endswith('_requirements') and k != 'dev_requirements'}
 
 
 @pytest.fixture(scope='module')
@@ -52,17 +54,12 @@ def test_wheel_metadata(dist):
     assert urls['Source'] == C['git_url'] and urls['Documentation'] == C['doc_host'] + C['doc_baseurl']
     assert m['Description-Content-Type'] == 'text/markdown' and m.get_payload().startswith(f'# {LIB}')
     reqs = [Requirement(r) for r in m.get_all('Requires-Dist')]
-    runtime = {r.name: r for r in reqs if not (r.marker and 'extra' in str(r.marker))}   # platform markers count
+    runtime = {r.name: r for r in reqs if not r.marker}
     assert {r.name: str(r.specifier) for r in runtime.values()} == \
            {Requirement(s).name: str(Requirement(s).specifier) for s in C['requirements'].split()}
     no_floor = [n for n, r in runtime.items() if not any(s.operator in ('>=', '==', '~=', '>') for s in r.specifier)]
     assert not no_floor, f'runtime requirements without a lower bound: {no_floor}'
     assert any(r.marker and 'dev' in str(r.marker) for r in reqs), 'the dev extra is missing'
-    extra = lambda name: {r.name: str(r.specifier) for r in reqs  # an extra's own (a platform marker is no extra)
-                          if r.marker and 'extra' in str(r.marker) and r.marker.evaluate({'extra': name})}
-    for name, rs in EXTRAS.items():  # each extra as settings.ini has it, and inside dev (so CI tests it)
-        want = {Requirement(s).name: str(Requirement(s).specifier) for s in rs}
-        assert extra(name) == want and want.items() <= extra('dev').items(), name
     got = dict(eps['console_scripts']) if eps.has_section('console_scripts') else {}
     assert got == SCRIPTS
     # only the package: no notebooks, tests, docs or build leftovers
@@ -79,28 +76,33 @@ def test_sdist_builds_anywhere(dist):
     assert not any(n.startswith(('nbs/', '.ci/', '_docs/', '_proc/')) for n in names)
 
 
-def _deps_farm(tmp):
-    "A folder of links to this environment's site-packages, minus anything of attention_transfer."
+def _extra_entries() -> set:
+    "The site-packages entries (packages, modules, dist-info) of the optional extras' distributions."
+    from importlib.metadata import distribution
+    return {Path(f).parts[0] for rs in EXTRAS.values() for r in rs for f in distribution(Requirement(r).name).files or []
+            if not str(f).startswith('..')}
+
+
+def _deps_farm(tmp, without:set=frozenset()):
+    "A folder of links to this environment's site-packages, minus anything of attention_transfer (and `without`)."
     farm = tmp/'deps'
     farm.mkdir()
     skip = re.compile(rf'^(__editable__.*|{LIB}([-.].*)?|__pycache__|.*\.pth|_virtualenv.*)$', re.I)
     for sp in site.getsitepackages():
         for e in Path(sp).iterdir():
-            if skip.match(e.name) or (farm/e.name).exists(): continue
+            if skip.match(e.name) or e.name in without or (farm/e.name).exists(): continue
             (farm/e.name).symlink_to(e)
     return farm
 
 
-@pytest.fixture(scope='module')
-def venv(dist, tmp_path_factory):
-    whl, _ = dist
-    tmp = tmp_path_factory.mktemp('venv')
+def _make_venv(whl, tmp, without:set=frozenset()) -> dict:
+    "A fresh venv with the wheel installed and this environment's dependencies linked in (minus `without`)."
     env_dir = tmp/'venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(env_dir)], check=True)
     py = env_dir/'bin'/'python'
     purelib = Path(subprocess.run([py, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'],
                                   capture_output=True, text=True, check=True).stdout.strip())
-    (purelib/'_at_test_deps.pth').write_text(str(_deps_farm(tmp)) + '\n')
+    (purelib/'_at_test_deps.pth').write_text(str(_deps_farm(tmp, without)) + '\n')
     r = subprocess.run([sys.executable, '-m', 'pip', '--python', str(py), 'install', '--no-deps', '--no-index',
                         '--no-cache-dir', '-q', str(whl)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -109,6 +111,17 @@ def venv(dist, tmp_path_factory):
     env = {'PATH': f"{env_dir/'bin'}:/usr/local/bin:/usr/bin:/bin", 'HOME': str(tmp), 'LANG': 'C.UTF-8',
            'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2'), 'MPLCONFIGDIR': str(tmp)}
     return dict(py=py, bin=env_dir/'bin', purelib=purelib, cwd=work, env=env)
+
+
+@pytest.fixture(scope='module')
+def venv(dist, tmp_path_factory):
+    return _make_venv(dist[0], tmp_path_factory.mktemp('venv'))
+
+
+@pytest.fixture(scope='module')
+def bare_venv(dist, tmp_path_factory):
+    "The wheel without its optional extras installed (`pip install attention_transfer`, no `[data]`)."
+    return _make_venv(dist[0], tmp_path_factory.mktemp('bare'), _extra_entries())
 
 
 def _run(v, args, **kw):
@@ -184,20 +197,30 @@ def test_requirements_satisfied(venv):
     assert not ours, '\n'.join(ours)
 
 
-def _imported_top_level(module_level:bool=False) -> set:
-    "Top-level names of every package that attention_transfer/*.py imports (module level or inside functions)."
+def _at_import(tree):
+    "The nodes of a module that run when it is imported: all but the insides of functions."
+    import ast
+    todo = list(tree.body)
+    while todo:
+        n = todo.pop()
+        yield n
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)): todo.extend(ast.iter_child_nodes(n))
+
+
+def _imported_top_level(at_import:bool=False) -> set:
+    "Top-level names of every package that attention_transfer/*.py imports (anywhere, or only when it is imported)."
     import ast
     names = set()
     for f in (ROOT/LIB).glob('*.py'):
         tree = ast.parse(f.read_text(encoding='utf-8'))
-        for node in (tree.body if module_level else ast.walk(tree)):
+        for node in (_at_import(tree) if at_import else ast.walk(tree)):
             if isinstance(node, ast.Import): names |= {a.name.split('.')[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level: names.add(node.module.split('.')[0])
     return names - set(sys.stdlib_module_names) - {LIB, '__future__'}
 
 
 def test_requirements_are_what_the_library_imports():
-    "settings.ini `requirements` and extras name every distribution whose packages the library imports, no other."
+    "settings.ini `requirements` and the optional extras name every distribution the library imports, and no other."
     from importlib.metadata import packages_distributions
     dists = packages_distributions()  # import name -> distributions providing it (PIL -> pillow, sklearn -> scikit-learn)
     canon = lambda n: re.sub(r'[-_.]+', '-', n).lower()
@@ -208,9 +231,52 @@ def test_requirements_are_what_the_library_imports():
     declared = {canon(Requirement(s).name) for s in C['requirements'].split()}
     optional = {canon(Requirement(s).name) for rs in EXTRAS.values() for s in rs}
     assert not needed - declared - optional, \
-        f"imported by {LIB} but not in settings.ini requirements: {sorted(needed - declared - optional)}"
+        f"imported by {LIB} but in no requirement nor extra of settings.ini: {sorted(needed - declared - optional)}"
     assert not declared - needed, f"in settings.ini requirements but never imported by {LIB}: {sorted(declared - needed)}"
-    assert not optional - needed, f"in a settings.ini extra, never imported by {LIB}: {sorted(optional - needed)}"
-    eager = {canon(dists[m][0]) for m in _imported_top_level(module_level=True)}
-    assert not eager & optional, f"an extra imported at module level (import it where used): {eager & optional}"
+    assert not optional - needed, f"an extra of settings.ini that {LIB} never imports: {sorted(optional - needed)}"
     assert {'torch', 'torchvision', 'numpy', 'pillow', 'scikit-learn'} <= needed  # the mapping itself works
+
+
+def test_extras_are_imported_only_where_used():
+    "An optional extra is imported inside the functions that need it, never when a module is imported."
+    from importlib.metadata import packages_distributions
+    dists = packages_distributions()
+    canon = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    optional = {canon(Requirement(s).name) for rs in EXTRAS.values() for s in rs}
+    eager = sorted(m for m in _imported_top_level(at_import=True) if m in dists and canon(dists[m][0]) in optional)
+    assert EXTRAS.get('data'), 'settings.ini has no data_requirements (the data extra)'
+    assert not eager, f"optional extras imported when a module of {LIB} is imported: {eager}"
+
+
+def test_optional_extras_in_wheel(dist):
+    "Each extra of settings.ini is an extra of the wheel, and the dev extra (what CI installs) includes them all."
+    m, _, _ = _metadata(dist[0])
+    assert 'data' in EXTRAS, 'settings.ini has no data_requirements (pip install "attention_transfer[data]")'
+    provided = set(m.get_all('Provides-Extra') or [])
+    assert set(EXTRAS) | {'dev'} <= provided, provided
+    reqs = [Requirement(r) for r in m.get_all('Requires-Dist')]
+    of = lambda extra: {str(r).split(';')[0].strip() for r in reqs if r.marker and r.marker.evaluate({'extra': extra})}
+    for name, rs in EXTRAS.items():
+        want = {str(Requirement(r)) for r in rs}
+        assert of(name) == want, (name, of(name))
+        assert want <= of('dev'), f"the dev extra lacks {sorted(want - of('dev'))} of extra {name}"
+
+
+def test_works_without_the_extras(bare_venv):
+    "Without the extras every module imports, and a dataset that needs one is refused in one line naming the extra."
+    out = _py(bare_venv, f"""
+        import importlib, pkgutil, {LIB}
+        for m in pkgutil.iter_modules({LIB}.__path__, '{LIB}.'): importlib.import_module(m.name)
+        for pkg in ('webdataset', 'datasets'):
+            try: importlib.import_module(pkg); print('installed', pkg)
+            except ImportError: pass
+        print('ok')
+    """)
+    assert out.strip() == 'ok', out  # the extras are really absent here
+    for name in ('wds/toy', 'hfds/someone/something'):
+        r = _run(bare_venv, [str(bare_venv['bin']/'at_train'), '--model', 'vit_nano_patch4_32', '--dataset', name,
+                             '--data_path', '.', '--epochs', '1', '--output_dir', 'out'])
+        lines = (r.stdout + r.stderr).strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stdout + r.stderr
+        assert 'pip install "attention_transfer[data]"' in lines[0] and name in lines[0], lines[0]
+        assert not (bare_venv['cwd']/'out').exists()
