@@ -4,147 +4,20 @@
 
 # %% ../nbs/06_models.ipynb #86a21afb
 from __future__ import annotations
-import contextlib, os, re, pickle, argparse, tempfile, warnings
+import contextlib, os, re, tempfile, warnings
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, timm
+import torch, torch.nn as nn, timm
 import safetensors.torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import clean_state_dict
 import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_nano_*) in timm's registry
+from .checkpoints import (ModelError, CheckpointError, CheckpointNote, load_state_dict, _read, _format,
+                                            _bad_safetensors, _one_line)
 
 # %% auto #0
-__all__ = ['META_FORMAT', 'META_KEY', 'ModelError', 'CheckpointError', 'CheckpointNote', 'load_state_dict', 'load_weights',
-           'create_model', 'freeze', 'create_teacher', 'create_student', 'atomic_write', 'save_timm_checkpoint',
-           'file_sha256', 'model_args', 'model_meta', 'placed_meta', 'checkpoint_meta', 'save_student']
-
-# %% ../nbs/06_models.ipynb #98af3ef7
-class ModelError(Exception):
-    "A model that cannot be built as asked (unknown name, bad option); the message is one line."
-
-class CheckpointError(ModelError):
-    "A checkpoint that is missing, unreadable, unsafe or does not fit the model; the message is one line naming it."
-
-class CheckpointNote(UserWarning):
-    "What loading a checkpoint changed on purpose (dropped head, fresh fc_norm, resized position embeddings)."
-
-# %% ../nbs/06_models.ipynb #e7a1c001
-import io, pickletools, zipfile, _compat_pickle
-
-_PUT, _GET = ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'), ('GET', 'BINGET', 'LONG_BINGET')
-
-def _scan(f) -> tuple[list, int]:
-    "The (module, name) of each global the next pickle in file `f` imports, and its protocol; ValueError if cut short."
-    found, pushed, memo, proto = [], [], {}, 0
-    for op, arg, _ in pickletools.genops(f):  # reads up to STOP; imports and calls nothing
-        if op.name == 'PROTO': proto = arg
-        elif op.name in ('GLOBAL', 'INST'): found.append(tuple(arg.split(' ', 1)))
-        elif op.name == 'STACK_GLOBAL' and all(isinstance(s, str) for s in pushed[-2:]) and len(pushed) > 1:
-            found.append(tuple(pushed[-2:]))
-        elif op.name in _PUT: memo[len(memo) if arg is None else arg] = pushed[-1] if pushed else None
-        elif op.name in _GET: pushed.append(memo.get(arg))
-        else: pushed.append(arg if isinstance(arg, str) else None)
-    if proto < 3:  # protocols 0-2 store Python 2 names (subprocess.Popen as commands.Popen); unpickling maps them back
-        cp = _compat_pickle
-        found = [cp.NAME_MAPPING.get(g, (cp.IMPORT_MAPPING.get(g[0], g[0]), g[1])) for g in found]
-    return found, proto
-
-# %% ../nbs/06_models.ipynb #e7a1c002
-def _pickle_globals(p:Path) -> tuple[list[str], int]|None:
-    "Every `module.name` the pickle(s) of checkpoint `p` would import, and the highest protocol; None if garbled."
-    names, proto = [], 0
-    try:
-        with contextlib.ExitStack() as stack:
-            if zipfile.is_zipfile(p):  # torch >= 1.6: the object is the archive's data.pkl, tensors separate records
-                z = stack.enter_context(zipfile.ZipFile(p))
-                f, n = stack.enter_context(z.open(next(m for m in z.namelist() if m.endswith('data.pkl')))), 1
-            else: f, n = stack.enter_context(open(p, 'rb')), 5  # legacy torch file: up to 5 pickles, then raw tensors
-            for i in range(n):
-                if i and f.tell() == p.stat().st_size: break  # a plain pickle file: one pickle
-                found, pr = _scan(f)
-                names += [f"{m}.{x}" for m, x in found]; proto = max(proto, pr)
-    except Exception: return None
-    return list(dict.fromkeys(names)), proto
-
-# %% ../nbs/06_models.ipynb #abb60dce
-def _one_line(e:BaseException, n:int=160) -> str:
-    s = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__).split('. ')[0]
-    return s if len(s) <= n else s[:n - 3] + '...'
-
-# %% ../nbs/06_models.ipynb #eb6b8446
-def _format(p:Path) -> str:
-    with open(p, 'rb') as f: head = f.read(9)
-    if p.suffix == '.safetensors' or (len(head) == 9 and head[8:9] == b'{'): return 'safetensors'
-    if head[:4] == b'PK\x03\x04' or head[:1] == b'\x80': return 'torch'  # zip archive (torch >= 1.6) or legacy pickle
-    return 'unknown'
-
-# %% ../nbs/06_models.ipynb #bcddfd53
-def _safe_globals() -> list:
-    "What weights-only loading may rebuild beyond torch's own: argparse's Namespace; numpy scalars, dtypes and arrays."
-    dts = [np.dtype(c) for c in '?bhilqBHILQefdgFDGSUMm']  # numbers, text and dates: no object or structured dtype
-    make = (np.float64(0).__reduce__()[0], np.zeros(0).__reduce__()[0])  # numpy's scalar and _reconstruct
-    new = [(f, f'numpy.{m}multiarray.{f.__name__}') for f in make for m in ('core.', '_core.')]  # numpy 1 and 2 names
-    return [argparse.Namespace, np.dtype, np.ndarray, *{type(d) for d in dts}, *{d.type for d in dts}, *new]
-_TRUST = ("if you trust the file, load it once with torch.load(path, weights_only=False) "
-          "and torch.save only its state dict")
-
-def _refusal(p:Path, e:pickle.UnpicklingError) -> CheckpointError:
-    "The one-line error for a file weights-only loading refused: what it holds, why, and what to do if it is trusted."
-    why = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e  # torch's line, not its paragraph
-    scan = _pickle_globals(p)
-    if scan is None: return CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(why)})")
-    try: wo = torch._weights_only_unpickler; ok = {*wo._get_allowed_globals(), *wo._get_user_allowed_globals()}
-    except AttributeError: ok = None  # a torch without the table: fall back to the name in its message
-    bad = [g for g in scan[0] if g not in ok] if ok is not None else re.findall(r'GLOBAL ([\w.]+)', str(why))
-    if bad:
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ''
-        return CheckpointError(f"refusing to load {p}: it holds {', '.join(bad[:3])}{more}, which only unsafe "
-                               f"unpickling can rebuild (unpickling can run code); {_TRUST}")
-    if scan[1] > 3: return CheckpointError(f"refusing to load {p}: it was pickled with protocol {scan[1]}, "
-                                           f"which weights-only loading cannot read; {_TRUST}")
-    return CheckpointError(f"refusing to load {p}: its pickle does what weights-only loading does not allow "
-                           f"({_one_line(why)}); {_TRUST}")
-
-# %% ../nbs/06_models.ipynb #3f19abc4
-def _bad_safetensors(p:Path, e:Exception) -> CheckpointError:
-    return CheckpointError(f"cannot read checkpoint {p}: corrupt or truncated safetensors file ({_one_line(e)})")
-
-def _read(p:Path, map_location):
-    if p.stat().st_size == 0: raise CheckpointError(f"cannot read checkpoint {p}: the file is empty")
-    fmt = _format(p)
-    if fmt == 'unknown': raise CheckpointError(f"cannot read checkpoint {p}: neither a PyTorch nor a safetensors file")
-    if fmt == 'safetensors':
-        try: return safetensors.torch.load_file(str(p), device=str(map_location))
-        except Exception as e: raise _bad_safetensors(p, e) from None
-    try:
-        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='Detected pickle protocol')  # protocol 3 loads, 4+ is refused
-            return torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        with torch.serialization.safe_globals(_safe_globals()): raise _refusal(p, e) from None
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {p}: truncated or corrupt ({_one_line(e)})") from None
-
-# %% ../nbs/06_models.ipynb #68c858e9
-_WRAPPERS = ('model', 'state_dict', 'module')           # MAE/DeiT, Lightning/timm, misc
-_EMA_WRAPPERS = ('model_ema', 'state_dict_ema')          # DeiT / timm train scripts, ours
-
-def load_state_dict(path:str|Path, # a .pth/.pt/.bin (PyTorch) or .safetensors file
-                    *, use_ema:bool=False, # take the EMA weights ('model_ema' / 'state_dict_ema'); error if absent
-                    map_location='cpu', # where tensors are loaded
-                   ) -> dict[str, torch.Tensor]:
-    "A checkpoint's weights as a plain state dict: safe loading, wrappers unwrapped, `module.`/`_orig_mod.` stripped."
-    p = Path(path)
-    if not p.exists(): raise CheckpointError(f"checkpoint not found: {p}")
-    if not p.is_file(): raise CheckpointError(f"checkpoint is not a file: {p}")
-    ck = _read(p, map_location)
-    if not isinstance(ck, dict): raise CheckpointError(f"{p} holds a {type(ck).__name__}, not a dict of weights")
-    keys = _EMA_WRAPPERS if use_ema else _WRAPPERS
-    key = next((k for k in keys if isinstance(ck.get(k), dict)), None)
-    if use_ema and key is None: raise CheckpointError(f"{p} has no EMA weights (looked for {', '.join(_EMA_WRAPPERS)})")
-    sd = ck[key] if key else ck
-    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"no state dict found in {p} (top-level keys: {', '.join(map(str, list(ck)[:6]))})")
-    return clean_state_dict(sd)
+__all__ = ['META_FORMAT', 'META_KEY', 'load_weights', 'create_model', 'freeze', 'create_teacher', 'create_student',
+           'atomic_write', 'save_timm_checkpoint', 'file_sha256', 'model_args', 'model_meta', 'placed_meta',
+           'checkpoint_meta', 'save_student']
 
 # %% ../nbs/06_models.ipynb #b13654ee
 def _head_keys(model, keys):

@@ -4,7 +4,8 @@ them; a checkpoint that also holds something able to run code is still refused, 
 import collections, os, zipfile
 import numpy as np, pytest, timm, torch
 import attention_transfer.vit  # noqa: F401  (registers vit_pico_patch4_32)
-from attention_transfer.models import CheckpointError, _pickle_globals, _read, create_model, load_state_dict
+from attention_transfer.checkpoints import CheckpointError, _pickle_globals, _read, load_state_dict
+from attention_transfer.models import create_model
 
 VALUES = {'best_acc': np.float64(0.9), 'step': np.int64(7), 'improved': np.bool_(True), 'lr': np.float32(1e-3),
           'curve': np.linspace(0., 1., 5), 'ids': np.arange(4, dtype=np.int32), 'dtype': np.dtype('float16'),
