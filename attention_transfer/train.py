@@ -345,7 +345,7 @@ def state_dict(self:Trainer) -> dict:
     return dict(model=self.student.state_dict(), model_ema=None if self.ema is None else self.ema.module.state_dict(),
                 optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
                 epoch=self.epoch - 1, step=self.step, rng=_gather(rng), args=self.meta, history=self.history,
-                meta=self.describe(self.output_dir))
+                meta=self.describe(self.output_dir), version=2)  # timm's: `epoch` is done
 
 # %% ../nbs/09_train.ipynb #021fbdc4
 @patch

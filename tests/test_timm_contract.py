@@ -13,6 +13,7 @@ from timm.utils import CheckpointSaver, unwrap_model
 import attention_transfer.vit  # registers vit_nano_patch4_32
 from attention_transfer.methods import METHODS, TransferTask, build_task, trained_model
 from attention_transfer.models import CheckpointError, create_teacher, file_sha256, save_timm_checkpoint
+from attention_transfer.train import Trainer
 from test_families import ARCHS, tiny as family_model
 
 NAME, ALL = 'vit_nano_patch4_32', sorted(METHODS)
@@ -125,6 +126,18 @@ def test_a_whole_pairs_state_dict_still_loads(name, teacher_file, tmp_path):
     fresh = task_for(name, teacher_file, seed=2)
     assert resume_task_checkpoint(fresh, str(tmp_path/'pair.pth.tar'), log_info=False) == 4
     assert same(fresh.student.state_dict(), task.student.state_dict())
+
+@pytest.mark.parametrize('name', ['copy', 'distill'])
+def test_timm_helpers_read_a_trainer_checkpoint(name, teacher_file, tmp_path):
+    "A checkpoint of the project's `Trainer` (at_train's): timm resumes it at the next epoch, student and EMA."
+    task = task_for(name, teacher_file)
+    tr = Trainer(task, [(X, Y)] * 2, epochs=2, lr=1e-3, ema=0.5, device='cpu', callbacks=[])
+    tr.fit(stop_epoch=1); path = tr.save(tmp_path/'checkpoint.pth')
+    fresh = task_for(name, teacher_file, seed=2); fresh.setup_ema(decay=0.5)
+    assert resume_task_checkpoint(fresh, str(path), log_info=False) == tr.epoch == 1
+    load_task_ema_checkpoint(fresh, str(path))
+    assert same(trained_model(fresh).state_dict(), tr.student.state_dict())
+    assert same(ema_student(fresh).state_dict(), tr.ema.module.state_dict())
 
 @pytest.mark.parametrize('name,backend,kw', [('copy', 'aot_eager', {}), ('distill', 'aot_eager', {}),
                                              ('distill', 'inductor', dict(layers=[1]))])
