@@ -118,7 +118,7 @@ def _update_ema(self:TransferTask, step:int|None=None):
 
 def _get_eval_model(self:TransferTask, module:nn.Module|None=None, # a student to evaluate instead of the task's
                     ema:bool=False) -> nn.Module:
-    "The pair to evaluate: around the task's student, `module`, or the EMA's student."
+    "The pair to evaluate: around the task's student, `module`, or the EMA's student (None if there is no EMA)."
     if module is None and not ema: return self.pair
     if module is None and not self.has_ema(): return None   # as timm's base task: no EMA, no EMA model
     student = module if module is not None else self.trainable_module_ema.module
