@@ -260,7 +260,8 @@ class AttentionDistill(AttentionTransfer):
         else: loss = lambda i: transfer_loss(tv[i][tw], sv[i][sw], self.target, self.heads, mask(i))
         losses = {i: loss(i) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
-        return out, sum(losses.values())
+        first, *rest = losses.values()   # not sum(): inductor drops its `0 + first`, and with one layer the
+        return out, sum(rest, first)     # compiled backward then gets no gradient for the loss (a TypeError)
 
 # %% ../nbs/03_distill.ipynb #fed39dde
 def relations(x:torch.Tensor, # q, k or v of one layer `b h n d`
@@ -326,6 +327,7 @@ class RelationDistill(AttentionTransfer):
             with recording(self.student, ('q', 'k', 'v', 'qk'), self.layers) as sv: out = self.student(x)
         losses = {i: relation_loss(tv[i], sv[i], self.relation_heads, mask=sv[i]['qk'].attn_mask) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
-        return out, sum(losses.values())
+        first, *rest = losses.values()   # not sum(): inductor drops its `0 + first`, and with one layer the
+        return out, sum(rest, first)     # compiled backward then gets no gradient for the loss (a TypeError)
 
     def transfer_meta(self) -> dict: return super().transfer_meta() | dict(relation_heads=self.relation_heads)
