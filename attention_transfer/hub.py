@@ -15,8 +15,8 @@ from .checkpoints import CheckpointError
 import attention_transfer.vit  # registers the small CPU ViTs (vit_nano_*, ...) in timm's registry
 
 # %% auto #0
-__all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'weights_file', 'weights_identity', 'pretrained_source',
-           'load_pretrained', 'write_hub_cache']
+__all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'weights_file', 'weights_identity', 'cached_weights',
+           'pretrained_source', 'load_pretrained', 'write_hub_cache']
 
 # %% ../nbs/05b_hub.ipynb #c05d88d2
 class HubError(CheckpointError):
@@ -119,6 +119,23 @@ def weights_identity(name:str, # the pre-trained name
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in (cfg or {}).items() if k in DATA_KEYS}
     return dict(name=name, hf_hub_id=repo, revision=snap.name if snap is not None else None, file=str(p),
                 sha256=_sha256(p), data=data)
+
+# %% ../nbs/05b_hub.ipynb #fbdbd273
+def cached_weights(name:str, # a timm pre-trained name, e.g. a flag's value
+                   flag:str='', # what gave it (e.g. '--teacher'), to start messages with
+                   expect:dict|None=None, # recorded weights (weights_identity): the file must have their SHA-256
+                  ) -> dict: # the weights_identity of the file the cache holds now
+    "Which weights the cache holds for `name` now; `HubError` (starting with `flag`) if none, or not those expected."
+    try:
+        if (found := pretrained_name(name)) is None:
+            raise HubError(f"{name}: checkpoint not found (nor a timm pre-trained name, e.g. vit_base_patch16_224.mae)")
+        now = weights_identity(found, weights_file(found))
+    except HubError as e: raise HubError(f"{flag} {e}".strip()) from None
+    if expect and expect.get('sha256') and now['sha256'] != expect['sha256']:
+        raise HubError(f"{flag} {name}: the Hugging Face cache holds other weights (revision {now['revision']}) "
+                       f"than the recorded ones (revision {expect.get('revision')}, another SHA-256): "
+                       f"give the original weights".strip())
+    return now
 
 # %% ../nbs/05b_hub.ipynb #58fac904
 def pretrained_source(name:str, # create_model's name (maybe 'arch.tag' or 'hf-hub:...')

@@ -402,14 +402,7 @@ def eval_meta(path:str|Path, # a checkpoint
     return meta
 
 # %% ../nbs/07_methods.ipynb #97641fa2
-from .hub import HubError, pretrained_name, weights_file, weights_identity
-
-def _hub_file(flag:str, name:str) -> dict:
-    "The identity (`hub.weights_identity`) of timm pre-trained `name`'s file in the cache; one-line `TrainError`."
-    try:
-        if (found := pretrained_name(name)) is None: raise TrainError(f"{flag}: checkpoint not found: {name}")
-        return weights_identity(found, weights_file(found))
-    except HubError as e: raise TrainError(f"{flag} {e}") from None
+from .hub import cached_weights
 
 def find_teacher(meta:dict, # a copy checkpoint's description
                  checkpoint:str|Path, # the checkpoint (its recorded teacher path is relative to its folder)
@@ -417,22 +410,13 @@ def find_teacher(meta:dict, # a copy checkpoint's description
                 ) -> Path|str: # a file, or a timm pre-trained name (for create_teacher)
     "A copy checkpoint's teacher weights: `teacher`, else the recorded file or name, checked by the recorded SHA-256."
     t, checkpoint = meta.get('teacher') or {}, Path(checkpoint)
-    was = t.get('pretrained') or t  # by name: `hub.weights_identity`'s fields
     if teacher:
         p = Path(teacher)
-        hub = None if p.exists() else _hub_file('--teacher', teacher)
-        if hub is None and not p.is_file(): raise TrainError(f"--teacher: checkpoint not found: {p}")
-        if was.get('sha256') and (hub['sha256'] if hub else file_sha256(p)) != was['sha256']:
-            raise TrainError(f"--teacher {hub['name'] if hub else p} is not the teacher {checkpoint} was trained with "
-                             f"(its SHA-256 differs)")
-        return hub['name'] if hub else p
-    if t.get('pretrained'):
-        hub = _hub_file(f"{checkpoint}: its teacher", was['name'])
-        if hub['sha256'] != was['sha256']:
-            raise TrainError(f"{checkpoint} was trained with the teacher {was['name']} at revision "
-                             f"{was.get('revision')}; the Hugging Face cache now holds other weights (revision "
-                             f"{hub['revision']}, another SHA-256): pass --teacher PATH with the original weights")
-        return hub['name']
+        if not p.is_file(): return cached_weights(teacher, '--teacher', t.get('pretrained') or t)['name']  # a timm name
+        if t.get('sha256') and file_sha256(p) != t['sha256']:
+            raise TrainError(f"--teacher {p} is not the teacher {checkpoint} was trained with (its SHA-256 differs)")
+        return p
+    if tp := t.get('pretrained'): return cached_weights(tp['name'], f"{checkpoint}: its teacher", tp)['name']  # by name
     rel = Path(os.path.normpath(checkpoint.parent/t['path'])) if t.get('path') else None
     cands = list(dict.fromkeys(p for p in (rel, Path(t['abs_path']) if t.get('abs_path') else None) if p is not None))
     for p in cands:
