@@ -11,6 +11,7 @@ import timm, torch
 from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
+from .models import checkpoint_pooling
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
@@ -74,7 +75,8 @@ class TrainConfig:
     smoothing:float=0.1 # label smoothing
     no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
     ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    # classify from the average of the patch tokens (default: so, unless --cls_token; resolved to 'avg' or 'token')
+    # classify from the average of the patch tokens (default: so, unless --cls_token; with a teacher, the pooling of
+    # the --finetune checkpoint: token, avg or map; resolved to one of them)
     global_pool:bool=False
     cls_token:bool=False # classify from the class token instead
     data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
@@ -213,7 +215,8 @@ def _resolve_inputs(c:TrainConfig):
     m = get_method(c.mode)
     transfer = m.teacher in ('train', 'inference')
     if c.global_pool and c.cls_token: raise TrainError("--global_pool and --cls_token contradict each other")
-    c.global_pool = 'token' if c.cls_token else 'avg'
+    asked = 'token' if c.cls_token else 'avg' if c.global_pool else None
+    c.global_pool = asked or (None if transfer and c.finetune else 'avg')  # None: the teacher's (run_training)
     if bool(c.data) == bool(c.data_path):
         raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER")
     if c.data_path: c.data_path = str(Path(c.data_path).resolve())
@@ -313,6 +316,15 @@ def _models(c:TrainConfig) -> tuple:
         return teacher, create_student(src, drop_path=c.drop_path, **kw)
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
 
+def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    was = ((ck or {}).get('args') or {}).get('global_pool')
+    if was is not None: return was
+    pool = checkpoint_pooling(c.finetune) or 'avg'  # an MAE encoder: average pooling, as the paper's recipe
+    if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
+                                            f"and student keep it (--global_pool or --cls_token choose another)")
+    return pool
+
 def _check_heads(c:TrainConfig, t:dict, s:dict):
     "`--heads`, and whether the teacher's heads map onto the student's."
     try: transfer_heads(min(s['heads']), c.heads)
@@ -395,6 +407,7 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     "Run a resolved configuration: data, models, method, `Trainer`, resume, `fit` (or only `validate` with `eval`)."
     c = replace(cfg)
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
+    if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
