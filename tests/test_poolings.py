@@ -123,7 +123,7 @@ def test_cli_map_teacher_distill_and_eval(tmp_path):
 
 
 def test_cli_token_teacher_copy_keeps_its_norm(tmp_path):
-    "A DeiT-style file (class token, norm, classifier): copy with token pooling, no fresh fc_norm; at_eval agrees."
+    "A DeiT-style file (class token, norm, classifier): copy keeps its token pooling and norm (no fresh fc_norm)."
     src = source('token', 10)
     f = save(src, tmp_path/'deit.pth', 'pth')
     r = at('at_train', *RUN, '--mode', 'copy', '--finetune', f, '--output_dir', tmp_path/'run')
@@ -132,9 +132,6 @@ def test_cli_token_teacher_copy_keeps_its_norm(tmp_path):
     assert (meta['model_args']['global_pool'], meta['teacher']['model_args']['global_pool']) == ('token', 'token')
     rec, = [json.loads(l) for l in (tmp_path/'run'/'log.jsonl').read_text().splitlines()]
     assert rec['attn_js'] == pytest.approx(0, abs=1e-6)  # every block copies the file's attention
-    at('at_eval', tmp_path/'run'/'model.pth', '--teacher', f, '--num_workers', 0, '--output', tmp_path/'e.json')
-    res = json.loads((tmp_path/'e.json').read_text())[str(tmp_path/'run'/'model.pth')]
-    assert res['top1'] == pytest.approx(rec['test_top1'], abs=1e-6)
     # the flag still wins, and a run made with it resumes with it (an older run recorded 'avg' the same way)
     r = at('at_train', *RUN, '--mode', 'copy', '--finetune', f, '--global_pool', '--output_dir', tmp_path/'avg')
     assert "global_pool='avg' asked; the checkpoint has 'token' pooling" in r.stdout
