@@ -14,6 +14,7 @@ min_python = c['min_python']
 
 requirements = c.get('requirements', '').split()
 dev_requirements = c.get('dev_requirements', '').split()
+extras = {k[len('extra_'):]: v.split() for k, v in c.items() if k.startswith('extra_')}  # extra_<name> lines
 console_scripts = c.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -37,7 +38,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={**extras, 'dev': dev_requirements + [r for rs in extras.values() for r in rs]},  # dev: all
     entry_points={'console_scripts': console_scripts, 'nbdev': [f'{c["lib_path"]}={c["lib_path"]}._modidx:d']},
     zip_safe=False,
 )

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_callbacks.ipynb #760a3b24
 from __future__ import annotations
-import copy, json, os, random, signal, sys, threading, time, warnings
+import copy, json, logging, os, random, secrets, signal, string, sys, threading, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch
@@ -14,14 +14,16 @@ from fastprogress.fastprogress import master_bar
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size
 from .models import atomic_write, CheckpointError
+from .methods import TrainError
 from .transfer import vit_shape, check_pair, map_layers, map_heads, AttentionCopy
 from .vit import ArchitectureWarning
 
 # %% auto #0
-__all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'save_atomic', 'write_atomic', 'save_figure', 'uninterrupted', 'rng_state',
-           'set_rng_state', 'seed_all', 'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback', 'LogJSONL',
-           'SaveCheckpoint', 'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse', 'progress_lines',
-           'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher']
+__all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'LOG_EXTRA', 'save_atomic', 'write_atomic', 'save_figure', 'uninterrupted',
+           'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback',
+           'LogJSONL', 'SaveCheckpoint', 'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse',
+           'progress_lines', 'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher', 'scalars',
+           'summary_writer', 'wandb_module', 'TensorBoardLog', 'read_tensorboard', 'WandbLog']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -287,3 +289,126 @@ def mapped_teacher(teacher:nn.Module, # the reference ViT: any depth, heads a mu
         warnings.simplefilter('ignore', ArchitectureWarning)
         spare = copy.deepcopy(s).requires_grad_(False)
         return AttentionCopy(teacher, spare, layer_map=full, head_map=groups, fused=False).eval()
+
+# %% ../nbs/08_callbacks.ipynb #e05bada3
+def scalars(rec:dict|list, # an epoch record (as `log.jsonl` holds it), possibly nested
+            prefix:str='', # put before every name (for a nested record: its parent's name and '/')
+           ) -> dict: # {name: number}, in the record's order
+    "The numbers of a record, flat: nested keys joined by '/', list items by index; None and text left out."
+    out = {}
+    for k, v in (rec.items() if isinstance(rec, dict) else enumerate(rec)):
+        if isinstance(v, (dict, list, tuple)): out.update(scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, bool): out[f"{prefix}{k}"] = int(v)
+        elif isinstance(v, (int, float)): out[f"{prefix}{k}"] = v
+    return out
+
+# %% ../nbs/08_callbacks.ipynb #511eb334
+LOG_EXTRA = 'pip install "attention_transfer[log]"'  # installs the trackers' packages: tensorboard, wandb
+
+def _needs(flag:str, what:str, load):
+    "`load()`, or a one-line `TrainError` naming `flag`, `what` and the pip command when it cannot be imported."
+    try: return load()
+    except ImportError as e:
+        why = ' '.join(str(e).split())[:80]
+        raise TrainError(f"{flag} needs {what}, which cannot be imported here ({why}): {LOG_EXTRA}") from None
+
+def summary_writer(flag:str='TensorBoardLog', # who asks, for the message (at_train: --log_tensorboard)
+                  ) -> type:
+    "TensorBoard's `SummaryWriter` (torch.utils.tensorboard), or `TrainError` naming `flag` and the pip command."
+    def load():
+        import tensorboard  # the `log` extra (torch's writer needs it)
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter
+    return _needs(flag, 'TensorBoard', load)
+
+def wandb_module(flag:str='WandbLog', # who asks, for the message (at_train: --log_wandb)
+                ):
+    "The `wandb` module, or `TrainError` naming `flag` and the pip command."
+    def load():
+        import wandb  # the `log` extra
+        return wandb
+    return _needs(flag, 'Weights & Biases (wandb)', load)
+
+# %% ../nbs/08_callbacks.ipynb #fbfc7594
+class TensorBoardLog(Callback):
+    "Each epoch record's numbers (`scalars`, named as in `log.jsonl`) as TensorBoard scalars, step = epoch (rank 0)."
+    order = 5  # after AttentionDivergence (-5) and LogJSONL (0) complete the record, before SaveCheckpoint (10)
+    def __init__(self, log_dir:str|Path, # the folder of event files (a resumed run adds to it)
+                 flag:str='TensorBoardLog', # who asks, for the message when TensorBoard is missing
+                ):
+        self.log_dir, self.writer, self.Writer = Path(log_dir), None, summary_writer(flag)
+
+    def before_fit(self, tr):
+        if rank() != 0: return
+        new = not any(self.log_dir.glob('events.out.tfevents.*'))
+        self.writer = self.Writer(str(self.log_dir), purge_step=tr.epoch)  # hides earlier events from this epoch on
+        if new:
+            for r in tr.history: self._write(r)  # resumed into a new folder: the earlier epochs first
+
+    def _write(self, rec:dict):
+        for k, v in scalars(rec).items():
+            if k != 'epoch': self.writer.add_scalar(k, v, rec['epoch'], new_style=True, double_precision=True)
+        self.writer.flush()
+
+    def after_epoch(self, tr, rec):
+        if self.writer is not None: self._write(rec)
+
+    def after_fit(self, tr):
+        if self.writer is not None: self.writer.close(); self.writer = None
+
+def read_tensorboard(log_dir:str|Path, # a folder `TensorBoardLog` wrote
+                    ) -> list: # [{'epoch': e, name: value}], by epoch
+    "The records TensorBoard shows for `log_dir`, as `read_log` gives them; ValueError if a step has a name twice."
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+    quiet, level = logging.getLogger('tensorboard'), logging.getLogger('tensorboard').level
+    quiet.setLevel(logging.ERROR)  # not the note on each purge a resumed run asked for
+    try: acc = EventAccumulator(str(log_dir), size_guidance={'tensors': 0}); acc.Reload()  # 0: keep every event
+    finally: quiet.setLevel(level)
+    recs = {}
+    for tag in acc.Tags()['tensors']:
+        for e in acc.Tensors(tag):
+            r = recs.setdefault(e.step, {'epoch': e.step})
+            if tag in r: raise ValueError(f"{log_dir}: {tag} has two values at step {e.step}")
+            r[tag] = tensor_util.make_ndarray(e.tensor_proto).item()
+    return [recs[k] for k in sorted(recs)]
+
+# %% ../nbs/08_callbacks.ipynb #b7352757
+class WandbLog(Callback):
+    "Each epoch record's numbers to a W&B run (step = epoch, config = the run's settings); resumed runs continue it."
+    order = 5  # as TensorBoardLog
+    def __init__(self, project:str|None=None, # default: $WANDB_PROJECT, else 'attention_transfer'
+                 name:str|None=None, # the run's name; default: $WANDB_NAME, else the output folder's name
+                 flag:str='WandbLog', # who asks, for the messages
+                ):
+        self.project, self.name, self.flag, self.run, self.wandb = project, name, flag, None, wandb_module(flag)
+
+    def before_fit(self, tr):
+        if rank() != 0: return
+        out = tr.output_dir
+        keep = out/'wandb_run_id' if out else None
+        old = keep.read_text().strip() if keep and tr.epoch > 0 and keep.is_file() else None
+        run_id = old or ''.join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        made = out is not None and not out.exists()
+        if made: out.mkdir(parents=True)
+        where = None if out is None or 'WANDB_DIR' in os.environ else str(out)  # W&B's files: in the run's folder
+        rng = rng_state()  # W&B draws no number the training would have drawn
+        try:
+            self.run = self.wandb.init(
+                project=self.project or os.environ.get('WANDB_PROJECT') or 'attention_transfer',
+                name=self.name or os.environ.get('WANDB_NAME') or (out.name if out else None), id=run_id,
+                resume='allow', config=getattr(tr, 'meta', None), dir=where)
+        except self.wandb.errors.Error as e:
+            why = ' '.join(str(e).split())  # e.g. no API key
+            if made and not any(out.iterdir()): out.rmdir()  # no half-made run folder
+            raise TrainError(f"{self.flag}: W&B cannot start a run: {why} (WANDB_MODE=offline: no login)") from None
+        finally: set_rng_state(rng)
+        if keep: write_atomic(run_id + '\n', keep)
+        if old is None:
+            for r in tr.history: self.run.log(scalars(r), step=r['epoch'])  # resumed without a W&B run: earlier epochs
+
+    def after_epoch(self, tr, rec):
+        if self.run is not None: self.run.log(scalars(rec), step=rec['epoch'])
+
+    def after_fit(self, tr):
+        if self.run is not None: self.run.finish(); self.run = None

@@ -18,139 +18,14 @@ from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_ta
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
+from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_module
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
-from .command import loader_workers, default_warmup
+from .command import loader_workers, default_warmup, check_writable
+from .train_config import TrainConfig, RANGES, PRESETS, preset_command
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'TrainConfig', 'preset_command', 'parse_mode',
-           'check_aa', 'option_fields', 'given_options', 'resolve', 'resume_keys', 'run_training', 'at_train', 'main']
-
-# %% ../nbs/11_cli.ipynb #22c4418c
-@dataclass
-class TrainConfig:
-    "The settings of one `at_train` run: one field per flag (same name, default and meaning), its comment the help."
-    model:str='vit_large_patch16' # student model: a timm name (official names such as dual_vit_large_patch16 work too)
-    # a method of the table (methods.METHODS): scratch, finetune, copy, distill, logit_kd, feature_kd, distill_features,
-    # ...; the official copy_q..distill_v too; default: finetune with --finetune, else scratch
-    mode:str|None=None
-    # pre-trained checkpoint (MAE, timm/DeiT, safetensors): the teacher of copy/distill, the start of finetune
-    # (default: none, for a student from random weights)
-    finetune:str=''
-    teacher:str|None=None # teacher model name (default: --model, so the student is the teacher's exact architecture)
-    end_layer:int=0 # transfer blocks [0, depth+end_layer); 0: all. Honoured (the official code always used -3)
-    layers:list[int]|None=None # block indices to transfer, instead of --end_layer (default: those of --end_layer)
-    heads:list[int]|None=None # heads to transfer in each block (default: all)
-    # student:teacher block pairs, e.g. 0:1 1:3, for a teacher of another depth (default: the same relative depth);
-    # alone, they name the transferred blocks
-    layer_map:list[str]|None=None
-    head_map:list[str]|None=None # student:teacher heads, e.g. 0:0,1 1:2,3, averaged (default: even groups of heads)
-    # distill_relations: relation heads R (default: the student's head count); must divide both models' attention widths
-    relation_heads:int|None=None
-    target:str='attn' # what is transferred: attn (the maps), q, k or v
-    # weight of the transfer loss (default: the method's, see `methods.option_defaults`: 3 for distill and
-    # distill_features, as in the paper; 1 for logit_kd and feature_kd)
-    atd_weight:float|None=None
-    share_drop_path:bool=False # teacher and student share drop-path masks (the reference code's behaviour)
-    batch_size:int=64 # images per process and step: effective batch = batch_size * accum_iter * processes
-    epochs:int=50 # length of the schedule
-    accum_iter:int=1 # micro-batches per optimizer update
-    blr:float=1e-3 # base lr: lr = blr * effective batch / 256
-    lr:float|None=None # absolute lr (default: from --blr)
-    min_lr:float=1e-6 # lr at the end of the cosine
-    layer_decay:float=0.75 # layer-wise lr decay (1: off)
-    # how --layer_decay counts layers: official (num_layers = depth) or mae (depth + 1); default: official for methods
-    # with a frozen teacher (copy, distill, ...), mae otherwise
-    layer_decay_rule:str|None=None
-    beta2:float=0.999 # AdamW beta2
-    weight_decay:float=0.05 # AdamW weight decay (not on norms, biases, pos_embed, class/register tokens)
-    drop_path:float=0.1 # stochastic depth rate of the student
-    # linear lr warmup, in epochs (default: a tenth of --epochs, at most 5: 5 of 50 as in MAE's fine-tuning recipe,
-    # none for a run under 10 epochs)
-    warmup_epochs:int|None=None
-    clip_grad:float|None=None # max gradient norm (default: no clipping)
-    aa:str='rand-m9-mstd0.5-inc1' # RandAugment policy ('none': off)
-    reprob:float=0.25 # random erasing probability
-    mixup:float=0. # Mixup alpha (0: off)
-    cutmix:float=0. # CutMix alpha (0: off)
-    smoothing:float=0.1 # label smoothing
-    no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
-    ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    # classify from the average of the patch tokens (default: so, unless --cls_token; with a teacher, the pooling of
-    # the --finetune checkpoint: token, avg or map; resolved to one of them)
-    global_pool:bool=False
-    cls_token:bool=False # classify from the class token instead
-    data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
-    # ImageFolder root with train/<class>/* and val/<class>/*, val/ the test images (default: none; give it or --data)
-    data_path:str=''
-    nb_classes:int|None=None # classes of the head (default: the dataset's)
-    input_size:int|None=None # image side (default: the model's)
-    output_dir:str='runs/train' # log.jsonl, checkpoint.pth, model.pth, model_ema.pth, model.json, curves.png
-    # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
-    resume:str=''
-    eval:bool=False # only evaluate (the --resume or --finetune weights) and print the result
-    dist_eval:bool=False # accepted for the official command lines; evaluation is always sharded exactly
-    seed:int=0 # model initialisation, data order, augmentations (each process adds its rank)
-    # DataLoader worker processes per process (default: min(10, cores per process - 1), what the machine has room for)
-    num_workers:int=field(default_factory=lambda: loader_workers(10))
-    amp:str='auto' # autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16, off
-    compile:bool=False # torch.compile the training network
-    device:str|None=None # cpu, cuda, cuda:N (default: cuda when available; one GPU per torchrun process)
-    preset:str|None=None # the paper's ViT-L recipe, copy or distill; other flags override it (default: none)
-    # stop after this many epochs; the schedule still spans --epochs, continue with --resume (default: at --epochs)
-    stop_epoch:int|None=None
-    steps_per_epoch:int|None=None # cap the micro-batches per epoch, for quick tests (default: the whole training set)
-    # test images on which the student's attention is compared with the pre-trained model's after every epoch
-    # (log.jsonl: attn_kl, attn_js, attn_js_<i>, in nats); 0: off
-    attn_probe:int=64
-    # pre-trained checkpoint to compare the student's attention with (default: --finetune, so a scratch run has none
-    # unless given)
-    attn_teacher:str|None=None
-    # not flags: the SHA-256 of the teacher's weights, set by `resolve` (copy and distill); the absolute peak lr, set by
-    # `run_training` from --blr or --lr and the processes
-    teacher_sha256:str|None=field(default=None, metadata={'cmd': False})
-    abs_lr:float|None=field(default=None, metadata={'cmd': False})
-    example = ('at_train --model vit_nano_patch4_32 --mode distill --finetune runs/pretrain/encoder.pth --data digits '
-               '--epochs 30')  # not a flag (no type): ends --help
-
-# %% ../nbs/11_cli.ipynb #e9fd53e1
-RANGES = dict(
-    batch_size='[1, inf)', epochs='[1, inf)', accum_iter='[1, inf)', steps_per_epoch='[1, inf)', stop_epoch='[1, inf)',
-    blr='(0, inf)', lr='(0, inf)', min_lr='[0, inf)', warmup_epochs='[0, epochs]', layer_decay='(0, 1]',
-    beta2='[0, 1)', weight_decay='[0, inf)', clip_grad='(0, inf)', drop_path='[0, 1)', ema='[0, 1)',
-    atd_weight='[0, inf)', reprob='[0, 1]', mixup='[0, inf)', cutmix='[0, inf)', smoothing='[0, 1)',
-    nb_classes='[1, inf)', input_size='[1, inf)', end_layer='(-inf, 0]', layers='[0, inf)', heads='[0, inf)',
-    relation_heads='[1, inf)', num_workers='[0, inf)', seed='[0, 2**32)',  # seeds alias above numpy's 2**32
-    attn_probe='[0, inf)')  # TrainConfig's numeric fields: {field: allowed interval}
-
-# %% ../nbs/11_cli.ipynb #af7fd7d2
-_PAPER = dict(model='vit_large_patch16_224', batch_size=32, ema=0.9999, reprob=0.25, mixup=0.8, cutmix=1.0,
-              smoothing=0.1, share_drop_path=True, layer_decay_rule='official')
-PRESETS = {
-    'copy': dict(mode='copy', end_layer=-3, epochs=100, warmup_epochs=5, blr=1e-3, min_lr=2e-3, layer_decay=0.75,
-                 beta2=0.999, weight_decay=0.05, drop_path=0.0, **_PAPER),
-    'distill': dict(mode='distill', end_layer=-6, atd_weight=3.0, epochs=200, warmup_epochs=20, blr=1e-4, min_lr=1e-6,
-                    layer_decay=1.0, beta2=0.95, weight_decay=0.3, drop_path=0.2, **_PAPER),
-}
-
-# %% ../nbs/11_cli.ipynb #caa96aaf
-def preset_command(name:str, # 'copy' or 'distill'
-                   nodes:int=8, gpus:int=8, # nodes, GPUs (processes) per node
-                   finetune:str='mae_pretrain_vit_large.pth', data_path:str='$IMAGENET', output_dir:str|None=None,
-                   expand:bool=False, # spell out the preset's flags instead of --preset
-                  ) -> str:
-    "The torchrun command line that runs preset `name` on `nodes` x `gpus` GPUs."
-    if expand and name not in PRESETS: raise TrainError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}")
-    spell = lambda k, v: [f'--{k}'] if v is True else [f'--{k}', str(v)]
-    flags = [a for k, v in PRESETS[name].items() for a in spell(k, v)] if expand else ['--preset', name]
-    flags += ['--finetune', finetune, '--data_path', data_path, '--output_dir', output_dir or f'runs/{name}',
-              '--resume', 'allow']
-    launch = (f"torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$JOB_ID --rdzv_backend=c10d "
-              f"--rdzv_endpoint=$HEAD_NODE:29500 --no-python at_train")
-    pairs, i = [], 0
-    while i < len(flags):
-        n = 2 if i + 1 < len(flags) and not flags[i + 1].startswith('--') else 1
-        pairs.append(' '.join(flags[i:i + n])); i += n
-    return ' \\\n    '.join([launch] + [' '.join(pairs[j:j + 4]) for j in range(0, len(pairs), 4)])
+__all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options', 'resolve',
+           'resume_keys', 'run_training', 'at_train', 'main']
 
 # %% ../nbs/11_cli.ipynb #959beb08
 def parse_mode(mode:str|None, # a method of the table, or the official copy_q/k/v, distill_q/k/v
@@ -258,6 +133,21 @@ def _resolve_probe(c:TrainConfig):
     if not c.attn_probe: raise TrainError("--attn_teacher is only used with --attn_probe N (N > 0): drop one of them")
     c.attn_teacher = str(p.resolve())
 
+# %% ../nbs/11_cli.ipynb #2dfd21f5
+def _resolve_trackers(c:TrainConfig):
+    "Check and complete, in place, `--log_tensorboard` (a folder of this run's, made absolute) and `--log_wandb`."
+    given = [f for f in ('log_tensorboard', 'log_wandb') if getattr(c, f)]
+    if given and c.eval: raise TrainError(f"--{given[0]} does not apply to --eval (nothing is trained, nothing logged)")
+    if c.log_wandb: wandb_module('--log_wandb')
+    if not c.log_tensorboard: return
+    summary_writer('--log_tensorboard')
+    p = Path(c.log_tensorboard)
+    check_writable(p, '--log_tensorboard', 'at_train')
+    if not c.resume and any(p.glob('events.out.tfevents.*')):
+        raise TrainError(f"--log_tensorboard {p} holds another run's events: choose another folder "
+                         "(a resumed run adds to its own)")
+    c.log_tensorboard = str(p.resolve())
+
 # %% ../nbs/11_cli.ipynb #6a1f2c42
 def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
            ) -> TrainConfig:
@@ -266,7 +156,7 @@ def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python
     if c.warmup_epochs is None and isinstance(c.epochs, int): c.warmup_epochs = default_warmup(c.epochs)  # scaled
     check_ranges(asdict(c), RANGES)
     amp_dtype(c.amp, 'cpu'); check_aa(c.aa)  # check the names
-    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c)
+    _resolve_method(c); _resolve_inputs(c); _resolve_resume(c); _resolve_probe(c); _resolve_trackers(c)
     return c
 
 # %% ../nbs/11_cli.ipynb #d98d18bb
@@ -373,7 +263,7 @@ def _trainer(c:TrainConfig, student, teacher, train_ds, val_ds, device:torch.dev
                        clip_grad=c.clip_grad, ema=c.ema, mixup=mix, amp=c.amp, compile=c.compile,
                        steps_per_epoch=c.steps_per_epoch, device=device,
                        output_dir=None if c.eval else c.output_dir, meta=asdict(c),
-                       callbacks=default_callbacks() + _probe_callbacks(c, teacher, student))
+                       callbacks=default_callbacks() + _probe_callbacks(c, teacher, student) + _trackers(c))
     except ValueError as e: raise TrainError(str(e).splitlines()[0]) from None  # e.g. teacher and student do not fit
 
 def _summary(c:TrainConfig, trainer, student, n_train, n_val, world) -> str:
@@ -400,6 +290,12 @@ def _probe_callbacks(c:TrainConfig, teacher, student) -> list:
     except ValueError as e:  # e.g. heads that do not group evenly, for relation distillation
         if rank() == 0: print(f"at_train: note: --attn_probe skipped: the pre-trained model cannot be mapped: {e}")
         return []
+
+def _trackers(c:TrainConfig) -> list:
+    "`TensorBoardLog` for `--log_tensorboard` and `WandbLog` for `--log_wandb`; [] with `--eval`."
+    if c.eval: return []
+    return (([TensorBoardLog(c.log_tensorboard, '--log_tensorboard')] if c.log_tensorboard else [])
+            + ([WandbLog(flag='--log_wandb')] if c.log_wandb else []))
 
 # %% ../nbs/11_cli.ipynb #09d1ddc2
 def run_training(cfg:TrainConfig, # a configuration checked and completed by resolve

@@ -9,6 +9,9 @@ NEW = snapshot()
 # spelling of a switch (--noX, argparse's BooleanOptionalAction).
 ADDED = {'--config', '--recipe'}  # --recipe: at_demo runs any method of the table (issue 22, item 3)
 ADDED |= {'--head_map'}  # at_train: the head map the method table always took had no flag (issue 23, item 11)
+# at_train: TensorBoard and Weights & Biases get each epoch's log.jsonl numbers (issue 21, item 4); --nolog_wandb is
+# the generated negative of the new switch
+ADDED |= {'--log_tensorboard', '--log_wandb', '--nolog_wandb'}
 # Flags whose old parser default was None, "filled in later from the command's config": their value is read there.
 FILLED = {'at_demo': json.loads((SNAPSHOT.parent/'demo_effective.json').read_text())}
 # A switch still works bare; a value flag takes the same number of values.

@@ -5,11 +5,11 @@ from pathlib import Path
 LIB = Path(__file__).resolve().parents[1]/'attention_transfer'
 # Reading order, layer by layer; within a layer a module may use the ones listed before it.
 LAYERS = {
-    'core': ['vit', 'attention', 'transfer', 'distill', 'ensemble'],
+    'core': ['vit', 'kernel', 'attention', 'transfer', 'distill', 'ensemble'],
     'I/O': ['data', 'checkpoints', 'models'],
     'methods': ['methods'],
     'engine': ['callbacks', 'train', 'mae'],
-    'command kit': ['command'],
+    'command kit': ['command', 'train_config'],
     'commands': ['cli', 'evaluate', 'pretrain', 'experiment', 'demo', 'benchmark', 'cross_size', 'ablations'],
 }
 ORDER = [m for ms in LAYERS.values() for m in ms]

@@ -18,6 +18,7 @@ CFG.read(ROOT/'settings.ini', encoding='utf-8')
 C = CFG['DEFAULT']
 LIB = C['lib_name']
 SCRIPTS = dict(s.split('=', 1) for s in C.get('console_scripts', '').split())
+EXTRAS = {k[len('extra_'):]: v.split() for k, v in C.items() if k.startswith('extra_')}  # optional: imported lazily
 
 
 @pytest.fixture(scope='module')
@@ -51,12 +52,17 @@ def test_wheel_metadata(dist):
     assert urls['Source'] == C['git_url'] and urls['Documentation'] == C['doc_host'] + C['doc_baseurl']
     assert m['Description-Content-Type'] == 'text/markdown' and m.get_payload().startswith(f'# {LIB}')
     reqs = [Requirement(r) for r in m.get_all('Requires-Dist')]
-    runtime = {r.name: r for r in reqs if not r.marker}
+    runtime = {r.name: r for r in reqs if not (r.marker and 'extra' in str(r.marker))}   # platform markers count
     assert {r.name: str(r.specifier) for r in runtime.values()} == \
            {Requirement(s).name: str(Requirement(s).specifier) for s in C['requirements'].split()}
     no_floor = [n for n, r in runtime.items() if not any(s.operator in ('>=', '==', '~=', '>') for s in r.specifier)]
     assert not no_floor, f'runtime requirements without a lower bound: {no_floor}'
     assert any(r.marker and 'dev' in str(r.marker) for r in reqs), 'the dev extra is missing'
+    extra = lambda name: {r.name: str(r.specifier) for r in reqs  # an extra's own (a platform marker is no extra)
+                          if r.marker and 'extra' in str(r.marker) and r.marker.evaluate({'extra': name})}
+    for name, rs in EXTRAS.items():  # each extra as settings.ini has it, and inside dev (so CI tests it)
+        want = {Requirement(s).name: str(Requirement(s).specifier) for s in rs}
+        assert extra(name) == want and want.items() <= extra('dev').items(), name
     got = dict(eps['console_scripts']) if eps.has_section('console_scripts') else {}
     assert got == SCRIPTS
     # only the package: no notebooks, tests, docs or build leftovers
@@ -178,19 +184,20 @@ def test_requirements_satisfied(venv):
     assert not ours, '\n'.join(ours)
 
 
-def _imported_top_level() -> set:
+def _imported_top_level(module_level:bool=False) -> set:
     "Top-level names of every package that attention_transfer/*.py imports (module level or inside functions)."
     import ast
     names = set()
     for f in (ROOT/LIB).glob('*.py'):
-        for node in ast.walk(ast.parse(f.read_text(encoding='utf-8'))):
+        tree = ast.parse(f.read_text(encoding='utf-8'))
+        for node in (tree.body if module_level else ast.walk(tree)):
             if isinstance(node, ast.Import): names |= {a.name.split('.')[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level: names.add(node.module.split('.')[0])
     return names - set(sys.stdlib_module_names) - {LIB, '__future__'}
 
 
 def test_requirements_are_what_the_library_imports():
-    "settings.ini `requirements` names every distribution whose packages the library imports, and no other."
+    "settings.ini `requirements` and extras name every distribution whose packages the library imports, no other."
     from importlib.metadata import packages_distributions
     dists = packages_distributions()  # import name -> distributions providing it (PIL -> pillow, sklearn -> scikit-learn)
     canon = lambda n: re.sub(r'[-_.]+', '-', n).lower()
@@ -199,6 +206,11 @@ def test_requirements_are_what_the_library_imports():
     assert not unknown, f'imported but not installed here, so not mappable to a distribution: {unknown}'
     needed = {canon(dists[m][0]) for m in imported}
     declared = {canon(Requirement(s).name) for s in C['requirements'].split()}
-    assert not needed - declared, f"imported by {LIB} but not in settings.ini requirements: {sorted(needed - declared)}"
+    optional = {canon(Requirement(s).name) for rs in EXTRAS.values() for s in rs}
+    assert not needed - declared - optional, \
+        f"imported by {LIB} but not in settings.ini requirements: {sorted(needed - declared - optional)}"
     assert not declared - needed, f"in settings.ini requirements but never imported by {LIB}: {sorted(declared - needed)}"
+    assert not optional - needed, f"in a settings.ini extra, never imported by {LIB}: {sorted(optional - needed)}"
+    eager = {canon(dists[m][0]) for m in _imported_top_level(module_level=True)}
+    assert not eager & optional, f"an extra imported at module level (import it where used): {eager & optional}"
     assert {'torch', 'torchvision', 'numpy', 'pillow', 'scikit-learn'} <= needed  # the mapping itself works
