@@ -12,6 +12,7 @@ from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
+from .models import checkpoint_pooling
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
@@ -108,7 +109,8 @@ def _resolve_inputs(c:TrainConfig):
     m = get_method(c.mode)
     transfer = m.teacher in ('train', 'inference')
     if c.global_pool and c.cls_token: raise TrainError("--global_pool and --cls_token contradict each other")
-    c.global_pool = 'token' if c.cls_token else 'avg'
+    asked = 'token' if c.cls_token else 'avg' if c.global_pool else None
+    c.global_pool = asked or (None if transfer and c.finetune else 'avg')  # None: the teacher's (run_training)
     _resolve_data(c)
     if c.finetune: c.finetune = str(Path(c.finetune).resolve())
     try: c.teacher_sha256 = file_sha256(c.finetune) if transfer else None  # the teacher's identity, wherever it lies
@@ -237,6 +239,15 @@ def _models(c:TrainConfig) -> tuple:
         return teacher, create_student(src, drop_path=c.drop_path, **kw)
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
 
+def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    was = ((ck or {}).get('args') or {}).get('global_pool')
+    if was is not None: return was
+    pool = checkpoint_pooling(c.finetune) or 'avg'  # an MAE encoder: average pooling, as the paper's recipe
+    if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
+                                            f"and student keep it (--global_pool or --cls_token choose another)")
+    return pool
+
 def _check_heads(c:TrainConfig, t:dict, s:dict):
     "`--heads`, and whether the teacher's heads map onto the student's."
     try: transfer_heads(min(s['heads']), c.heads)
@@ -326,6 +337,7 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     "Run a resolved configuration: data, models, method, `Trainer`, resume, `fit` (or only `validate` with `eval`)."
     c = replace(cfg)
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
+    if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
