@@ -14,6 +14,7 @@ from .hub import HubError, pretrained_name, pretrained_cfg, weights_file
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
+from .models import checkpoint_pooling
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_task, option_defaults, timm_name
@@ -129,7 +130,8 @@ def _resolve_inputs(c:TrainConfig):
     m = get_method(c.mode)
     transfer = m.teacher in ('train', 'inference')
     if c.global_pool and c.cls_token: raise TrainError("--global_pool and --cls_token contradict each other")
-    c.global_pool = 'token' if c.cls_token else 'avg'
+    asked = 'token' if c.cls_token else 'avg' if c.global_pool else None
+    c.global_pool = asked or (None if transfer and c.finetune else 'avg')  # None: the teacher's (run_training)
     _resolve_data(c)
     named, weights = _weights('--finetune', c.finetune)  # by name: the cache's file
     if c.finetune: c.finetune = named or str(Path(c.finetune).resolve())
@@ -261,6 +263,16 @@ def _models(c:TrainConfig) -> tuple:
         return teacher, create_student(src, drop_path=c.drop_path, **kw)
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
 
+def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    was = ((ck or {}).get('args') or {}).get('global_pool')
+    if was is not None: return was
+    pool = checkpoint_pooling(_weights('--finetune', c.finetune)[1]) or 'avg'  # a name: its file in the cache
+    # None: an MAE encoder: average pooling, as the paper's recipe
+    if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
+                                            f"and student keep it (--global_pool or --cls_token choose another)")
+    return pool
+
 def _check_heads(c:TrainConfig, t:dict, s:dict):
     "`--heads`, and whether the teacher's heads map onto the student's."
     try: transfer_heads(min(s['heads']), c.heads)
@@ -350,6 +362,7 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     "Run a resolved configuration: data, models, method, `Trainer`, resume, `fit` (or only `validate` with `eval`)."
     c = replace(cfg)
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
+    if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)

@@ -63,7 +63,8 @@ class TrainConfig:
     smoothing:float=0.1 # label smoothing
     no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
     ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    # classify from the average of the patch tokens (default: so, unless --cls_token; resolved to 'avg' or 'token')
+    # classify from the average of the patch tokens (default: so, unless --cls_token; with a teacher, the pooling of
+    # the --finetune checkpoint: token, avg or map; resolved to one of them)
     global_pool:bool=False
     cls_token:bool=False # classify from the class token instead
     data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
