@@ -291,7 +291,7 @@ def mapped_teacher(teacher:nn.Module, # the reference ViT: any depth, heads a mu
         return AttentionCopy(teacher, spare, layer_map=full, head_map=groups, fused=False).eval()
 
 # %% ../nbs/08_callbacks.ipynb #e05bada3
-def scalars(rec:dict|list, # an epoch record (as `log.jsonl` holds it), possibly nested
+def scalars(rec:dict|list, # an epoch record (as log.jsonl holds it), possibly nested
             prefix:str='', # put before every name (for a nested record: its parent's name and '/')
            ) -> dict: # {name: number}, in the record's order
     "The numbers of a record, flat: nested keys joined by '/', list items by index; None and text left out."
@@ -356,7 +356,7 @@ class TensorBoardLog(Callback):
     def after_fit(self, tr):
         if self.writer is not None: self.writer.close(); self.writer = None
 
-def read_tensorboard(log_dir:str|Path, # a folder `TensorBoardLog` wrote
+def read_tensorboard(log_dir:str|Path, # a folder TensorBoardLog wrote
                     ) -> list: # [{'epoch': e, name: value}], by epoch
     "The records TensorBoard shows for `log_dir`, as `read_log` gives them; ValueError if a step has a name twice."
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator

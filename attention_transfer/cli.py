@@ -9,9 +9,12 @@ from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 import timm, torch
 from . import vit  # registers the small CPU ViTs in timm's registry
+from timm.models import split_model_name_tag
+from .hub import HubError, pretrained_name, pretrained_cfg, weights_file
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
+from .models import checkpoint_pooling
 from .ensemble import rank
 from .transfer import TARGETS, vit_shape, transfer_layers, transfer_heads, map_layers, map_heads
 from .transfer import ATTN_IMPLS, kernel_problem
@@ -43,6 +46,19 @@ def parse_mode(mode:str|None, # a method of the table, or the official copy_q/k/
         raise TrainError(f"--mode must be one of {', '.join(METHODS)} (or copy_q/k/v, distill_q/k/v), not {mode!r}")
     return mode, target
 
+# %% ../nbs/11_cli.ipynb #a7c0b0e1
+def _weights(flag:str, # the flag, for messages: --finetune, --attn_teacher
+             path:str, # its value: a file, or a timm pre-trained name (vit_base_patch16_224.mae, hf-hub:org/name)
+            ) -> tuple: # (the pre-trained name or None, the local file or path)
+    "What a weights flag gives: a path, or a timm name's file in the Hugging Face cache; else a one-line `TrainError`."
+    if not path or Path(path).exists(): return None, path
+    try:
+        if (name := pretrained_name(path)) is None:
+            raise TrainError(f"{flag}: checkpoint not found: {path} (nor a timm pre-trained name such as "
+                             f"vit_base_patch16_224.mae; see timm.list_pretrained())")
+        return name, str(weights_file(name))
+    except HubError as e: raise TrainError(f"{flag} {e}") from None
+
 # %% ../nbs/11_cli.ipynb #3d92f282
 def _resolve_method(c:TrainConfig):
     "Check and complete, in place, the mode, target, pre-trained checkpoint and model names."
@@ -54,15 +70,21 @@ def _resolve_method(c:TrainConfig):
         raise TrainError(f"--mode {c.mode} needs the pre-trained checkpoint: --finetune PATH")
     if role == 'none' and c.finetune:
         raise TrainError(f"--mode {c.mode} trains from random weights: drop --finetune (or use --mode finetune)")
-    if c.finetune and not Path(c.finetune).is_file():
-        why = 'not a file' if Path(c.finetune).exists() else 'checkpoint not found'
-        raise TrainError(f"--finetune: {why}: {c.finetune}")
+    named = _weights('--finetune', c.finetune)[0]  # a timm name: its file is in the cache
+    if c.finetune and not named and not Path(c.finetune).is_file():
+        raise TrainError(f"--finetune: not a file: {c.finetune}")
     if c.teacher and not transfer:  # refused, not ignored: the run would record no teacher
         why = 'the student trains from random weights' if role == 'none' else '--finetune holds the student itself'
         raise TrainError(f"--teacher does not apply to --mode {c.mode} ({why}, with no teacher)")
+    if named and not c.teacher and transfer:  # the teacher is the named weights' own architecture
+        try: c.teacher = pretrained_cfg(named)['architecture']
+        except HubError as e: raise TrainError(f"--finetune {e}") from None
     c.model = timm_name(c.model); c.teacher = timm_name(c.teacher or c.model) if transfer else None
     for k in ('model', 'teacher'):
         name = getattr(c, k)
+        if name and split_model_name_tag(name)[1]:  # weights by name are --finetune's: never a silent random model
+            raise TrainError(f"--{k} {name} names pre-trained weights: --{k} takes the architecture "
+                             f"({split_model_name_tag(name)[0]}), --finetune the weights")
         if name is not None and timm.models.get_pretrained_cfg(name) is None and not timm.is_model(name):
             raise TrainError(f"--{k}: unknown model {name!r} (not in timm's registry)")
 
@@ -109,10 +131,12 @@ def _resolve_inputs(c:TrainConfig):
     m = get_method(c.mode)
     transfer = m.teacher in ('train', 'inference')
     if c.global_pool and c.cls_token: raise TrainError("--global_pool and --cls_token contradict each other")
-    c.global_pool = 'token' if c.cls_token else 'avg'
+    asked = 'token' if c.cls_token else 'avg' if c.global_pool else None
+    c.global_pool = asked or (None if transfer and c.finetune else 'avg')  # None: the teacher's (run_training)
     _resolve_data(c)
-    if c.finetune: c.finetune = str(Path(c.finetune).resolve())
-    try: c.teacher_sha256 = file_sha256(c.finetune) if transfer else None  # the teacher's identity, wherever it lies
+    named, weights = _weights('--finetune', c.finetune)  # by name: the cache's file
+    if c.finetune: c.finetune = named or str(Path(c.finetune).resolve())
+    try: c.teacher_sha256 = file_sha256(weights or c.finetune) if transfer else None  # the teacher's identity
     except OSError as e: raise TrainError(f"--finetune {c.finetune}: cannot read it ({e.strerror})") from None
     c.layer_decay_rule = c.layer_decay_rule or ('official' if transfer else 'mae')  # the official code's meaning
     if c.layer_decay_rule not in LAYER_DECAY_RULES:
@@ -141,13 +165,12 @@ def _resolve_resume(c:TrainConfig):
 
 # %% ../nbs/11_cli.ipynb #064cc31e
 def _resolve_probe(c:TrainConfig):
-    "Check and complete, in place, `--attn_teacher` (an existing file, made absolute; only with `--attn_probe`)."
+    "Check and complete, in place, `--attn_teacher` (a file, made absolute, or a timm name; only with `--attn_probe`)."
     if not c.attn_teacher: return
-    p = Path(c.attn_teacher)
-    if not p.is_file():
-        raise TrainError(f"--attn_teacher: {'not a file' if p.exists() else 'checkpoint not found'}: {p}")
+    p, named = Path(c.attn_teacher), _weights('--attn_teacher', c.attn_teacher)[0]
+    if not named and not p.is_file(): raise TrainError(f"--attn_teacher: not a file: {p}")
     if not c.attn_probe: raise TrainError("--attn_teacher is only used with --attn_probe N (N > 0): drop one of them")
-    c.attn_teacher = str(p.resolve())
+    c.attn_teacher = named or str(p.resolve())
 
 # %% ../nbs/11_cli.ipynb #2dfd21f5
 def _resolve_trackers(c:TrainConfig):
@@ -218,10 +241,13 @@ def _timm_datasets(c:TrainConfig, size:int, norm:dict|None) -> tuple:
     return train_ds, val_ds, nb
 
 def _datasets(c:TrainConfig) -> tuple:
-    "Training and validation datasets, classes, and the image size (default: the model's)."
+    "Training and validation datasets, classes, and the image size (default: the weights' or the model's)."
+    named = c.finetune if c.finetune and not Path(c.finetune).exists() else None  # resolve checked the name
     cfg = timm.models.get_pretrained_cfg(c.teacher or c.model)
-    size = c.input_size or (cfg.input_size[-1] if cfg is not None else 224)
-    norm = dict(mean=cfg.mean, std=cfg.std) if cfg is not None else None
+    cfg = pretrained_cfg(named) if named else cfg.to_dict() if cfg is not None else None  # named: the weights' own
+    size = c.input_size or (cfg['input_size'][-1] if cfg is not None else 224)
+    keys = ('mean', 'std', 'crop_pct', 'interpolation') if named else ('mean', 'std')  # files: as before
+    norm = {k: cfg[k] for k in keys if cfg.get(k) is not None} if cfg is not None else None
     if c.dataset: train_ds, val_ds, nb = _timm_datasets(c, size, norm)
     else:
         src = c.data or c.data_path
@@ -240,6 +266,16 @@ def _models(c:TrainConfig) -> tuple:
         src = teacher if c.teacher == c.model else c.model  # default: the teacher's exact architecture
         return teacher, create_student(src, drop_path=c.drop_path, **kw)
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
+
+def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    was = ((ck or {}).get('args') or {}).get('global_pool')
+    if was is not None: return was
+    pool = checkpoint_pooling(_weights('--finetune', c.finetune)[1]) or 'avg'  # a name: its file in the cache
+    # None: an MAE encoder: average pooling, as the paper's recipe
+    if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
+                                            f"and student keep it (--global_pool or --cls_token choose another)")
+    return pool
 
 def _check_heads(c:TrainConfig, t:dict, s:dict):
     "`--heads`, and whether the teacher's heads map onto the student's."
@@ -340,6 +376,7 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     "Run a resolved configuration: data, models, method, `Trainer`, resume, `fit` (or only `validate` with `eval`)."
     c = replace(cfg)
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
+    if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
     if c.attn_impl == 'kernel' and (why := kernel_problem(device, amp_dtype(c.amp, device) or torch.float32)):
         raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")

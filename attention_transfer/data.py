@@ -164,16 +164,18 @@ def build_transform(train:bool, # training (augmenting) or evaluation transform
                     reprob:float=0.25, # random erasing probability
                     remode:str='pixel', recount:int=1, # random erasing mode and count
                     color_jitter:float|None=None, # only used when `aa` is off (timm's rule)
-                    interpolation:str='bicubic',
+                    interpolation:str|None=None, # resizing; None: a pretrained_cfg `model`'s, else bicubic
                     scale:tuple|None=None, # RandomResizedCrop area range (timm default (0.08, 1))
                     ratio:tuple|None=None, # RandomResizedCrop aspect range (timm default (3/4, 4/3))
                     hflip:float=0.5, # horizontal flip probability
-                    crop_pct:float|None=None, # eval: resize to input_size/crop_pct, then centre crop (MAE rule if None)
+                    crop_pct:float|None=None, # eval: resize to input_size/crop_pct, crop (None: model's, else MAE rule)
                     mean:tuple|None=None, std:tuple|None=None, # normalisation (default: `model`'s, else ImageNet's)
-                    model:nn.Module|dict|None=None, # a timm model or pretrained_cfg to take mean/std from
+                    model:nn.Module|dict|None=None, # a timm model (mean, std) or a pretrained_cfg dict (crop too)
                    ):
     "timm's train or eval transform for `input_size` images, with the MAE fine-tuning defaults."
     mean, std = _norm_stats(model, mean, std)
+    own = model if isinstance(model, dict) else {}  # weights by name: their crop and interpolation (hub.py)
+    interpolation, crop_pct = interpolation or own.get('interpolation') or 'bicubic', crop_pct or own.get('crop_pct')
     if train:
         aa = None if aa in (None, '', 'none') else aa
         return create_transform(input_size, is_training=True, auto_augment=aa, re_prob=reprob, re_mode=remode,

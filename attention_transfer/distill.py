@@ -324,7 +324,8 @@ class AttentionDistill(AttentionTransfer):
                 mask = lambda i: None if tw == 'qk' else sv[i]['qk'].attn_mask   # a QK carries its own
                 losses = {i: transfer_loss(tv[i][tw], sv[i][tw], self.target, self.heads, mask(i)) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
-        return out, sum(losses.values())
+        first, *rest = losses.values()   # not sum(): inductor drops its `0 + first`, and with one layer the
+        return out, sum(rest, first)     # compiled backward then gets no gradient for the loss (a TypeError)
 
 # %% ../nbs/03_distill.ipynb #fed39dde
 def relations(x:torch.Tensor, # q, k or v of one layer `b h n d`
@@ -390,6 +391,7 @@ class RelationDistill(AttentionTransfer):
             with recording(self.student, ('q', 'k', 'v', 'qk'), self.layers) as sv: out = self.student(x)
         losses = {i: relation_loss(tv[i], sv[i], self.relation_heads, mask=sv[i]['qk'].attn_mask) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
-        return out, sum(losses.values())
+        first, *rest = losses.values()   # not sum(): inductor drops its `0 + first`, and with one layer the
+        return out, sum(rest, first)     # compiled backward then gets no gradient for the loss (a TypeError)
 
     def transfer_meta(self) -> dict: return super().transfer_meta() | dict(relation_heads=self.relation_heads)

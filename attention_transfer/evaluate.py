@@ -29,8 +29,8 @@ class EvalConfig:
     # at_train's model.pth / model_ema.pth / checkpoint.pth, at_demo's students, or timm checkpoints with --model
     checkpoints:list[str]=field(default_factory=list, metadata={'positional': True, 'custom_args': dict(nargs='+')})
     model:str|None=None # timm model name, for checkpoints that carry no description (default: the checkpoint's own)
-    # teacher weights: the one attention-copy checkpoints run, and the reference of --attention (default: the path
-    # recorded in the checkpoint)
+    # teacher weights, a file or a timm name (vit_base_patch16_224.mae): the one attention-copy checkpoints run, and the
+    # reference of --attention (default: the file or name recorded in the checkpoint, checked by its SHA-256)
     teacher:str|None=None
     ema:bool=False # from training checkpoints (checkpoint.pth), evaluate the EMA weights
     # built-in dataset, for checkpoints that do not record theirs (another than the recorded one is refused)
@@ -84,6 +84,7 @@ def eval_data(meta:dict, # a checkpoint's description (its `data`)
         return torch.utils.data.TensorDataset(x, y), classes
     size = d.get('input_size') or (meta['model_args'].get('img_size') or _default_size(meta['model']))
     norm = dict(mean=tuple(d['mean']), std=tuple(d['std'])) if d.get('mean') else dict(model=_default_norm(meta))
+    if own := _named_data(meta): norm['model'] = {**(norm.get('model') or {}), **own}  # weights by name: their crop
     if d.get('dataset'):  # timm's create_dataset (timm_data), numbered with the recorded classes
         ds, n = build_timm_dataset(d['dataset'], d.get('root'), d.get('split') or 'validation', False, size,
                                    classes=meta.get('classes'), input_key=d.get('input_key'),
@@ -96,6 +97,11 @@ def eval_data(meta:dict, # a checkpoint's description (its `data`)
 def _default_size(name:str) -> int:
     cfg = timm.models.get_pretrained_cfg(name)
     return cfg.input_size[-1] if cfg is not None else 224
+
+def _named_data(meta:dict) -> dict:
+    "The crop and interpolation of the weights by name a run started from (recorded by model_meta), else {}."
+    d = ((meta.get('teacher') or {}).get('pretrained') or meta.get('pretrained') or {}).get('data') or {}
+    return {k: d[k] for k in ('crop_pct', 'interpolation') if d.get(k) is not None}
 
 def _default_norm(meta:dict):
     cfg = timm.models.get_pretrained_cfg((meta.get('teacher') or {}).get('model') or meta['model'])
@@ -173,7 +179,7 @@ def _members(c:EvalConfig) -> tuple:
 def attention_reference(net:torch.nn.Module, # a network from load_for_eval
                         meta:dict, # its description
                         checkpoint:str|Path, # its file (a recorded teacher path is relative to it)
-                        teacher:str|None=None, # --teacher: a path given on the command line
+                        teacher:str|None=None, # --teacher: a file or timm pre-trained name given on the command line
                        ) -> torch.nn.Module:
     "The teacher a checkpoint's attention is compared with: a copy pair's own, else `teacher` or the recorded one."
     if hasattr(net, 'teacher'): return net.teacher

@@ -11,17 +11,18 @@ from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from timm.task import TrainingTask, ClassificationTask, LogitDistillationTask, FeatureDistillationTask
-from timm.utils import ModelEmaV3, unwrap_model
+from timm.utils import ModelEmaV3, unwrap_model, get_state_dict
 from .attention import taps, forward_blocks
 from .transfer import AttentionTransfer, AttentionCopy
 from .distill import AttentionDistill, RelationDistill
-from .models import create_model, create_teacher, checkpoint_meta, file_sha256
+from .models import (create_model, create_teacher, checkpoint_meta, file_sha256, model_meta,
+    ModelError, CheckpointError)
 
 # %% auto #0
 __all__ = ['TEACHER_ROLES', 'TRANSFER_OPTIONS', 'METHODS', 'OFFICIAL_MODELS', 'TrainError', 'split_output', 'label_loss',
-           'trained_model', 'TransferTask', 'Method', 'register_method', 'get_method', 'option_defaults', 'build_task',
-           'parse_layer_map', 'parse_head_map', 'FeatureDistill', 'recorded_options', 'timm_name', 'eval_meta',
-           'find_teacher', 'load_for_eval']
+           'trained_model', 'TransferTask', 'unused_parameters', 'Method', 'register_method', 'get_method',
+           'option_defaults', 'build_task', 'parse_layer_map', 'parse_head_map', 'FeatureDistill', 'recorded_options',
+           'timm_name', 'eval_meta', 'find_teacher', 'load_for_eval']
 
 # %% ../nbs/07_methods.ipynb #196caa70
 class TrainError(Exception):
@@ -80,8 +81,22 @@ def _with_student(pair:AttentionTransfer, student:nn.Module) -> AttentionTransfe
     p = copy.copy(pair); p._modules = dict(pair._modules); p.student = student; taps(student)
     return p
 
+def unused_parameters(net:nn.Module, # a task's trainable module (e.g. a copy pair)
+                      student:nn.Module, # whose trainable parameters are checked
+                      device='cpu') -> list: # names of the parameters that get no gradient
+    "Names of `student`'s trainable parameters that one training step of `net` leaves without a gradient."
+    pe, device = getattr(student, 'patch_embed', None), torch.device(device)
+    shape = (2, getattr(getattr(pe, 'proj', None), 'in_channels', 3), *(getattr(pe, 'img_size', None) or (224, 224)))
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        out = net.train()(torch.zeros(shape, device=device))
+        sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,)) if torch.is_tensor(o)).backward()
+    unused = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
+    student.zero_grad(set_to_none=True); return unused
+
 def _prepare_distributed(self:TransferTask, device_ids:list|None=None, **ddp_kwargs) -> TransferTask:
-    "Wrap the pair in DistributedDataParallel (only the student's parameters have gradients)."
+    "Wrap the pair in DDP (the student alone has gradients); by default `find_unused_parameters` if a probe needs it."
+    if 'find_unused_parameters' not in ddp_kwargs:   # e.g. copy: a student's separate q, k projections
+        ddp_kwargs['find_unused_parameters'] = bool(unused_parameters(self.pair, self.student, self.device))
     self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs); return self
 
 def _compile(self:TransferTask, backend:str='inductor', mode:str|None=None, **kw) -> nn.Module:
@@ -103,14 +118,49 @@ def _update_ema(self:TransferTask, step:int|None=None):
 
 def _get_eval_model(self:TransferTask, module:nn.Module|None=None, # a student to evaluate instead of the task's
                     ema:bool=False) -> nn.Module:
-    "The pair to evaluate: around the task's student, `module`, or the EMA's student."
+    "The pair to evaluate: around the task's student, `module`, or the EMA's student (None if there is no EMA)."
     if module is None and not ema: return self.pair
+    if module is None and not self.has_ema(): return None   # as timm's base task: no EMA, no EMA model
     student = module if module is not None else self.trainable_module_ema.module
     cache = self.__dict__.setdefault('_eval_pairs', {})
     if id(student) not in cache: cache[id(student)] = _with_student(self.pair, student)
     return cache[id(student)]
 
 TransferTask.setup_ema, TransferTask.update_ema, TransferTask.get_eval_model = _setup_ema, _update_ema, _get_eval_model
+
+# %% ../nbs/07_methods.ipynb #91d5a87d
+def _get_task_state(self:TransferTask, module=None, ema:bool=False) -> dict:
+    "What a checkpoint keeps beside the student: `{'teacher': ...}`, the frozen teacher by reference (`model_meta`'s)."
+    if '_teacher' not in self.__dict__:   # its architecture, weights file and SHA-256, read once
+        t = self.pair.teacher; path = (getattr(t, 'at_checkpoint', None) or {}).get('path')
+        path = path if path and Path(path).is_file() else None
+        try: self._teacher = model_meta(self.student, teacher=t, teacher_path=path)['teacher']
+        except ModelError: self._teacher = {}   # not a timm model: nothing to record
+    return {'teacher': self._teacher}
+
+def _load_task_state(self:TransferTask, state:dict|None, strict:bool=True, module=None, ema:bool=False):
+    "`CheckpointError` if the checkpoint's teacher is another file than this task's (both SHA-256s known and differ)."
+    was, now = (state or {}).get('teacher') or {}, self.get_task_state()['teacher']
+    if strict and was.get('sha256') and now.get('sha256') and was['sha256'] != now['sha256']:
+        raise CheckpointError(f"the checkpoint was trained with the teacher {was.get('abs_path')}, whose SHA-256 "
+                              f"differs from this task's teacher {now.get('abs_path')}")
+
+def _get_checkpoint_state(self:TransferTask, ema:bool=False, unwrap_fn=unwrap_model) -> dict:
+    "`{'state_dict': student's timm weights, 'task_state': ...}`, `_ema` keys for `ema`; {} for `ema` without EMA."
+    if ema and not self.has_ema(): return {}
+    student, sfx = (self.trainable_module_ema.module, '_ema') if ema else (self.student, '')
+    return {'state_dict' + sfx: get_state_dict(student, unwrap_fn), 'task_state' + sfx: self.get_task_state(ema=ema)}
+
+def _load_checkpoint_state(self:TransferTask, state_dict:dict, # the student's keys, or a pair's (`student.*`)
+                           task_state:dict|None=None, ema:bool=False, strict:bool=True):
+    "Check the teacher (`load_task_state`), then load the student's (or EMA's) weights; `RuntimeError` if no EMA."
+    if ema and not self.has_ema(): raise RuntimeError("Cannot load EMA checkpoint state before setup_ema().")
+    self.load_task_state(task_state, strict=strict, ema=ema)
+    state_dict = {k[8:]: v for k, v in state_dict.items() if k.startswith('student.')} or state_dict   # a pair's
+    (self.trainable_module_ema.module if ema else self.student).load_state_dict(state_dict, strict=strict)
+
+TransferTask.get_task_state, TransferTask.load_task_state = _get_task_state, _load_task_state
+TransferTask.get_checkpoint_state, TransferTask.load_checkpoint_state = _get_checkpoint_state, _load_checkpoint_state
 
 # %% ../nbs/07_methods.ipynb #97fb9a07
 TEACHER_ROLES = ('none', 'init', 'train', 'inference')  # none; it starts the student; in training; also at test time
@@ -279,7 +329,7 @@ class FeatureDistill(AttentionTransfer):
             out, sf = self._features(self.student, self.layers, lambda: self.student(x))
         losses = {i: F.mse_loss(sf[i], tf[self.layer_map[i]]) for i in self.layers}
         self.layer_losses = {i: l.detach() for i, l in losses.items()}
-        return out, sum(losses.values())
+        return out, sum(list(losses.values())[1:], losses[self.layers[0]])   # no `0 +` (see distill)
 
 # %% ../nbs/07_methods.ipynb #fede0900
 register_method('distill_features', _pair(FeatureDistill, 3.), 'train',
@@ -352,18 +402,21 @@ def eval_meta(path:str|Path, # a checkpoint
     return meta
 
 # %% ../nbs/07_methods.ipynb #97641fa2
+from .hub import cached_weights
+
 def find_teacher(meta:dict, # a copy checkpoint's description
                  checkpoint:str|Path, # the checkpoint (its recorded teacher path is relative to its folder)
-                 teacher:str|None=None, # --teacher: a path given on the command line
-                ) -> Path:
-    "A copy checkpoint's teacher weights: `teacher`, else the recorded path, checked against the recorded SHA-256."
+                 teacher:str|None=None, # --teacher: a file or a timm pre-trained name given on the command line
+                ) -> Path|str: # a file, or a timm pre-trained name (for create_teacher)
+    "A copy checkpoint's teacher weights: `teacher`, else the recorded file or name, checked by the recorded SHA-256."
     t, checkpoint = meta.get('teacher') or {}, Path(checkpoint)
     if teacher:
         p = Path(teacher)
-        if not p.is_file(): raise TrainError(f"--teacher: checkpoint not found: {p}")
+        if not p.is_file(): return cached_weights(teacher, '--teacher', t.get('pretrained') or t)['name']  # a timm name
         if t.get('sha256') and file_sha256(p) != t['sha256']:
             raise TrainError(f"--teacher {p} is not the teacher {checkpoint} was trained with (its SHA-256 differs)")
         return p
+    if tp := t.get('pretrained'): return cached_weights(tp['name'], f"{checkpoint}: its teacher", tp)['name']  # by name
     rel = Path(os.path.normpath(checkpoint.parent/t['path'])) if t.get('path') else None
     cands = list(dict.fromkeys(p for p in (rel, Path(t['abs_path']) if t.get('abs_path') else None) if p is not None))
     for p in cands:

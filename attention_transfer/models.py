@@ -13,11 +13,12 @@ from timm.models import clean_state_dict
 import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_nano_*) in timm's registry
 from .checkpoints import (ModelError, CheckpointError, CheckpointNote, load_state_dict, _read, _format,
                                             _bad_safetensors, _one_line)
+from .hub import pretrained_source, load_pretrained
 
 # %% auto #0
-__all__ = ['META_FORMAT', 'META_KEY', 'load_weights', 'create_model', 'freeze', 'create_teacher', 'create_student',
-           'atomic_write', 'save_timm_checkpoint', 'file_sha256', 'model_args', 'model_meta', 'placed_meta',
-           'checkpoint_meta', 'save_student']
+__all__ = ['META_FORMAT', 'META_KEY', 'load_weights', 'checkpoint_pooling', 'create_model', 'freeze', 'create_teacher',
+           'create_student', 'atomic_write', 'save_timm_checkpoint', 'file_sha256', 'model_args', 'model_meta',
+           'placed_meta', 'checkpoint_meta', 'save_student']
 
 # %% ../nbs/06_models.ipynb #b13654ee
 def _head_keys(model, keys):
@@ -42,12 +43,19 @@ def _resize_pos_embed(model, sd, notes):
     notes.append(f"resampled pos_embed from a {int(old ** 0.5)}x{int(old ** 0.5)} to a {new[0]}x{new[1]} grid")
 
 # %% ../nbs/06_models.ipynb #59b7545e
+_PARTS = {'norm': 'final norm', 'fc_norm': "checkpoint's fc_norm", 'attn_pool': "checkpoint's attention pool"}
+_POOLS = {'avg': 'global average', 'token': 'class-token', 'map': 'attention (map)', '': 'no'}
+
+def _parts(keys) -> set:
+    "The pooling parts (`norm`, `fc_norm`, `attn_pool`) that a state dict's `keys` hold."
+    return {p for p in _PARTS if any(k.startswith(p + '.') for k in keys)}
+
 def _fit_head(model:nn.Module, # the timm model being loaded
               sd:dict, # the checkpoint's state dict; what the model cannot take is removed
               target:dict, # the model's state dict
               notes:list, # what changed on purpose, appended to
              ) -> tuple: # (MAE format, the keys left freshly initialised)
-    "Drop from `sd` the classifier and final norm `model` cannot take; (MAE format?, the keys left fresh)."
+    "Drop from `sd` the classifier and pooling parts `model` cannot take; (MAE format?, the keys left fresh)."
     mae = not _head_keys(model, sd)                                  # encoder-only: MAE pre-training format
     fresh = set(_head_keys(model, target))
     if not mae:
@@ -58,12 +66,16 @@ def _fit_head(model:nn.Module, # the timm model being loaded
             notes.append(f"dropped the checkpoint's classifier ({bad[0]} {tuple(sd[bad[0]].shape)}); " + now)
         for k in bad: del sd[k]
         fresh = set(bad)
-    fcn = [k for k in target if k.startswith('fc_norm.')]
-    if fcn and not any(k.startswith('fc_norm.') for k in sd):       # average pooling: fresh fc_norm replaces norm
-        fresh |= set(fcn)
-        old = [k for k in sd if k.startswith('norm.') and k not in target]
-        for k in old: del sd[k]
-        notes.append("global average pooling with a fresh fc_norm" + (" (the final norm is not used)" if old else ""))
+    have, want = _parts(sd), _parts(target)
+    new, unused = sorted(want - have), sorted(have - want)           # e.g. MAE encoder, avg: fc_norm new, norm unused
+    for k in [k for k in sd if k.split('.')[0] in unused]: del sd[k]
+    fresh |= {k for k in target if k.split('.')[0] in new}
+    if new or unused:
+        pool = getattr(model, 'global_pool', None)
+        msg = f"{_POOLS.get(pool, repr(pool))} pooling" + (f" with a fresh {' and '.join(new)}" if new else '')
+        verb = 'is' if len(unused) == 1 else 'are'
+        if unused: msg += f" (the {' and the '.join(_PARTS[p] for p in unused)} {verb} not used)"
+        notes.append(msg)
     return mae, fresh
 
 # %% ../nbs/06_models.ipynb #7b6b724c
@@ -94,23 +106,73 @@ def load_weights(model:nn.Module, # a timm model
     fresh = sorted(k for k in fresh if k in target)
     return dict(path=str(name), format='mae' if mae else 'timm', fresh=fresh, notes=notes)
 
+# %% ../nbs/06_models.ipynb #06b0c004
+import json
+
+META_FORMAT, META_KEY = 1, 'attention_transfer'
+
+def _recorded(p:Path) -> dict|None:
+    "The description stored in the existing checkpoint file `p`, or None; `CheckpointError` if unreadable."
+    if p.stat().st_size and _format(p) == 'safetensors':
+        try:
+            with safetensors.safe_open(str(p), 'pt') as f: md = f.metadata() or {}
+        except Exception as e: raise _bad_safetensors(p, e) from None
+        try: return json.loads(md[META_KEY]) if META_KEY in md else None
+        except ValueError: raise CheckpointError(f"{p}: its {META_KEY} metadata is not valid JSON") from None
+    try: ck = torch.load(p, map_location='cpu', weights_only=True, mmap=True)  # reads only what is touched
+    except Exception: ck = _read(p, 'cpu')  # legacy or damaged files: `_read`'s messages
+    m = ck.get('meta') if isinstance(ck, dict) else None
+    return m if isinstance(m, dict) else None
+
+def _keys(p:Path, use_ema:bool=False) -> list[str]:
+    "The state dict keys of checkpoint `p`, read without its tensors."
+    if p.is_file() and p.stat().st_size and _format(p) == 'safetensors':
+        try:
+            with safetensors.safe_open(str(p), 'pt') as f: return list(clean_state_dict(dict.fromkeys(f.keys())))
+        except Exception as e: raise _bad_safetensors(p, e) from None
+    return list(load_state_dict(p, use_ema=use_ema, map_location='meta'))
+
+# %% ../nbs/06_models.ipynb #06b0c005
+def checkpoint_pooling(checkpoint:dict|str|Path, # a state dict, or a checkpoint file (its keys and description read)
+                       meta:dict|None=None, # with a state dict: its checkpoint's description (`checkpoint_meta`)
+                       use_ema:bool=False, # with a file: the keys of its EMA weights
+                      ) -> str|None: # timm's `global_pool`: 'map', 'avg', 'token', or a recorded one; None: untold
+    "The pooling of a checkpoint's own head parts; None where they do not tell (an MAE encoder)."
+    if not isinstance(checkpoint, dict):
+        p = Path(checkpoint)
+        if not p.is_file(): raise CheckpointError(f"checkpoint not found: {p}")
+        meta, checkpoint = _recorded(p), _keys(p, use_ema)
+    pool = ((meta or {}).get('model_args') or {}).get('global_pool')
+    if pool is not None: return pool
+    parts = _parts(checkpoint)
+    if 'attn_pool' in parts: return 'map'
+    if 'fc_norm' in parts: return 'avg'
+    if 'norm' in parts and 'cls_token' in checkpoint and 'head.weight' in checkpoint: return 'token'
+    return None
+
 # %% ../nbs/06_models.ipynb #522cfd57
 def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 'vit_pico_patch4_32'
-                 checkpoint:str|Path|None=None, # local weights (MAE, timm/DeiT, safetensors); None: random init
-                 *, num_classes:int|None=None, # None: the checkpoint's classifier size, else timm's default
+                 checkpoint:str|Path|None=None, # weights: a file (MAE, timm, safetensors) or a timm pre-trained name
+                 *, num_classes:int|None=None, # None: the checkpoint's classifier size (0: none), else timm's
                  img_size:int|None=None, # None: the architecture's default; position embeddings are resampled
-                 global_pool:str|None=None, # 'token' or 'avg'; None: 'avg' for MAE/fc_norm checkpoints, else timm's
+                 global_pool:str|None=None, # 'token', 'avg', 'map', ''; None: the checkpoint's (MAE: avg), else timm's
                  drop_path:float=0., # stochastic depth rate
                  use_ema:bool=False, # load the checkpoint's EMA weights
-                 **kw, # more `timm.create_model` arguments (patch_size, depth, ...)
+                 **kw, # more timm.create_model arguments (patch_size, depth, pretrained, pretrained_cfg_overlay, ...)
                 ) -> nn.Module:
-    "A timm model by registry name, with weights from `checkpoint` fitted and checked (see `load_weights`)."
-    sd = None
-    if checkpoint is not None:
-        sd = load_state_dict(checkpoint, use_ema=use_ema)
-        has_head = 'head.weight' in sd
-        if global_pool is None and ('fc_norm.weight' in sd or not has_head): global_pool = 'avg'
+    "A timm model by name (a tag or `pretrained=True`: its weights), weights from `checkpoint` fitted and checked."
+    src = pretrained_source(name, checkpoint, kw)  # weights by timm name (arch.tag, hf-hub:, overlay): hub.py
+    arch, sd, hub = load_pretrained(*src, img_size=img_size, **kw) if src else (name, None, None)  # timm loads them
+    if checkpoint is None: name = arch  # named by its weights (arch.tag, hf-hub:): their architecture
+    notes, what = [], hub['name'] if hub else str(checkpoint)
+    if sd is not None or checkpoint is not None:
+        sd = sd if sd is not None else load_state_dict(checkpoint, use_ema=use_ema)
+        has_head, own = 'head.weight' in sd, checkpoint_pooling(sd, None if hub else _recorded(Path(checkpoint)))
+        if global_pool is None: global_pool = own if own is not None else None if has_head else 'avg'  # MAE: avg
+        elif own is not None and global_pool != own: notes.append(f"global_pool={global_pool!r} asked; the checkpoint "
+                                                                  f"has {own!r} pooling and its head parts")
         if num_classes is None and has_head and sd['head.weight'].ndim == 2: num_classes = sd['head.weight'].shape[0]
+        elif num_classes is None and not has_head and own is not None: num_classes = 0  # a headless tower, kept so
     args = dict(num_classes=num_classes, img_size=img_size, global_pool=global_pool)
     args = {k: v for k, v in args.items() if v is not None}
     args.update(kw)
@@ -120,7 +182,11 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise ModelError(f"cannot build {name} with {args}: {_one_line(e)}") from None
     model.at_spec = dict(name=name, **args)
-    if sd is not None: model.at_checkpoint = load_weights(model, sd, name=str(checkpoint))
+    if sd is None: return model
+    for n in notes: warnings.warn(f"{what}: {n}", CheckpointNote, stacklevel=2)
+    model.at_checkpoint = load_weights(model, sd, name=what)
+    model.at_checkpoint['notes'][:0] = notes
+    if hub: model.at_pretrained = hub  # name, revision, file, SHA-256 (hub.weights_identity)
     return model
 
 # %% ../nbs/06_models.ipynb #7383ee11
@@ -130,8 +196,8 @@ def freeze(model:nn.Module) -> nn.Module:
     return model.eval()
 
 # %% ../nbs/06_models.ipynb #e815be49
-def create_teacher(name:str, # timm registry name
-                   checkpoint:str|Path|None=None, # local teacher weights (MAE, timm/DeiT, safetensors)
+def create_teacher(name:str, # timm name; with a tag (vit_base_patch16_224.mae) or hf-hub:, its weights
+                   checkpoint:str|Path|None=None, # its weights: a file, or a timm pre-trained name
                    **kw, # create_model options (num_classes, img_size, global_pool, use_ema, ...)
                   ) -> nn.Module:
     "A frozen teacher (eval mode, no gradients) built by `create_model`."
@@ -216,8 +282,6 @@ def save_timm_checkpoint(model:nn.Module|dict, # a timm model (maybe wrapped by 
 # %% ../nbs/06_models.ipynb #13d59dc8
 import hashlib, json, os
 
-META_FORMAT, META_KEY = 1, 'attention_transfer'
-
 def file_sha256(path:str|Path) -> str:
     "The SHA-256 of a file, as hex (read in 1 MiB chunks)."
     h = hashlib.sha256()
@@ -266,11 +330,15 @@ def model_meta(model:nn.Module, # the timm model the checkpoint holds
     t = None
     if teacher is not None or teacher_path is not None:
         t = dict(zip(('model', 'model_args'), model_args(teacher))) if teacher is not None else {}
-        if teacher_path is not None:
+        hub = getattr(_unwrap(teacher), 'at_pretrained', None) if teacher is not None else None
+        if hub: t['pretrained'] = {k: v for k, v in hub.items() if k != 'file'}  # by name (weights_identity)
+        elif teacher_path is not None:
             p = Path(teacher_path).resolve()
             t.update(abs_path=str(p), sha256=file_sha256(p))
     meta = dict(format=META_FORMAT, model=name, model_args=args, method=method, transfer=transfer, teacher=t,
                 classes=None if classes is None else [str(c) for c in classes], data=data)
+    if own := getattr(_unwrap(model), 'at_pretrained', None):  # fine-tuned from weights by name
+        meta['pretrained'] = {k: v for k, v in own.items() if k != 'file'}
     return json.loads(json.dumps(meta))  # plain values only: the file stays loadable with weights_only
 
 # %% ../nbs/06_models.ipynb #0544813d
@@ -291,16 +359,7 @@ def checkpoint_meta(path:str|Path, # a checkpoint written by save_timm_checkpoin
     p = Path(path)
     if not p.exists(): raise CheckpointError(f"checkpoint not found: {p}")
     if not p.is_file(): raise CheckpointError(f"checkpoint is not a file: {p}")
-    if p.stat().st_size and _format(p) == 'safetensors':
-        try:
-            with safetensors.safe_open(str(p), 'pt') as f: md = f.metadata() or {}
-        except Exception as e: raise _bad_safetensors(p, e) from None
-        try: return json.loads(md[META_KEY]) if META_KEY in md else None
-        except ValueError: raise CheckpointError(f"{p}: its {META_KEY} metadata is not valid JSON") from None
-    try: ck = torch.load(p, map_location='cpu', weights_only=True, mmap=True)  # reads only what is touched
-    except Exception: ck = _read(p, 'cpu')  # legacy or damaged files: `_read`'s messages
-    m = ck.get('meta') if isinstance(ck, dict) else None
-    return m if isinstance(m, dict) else None
+    return _recorded(p)
 
 # %% ../nbs/06_models.ipynb #3066a062
 from .transfer import AttentionTransfer, AttentionCopy

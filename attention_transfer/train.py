@@ -19,7 +19,7 @@ from . import vit  # registers the small CPU ViTs in timm's registry
 from .data import build_criterion
 import attention_transfer.ensemble as ens
 from .ensemble import rank, world_size, all_reduce_sum
-from .methods import TrainError, trained_model, TransferTask
+from .methods import TrainError, trained_model, TransferTask, unused_parameters
 from .models import CheckpointError, ModelError
 from .callbacks import (uninterrupted, save_atomic, write_atomic, save_figure, rng_state, set_rng_state, seed_all,
     load_checkpoint, plot_log, default_callbacks, progress_lines)
@@ -29,8 +29,7 @@ from .callbacks import (read_log, progress_shown, Callback, LogJSONL, SaveCheckp
 
 # %% auto #0
 __all__ = ['LAYER_DECAY_RULES', 'AMP', 'MODEL_KEYS', 'MAP_KEYS', 'as_task', 'layer_ids', 'build_optimizer', 'effective_lr',
-           'build_scheduler', 'amp_dtype', 'init_distributed', 'unused_parameters', 'Trainer', 'load_exact',
-           'check_optimizer_state']
+           'build_scheduler', 'amp_dtype', 'init_distributed', 'Trainer', 'load_exact', 'check_optimizer_state']
 
 # %% ../nbs/09_train.ipynb #ba5fa08a
 def as_task(task:TrainingTask|nn.Module, # a timm `TrainingTask`, or a model to train as classification
@@ -141,22 +140,6 @@ def init_distributed(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ...; None:
 # %% ../nbs/09_train.ipynb #7c630bd7
 def _autocast(device:torch.device, dtype:torch.dtype|None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-# %% ../nbs/09_train.ipynb #3f6983a0
-def unused_parameters(net:nn.Module, # a task's trainable module (e.g. a copy pair)
-                      student:nn.Module, # whose trainable parameters are checked
-                      device='cpu') -> list: # names of the parameters that get no gradient
-    "Names of `student`'s trainable parameters that one training step of `net` leaves without a gradient."
-    pe = getattr(student, 'patch_embed', None)
-    size = tuple(getattr(pe, 'img_size', None) or (224, 224))
-    chans = getattr(getattr(pe, 'proj', None), 'in_channels', 3)
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        out = net.train()(torch.zeros(2, chans, *size, device=device))
-        sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,)) if torch.is_tensor(o)).backward()
-    unused = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
-    student.zero_grad(set_to_none=True)
-    return unused
 
 # %% ../nbs/09_train.ipynb #ccf79949
 def _distribute(task:TrainingTask, # the run's task
@@ -362,7 +345,7 @@ def state_dict(self:Trainer) -> dict:
     return dict(model=self.student.state_dict(), model_ema=None if self.ema is None else self.ema.module.state_dict(),
                 optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
                 epoch=self.epoch - 1, step=self.step, rng=_gather(rng), args=self.meta, history=self.history,
-                meta=self.describe(self.output_dir))
+                meta=self.describe(self.output_dir), version=2)  # timm's: `epoch` is done
 
 # %% ../nbs/09_train.ipynb #021fbdc4
 @patch

@@ -396,6 +396,20 @@ def extra_repr(self:AttentionTransfer):
             + ('' if self.head_map is None else f", head_map={self.head_map}")
             + f", share_drop_path={self.share_drop_path}")
 
+# %% ../nbs/02_copy.ipynb #692b6e21
+from timm.task.distillation import FeatureDistillationTrainableModule as _StudentGroups
+
+@patch
+def no_weight_decay(self:AttentionTransfer) -> set:
+    "The student's `no_weight_decay()` names, prefixed `student.`: timm's optimizer factory does not decay them."
+    return _StudentGroups.no_weight_decay(self)
+
+@patch
+def group_matcher(self:AttentionTransfer, coarse:bool=False, # timm's coarse groups (one per stage)
+                 ):
+    "The student's layer groups for timm's layer-wise lr decay, by the pair's names; the teacher's (frozen): the last."
+    return _StudentGroups.group_matcher(self, coarse)
+
 # %% ../nbs/02_copy.ipynb #79eb481a
 def _kernel_copy(qk:QK, v:torch.Tensor) -> torch.Tensor:
     "The teacher's map `qk` applied to the student's values `v` `b h n e` by the Triton kernel, differentiable in v."

@@ -6,7 +6,7 @@ LIB = Path(__file__).resolve().parents[1]/'attention_transfer'
 # Reading order, layer by layer; within a layer a module may use the ones listed before it.
 LAYERS = {
     'core': ['vit', 'kernel', 'attention', 'transfer', 'distill', 'ensemble'],
-    'I/O': ['data', 'timm_data', 'checkpoints', 'models'],
+    'I/O': ['data', 'timm_data', 'checkpoints', 'hub', 'models'],
     'methods': ['methods'],
     'engine': ['callbacks', 'train', 'mae'],
     'command kit': ['command', 'train_config'],

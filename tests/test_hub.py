@@ -1,0 +1,182 @@
+"""Teachers by timm name (issue 21, item 1): `arch.tag`, `hf-hub:org/name` and `pretrained_cfg_overlay=dict(file=...)`
+load through timm's own pretrained path, from a Hugging Face cache written here in the hub's layout, with
+`HF_HUB_OFFLINE` set: no network. The checkpoint records the name, revision and SHA-256; resume and at_eval check them;
+offline-and-uncached, an unknown tag, or neither a file nor a name are one line and exit 1, before any work.
+The cache writer lives here (not in the library) so that each test fails on a main without the feature by behaviour."""
+import hashlib, json, os, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+import pytest, timm, torch, safetensors.torch
+import huggingface_hub.constants as hf
+from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+import attention_transfer.vit  # noqa: F401  (registers vit_nano_patch4_32)
+from attention_transfer.models import create_teacher, create_model, checkpoint_meta, ModelError
+from attention_transfer.attention import attention_maps
+
+# A tiny architecture with one pre-trained tag whose weights live on the (fake) hub, as timm registers its own.
+default_cfgs = generate_default_cfgs({'vit_hubtest_patch4_32.test': dict(
+    hf_hub_id='timm/vit_hubtest_patch4_32.test', num_classes=0, input_size=(3, 32, 32), mean=(0.5,) * 3,
+    std=(0.25,) * 3, crop_pct=1.0, interpolation='bicubic', first_conv='patch_embed.proj', classifier='head')})
+
+@register_model
+def vit_hubtest_patch4_32(pretrained=False, **kw):
+    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.)
+    return build_model_with_cfg(VisionTransformer, 'vit_hubtest_patch4_32', pretrained,
+                                pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kw))
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)  # a tiny ViT-B/16 "MAE"
+C1, C2 = 'a1' * 20, 'b2' * 20  # two commits of a repository
+
+
+def put(cache:Path, repo:str, files:dict, commit:str=C1) -> Path:
+    "Write `files` into `cache` as huggingface_hub lays out a download: blobs, a snapshot of links, refs/main."
+    d = cache/f"models--{repo.replace('/', '--')}"
+    snap = d/'snapshots'/commit
+    for sub in ('refs', 'blobs', f'snapshots/{commit}'): (d/sub).mkdir(parents=True, exist_ok=True)
+    (d/'refs'/'main').write_text(commit)
+    for fn, data in files.items():
+        blob = d/'blobs'/hashlib.sha256(data).hexdigest(); blob.write_bytes(data)
+        (snap/fn).unlink(missing_ok=True); (snap/fn).symlink_to(Path('../..')/'blobs'/blob.name)
+    return snap
+
+def weights(name:str, seed:int, **kw) -> bytes:
+    torch.manual_seed(seed)
+    return safetensors.torch.save(timm.create_model(name, num_classes=0, **kw).state_dict())
+
+def sha(p): return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp('hf')/'hub'
+    put(root, 'timm/vit_base_patch16_224.mae', {'model.safetensors': weights('vit_base_patch16_224', 0, **TINY)})
+    put(root, 'timm/vit_hubtest_patch4_32.test', {'model.safetensors': weights('vit_hubtest_patch4_32', 1)})
+    cfg = dict(architecture='vit_nano_patch4_32', num_classes=0, model_args=dict(depth=1),
+               pretrained_cfg=dict(input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3, crop_pct=0.95,
+                                   interpolation='bilinear', classifier='head'))
+    put(root, 'timm/vit_nano_patch4_32.test', {'model.safetensors': weights('vit_nano_patch4_32', 2, depth=1),
+                                                'config.json': json.dumps(cfg).encode()})
+    return root
+
+@pytest.fixture
+def offline(cache, monkeypatch):
+    "huggingface_hub as under HF_HUB_CACHE=cache HF_HUB_OFFLINE=1 (it reads both when imported)."
+    monkeypatch.setattr(hf, 'HF_HUB_CACHE', str(cache)); monkeypatch.setattr(hf, 'HF_HUB_OFFLINE', True)
+    return cache
+
+def snapshot_file(cache, repo, commit=C1): return cache/f"models--{repo.replace('/', '--')}"/'snapshots'/commit/'model.safetensors'
+
+
+# -- Python: create_teacher by name, hf-hub id, pretrained_cfg_overlay file
+
+def test_create_teacher_by_tagged_name_loads_its_weights(offline):
+    t = create_teacher('vit_base_patch16_224.mae', **TINY)  # on main: a random ViT, without a word
+    f = snapshot_file(offline, 'timm/vit_base_patch16_224.mae')
+    src = safetensors.torch.load_file(f)
+    for k in ('patch_embed.proj.weight', 'blocks.1.attn.qkv.weight', 'pos_embed', 'cls_token'):
+        assert torch.equal(t.state_dict()[k], src[k]), k
+    ref = timm.create_model('vit_base_patch16_224.mae', pretrained=True, **TINY).eval()  # timm's own model
+    x = torch.randn(2, 3, 32, 32)
+    for a, b in zip(attention_maps(t, x), attention_maps(ref, x)): torch.testing.assert_close(a, b)
+    assert t.at_pretrained['name'] == 'vit_base_patch16_224.mae'
+    assert (t.at_pretrained['revision'], t.at_pretrained['sha256']) == (C1, sha(f))
+    assert t.at_spec['name'] == 'vit_base_patch16_224' and not t.training
+    # weights by name as the checkpoint of another architecture: that one is built (and told it does not fit)
+    with pytest.raises(ModelError, match='vit_base_patch16_224.mae does not fit vit_nano_patch4_32: 6 shape mismatches'):
+        create_teacher('vit_nano_patch4_32', 'vit_base_patch16_224.mae', **TINY)  # MLP ratio 2, not 4
+
+def test_create_teacher_by_hf_hub_id_and_overlay_file(offline):
+    t = create_teacher('hf-hub:timm/vit_nano_patch4_32.test')  # the repository's config.json: architecture, depth 1
+    f = snapshot_file(offline, 'timm/vit_nano_patch4_32.test')
+    assert t.at_spec['name'] == 'vit_nano_patch4_32' and len(t.blocks) == 1
+    assert torch.equal(t.blocks[0].attn.qkv.weight, safetensors.torch.load_file(f)['blocks.0.attn.qkv.weight'])
+    assert t.at_pretrained['revision'] == C1
+    o = create_teacher('vit_base_patch16_224.mae', pretrained_cfg_overlay=dict(file=str(snapshot_file(
+        offline, 'timm/vit_base_patch16_224.mae'))), **TINY)  # timm's own way to point at a local file
+    assert torch.equal(o.blocks[0].attn.qkv.weight, create_teacher('vit_base_patch16_224.mae', **TINY).blocks[0].attn.qkv.weight)
+    with pytest.raises(ModelError, match="close ones: vit_base_patch16_224.mae"):
+        create_teacher('vit_base_patch16_224.maee', **TINY)
+
+
+# -- at_train and at_eval by name
+
+TRAIN = ['--data', 'digits', '--epochs', '2', '--stop_epoch', '1', '--steps_per_epoch', '1', '--batch_size', '8',
+         '--num_workers', '0', '--warmup_epochs', '0', '--attn_probe', '0']
+
+def cli(main, args, capsys):
+    "Run a console script's main in this process: (exit status, stdout, stderr)."
+    try: main([str(a) for a in args]); code = 0
+    except SystemExit as e: code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+def test_at_train_distill_by_name_records_the_teacher_and_resume_checks_it(offline, tmp_path, capsys):
+    from attention_transfer.cli import main, resolve, _datasets, TrainConfig
+    args = ['--model', 'vit_hubtest_patch4_32', '--mode', 'distill', '--finetune', 'vit_hubtest_patch4_32.test', *TRAIN]
+    code, out, err = cli(main, args + ['--output_dir', tmp_path/'run'], capsys)
+    assert code == 0, err
+    f = snapshot_file(offline, 'timm/vit_hubtest_patch4_32.test')
+    ck = torch.load(tmp_path/'run'/'checkpoint.pth', map_location='cpu', weights_only=True)
+    assert ck['args']['finetune'] == 'vit_hubtest_patch4_32.test' and ck['args']['teacher_sha256'] == sha(f)
+    t = ck['meta']['teacher']['pretrained']
+    assert (t['name'], t['hf_hub_id'], t['revision'], t['sha256']) == ('vit_hubtest_patch4_32.test',
+                                                                       'timm/vit_hubtest_patch4_32.test', C1, sha(f))
+    assert t['data']['mean'] == [0.5] * 3 and 'file' not in t  # no machine path in the description
+    # the teacher's pretrained_cfg set the pipeline: its mean and std (0.5, 0.25), not ImageNet's
+    ds = _datasets(resolve(TrainConfig(model='vit_hubtest_patch4_32', mode='distill', data='digits',
+                                       finetune='vit_hubtest_patch4_32.test', output_dir=str(tmp_path/'x'))))[1]
+    norm = ds.transform.transforms[-1]
+    assert norm.mean.tolist() == [0.5] * 3 and norm.std.tolist() == [0.25] * 3
+    # at_eval: the recorded name, and --teacher NAME, compare attention with the teacher from the cache
+    from attention_transfer.evaluate import main as at_eval
+    for extra in ([], ['--teacher', 'vit_hubtest_patch4_32.test']):
+        code, out, err = cli(at_eval, [tmp_path/'run'/'checkpoint.pth', '--attention', 8, '--num_workers', 0, *extra],
+                             capsys)
+        assert code == 0 and "attention vs the teacher's on 8 images" in out, err
+    # the cache now holds other weights under the same name (a new revision): resume and at_eval say so, in one line
+    put(offline, 'timm/vit_hubtest_patch4_32.test', {'model.safetensors': weights('vit_hubtest_patch4_32', 9)}, C2)
+    code, out, err = cli(main, args + ['--output_dir', tmp_path/'run', '--resume', 'allow'], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and 'teacher weights sha256' in err, err
+    code, out, err = cli(at_eval, [tmp_path/'run'/'checkpoint.pth', '--attention', 8, '--num_workers', 0], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f'revision {C2}' in err, err
+
+def test_at_train_by_hf_hub_id_takes_the_repository_data_settings(offline, tmp_path):
+    from attention_transfer.cli import resolve, _datasets, TrainConfig
+    c = resolve(TrainConfig(model='vit_nano_patch4_32', mode='finetune', finetune='hf-hub:timm/vit_nano_patch4_32.test',
+                            data='digits', output_dir=str(tmp_path/'o')))
+    train_ds, val_ds, nc, size = _datasets(c)
+    assert size == 32 and val_ds.transform.transforms[-1].mean.tolist() == [0.5] * 3
+    assert train_ds.transform.transforms[0].interpolation.value == 'bilinear'  # the repository's, not bicubic
+    _, _, _, size = _datasets(replace(c, input_size=28))
+    assert size == 28  # a flag overrides it
+
+
+# -- bad input: one line, exit 1, before any work
+
+def test_unknown_tag_and_neither_file_nor_name_are_one_line(offline, tmp_path, capsys):
+    from attention_transfer.cli import main
+    base = ['--model', 'vit_base_patch16_224', '--mode', 'distill', *TRAIN, '--output_dir', tmp_path/'o']
+    code, out, err = cli(main, base + ['--finetune', 'vit_base_patch16_224.maee'], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert '--finetune' in err and 'close ones: vit_base_patch16_224.mae' in err, err
+    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth'):  # the second: a file name, not a tag
+        code, out, err = cli(main, base + ['--finetune', missing], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f'checkpoint not found: {missing}' in err and 'timm pre-trained name' in err, err
+    code, out, err = cli(main, [*base[:1], 'vit_base_patch16_224.mae', *base[2:], '--finetune',
+                                'vit_base_patch16_224.mae'], capsys)  # a tag on --model: never a silent random model
+    assert code == 1 and '--model vit_base_patch16_224.mae names pre-trained weights' in err, err
+    assert not (tmp_path/'o').exists()
+
+def test_offline_and_not_cached_is_one_line_from_the_console_script(tmp_path):
+    "The real environment variables, in a new process: HF_HUB_OFFLINE=1 and an empty cache."
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path/'empty'), HF_HOME=str(tmp_path/'home'))
+    exe = Path(sys.executable).parent/'at_train'
+    r = subprocess.run([str(exe), '--model', 'vit_base_patch16_224', '--mode', 'distill', '--finetune',
+                        'vit_base_patch16_224.mae', '--data', 'digits', '--output_dir', str(tmp_path/'o')],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith('at_train: error: --finetune vit_base_patch16_224.mae: not in the Hugging Face cache')
+    assert 'HF_HUB_OFFLINE' in r.stderr and 'hf download timm/vit_base_patch16_224.mae' in r.stderr
+    assert not (tmp_path/'o').exists()
