@@ -374,9 +374,9 @@ class DemoArgs:
     atd_weight:float=_D.atd_weight # weight of the distillation loss
     drop_path:float=_D.drop_path # stochastic depth of the students
     mask_ratio:float=_D.mask_ratio # MAE mask ratio of the teacher's pre-training
-    # how copy and distill compute attention, all exact: auto (the fastest measured on this device for these tokens),
-    # kernel (Triton), fused or explicit
-    attn_impl:str='auto'
+    # how copy and distill compute attention, all exact but rounding apart: fused (default: the demo's published numbers
+    # came from it), auto (the fastest measured on this device for these tokens), kernel (Triton) or explicit
+    attn_impl:str='fused'
     # METHOD.KEY=VALUE entries of any method's recipe, after the flags above: lr, layer_decay or an option the method
     # takes, e.g. distill_features.lr=0.01 distill_features.layer_decay=1.0 (default: none)
     recipe:list[str]|None=None

@@ -134,7 +134,7 @@ def _keys(p:Path, use_ema:bool=False) -> list[str]:
 
 # %% ../nbs/06_models.ipynb #06b0c005
 def checkpoint_pooling(checkpoint:dict|str|Path, # a state dict, or a checkpoint file (its keys and description read)
-                       meta:dict|None=None, # with a state dict: its checkpoint's description (`checkpoint_meta`)
+                       meta:dict|None=None, # with a state dict: its checkpoint's description (from checkpoint_meta)
                        use_ema:bool=False, # with a file: the keys of its EMA weights
                       ) -> str|None: # timm's `global_pool`: 'map', 'avg', 'token', or a recorded one; None: untold
     "The pooling of a checkpoint's own head parts; None where they do not tell (an MAE encoder)."
