@@ -161,7 +161,8 @@ def build_student(method:str, # a name in the method table, e.g. 'scratch', 'fin
             student = create_student(teacher, drop_path=cfg.drop_path) if same else fresh()
     # a recipe may set any option the method takes: layers, heads, target, ...
     recipe = {k: v for k, v in cfg.recipes.get(method, {}).items() if k in m.options}
-    opts = dict(end_layer=0, atd_weight=cfg.atd_weight) | recipe
+    # fused attention unless a recipe says otherwise: every experiment number published here came from it
+    opts = dict(end_layer=0, atd_weight=cfg.atd_weight, attn_impl='fused') | recipe
     return student, build_task(m, student, teacher, criterion, **{k: v for k, v in opts.items() if k in m.options})
 
 # %% ../nbs/15_experiment.ipynb #d826f60d
@@ -434,7 +435,7 @@ def config_from_flags(flags:dict, # flag values by name (at_demo's, or some of t
     arch = {k: f.pop(k) for k in ('depth', 'embed_dim', 'num_heads') if k in f}
     for k in ('output_dir', 'workers'): f.pop(k, None)
     _check_flags(f, arch, rec)
-    if (impl := f.pop('attn_impl', 'auto')) != 'auto':   # at_demo --attn_impl: copy's and distill's, as recipe entries
+    if (impl := f.pop('attn_impl', 'fused')) != 'fused':   # at_demo --attn_impl: copy's and distill's recipe entries
         for m in ('copy', 'distill'): rec[m]['attn_impl'] = impl
     rec = parse_recipe(f.pop('recipe', None), rec)  # after the per-method flags: `--recipe copy.lr=...` wins
     return replace(cfg, recipes=rec, arch=arch, **f)

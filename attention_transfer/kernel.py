@@ -18,7 +18,7 @@ _SUM, _MAX = tl.standard._sum_combine, tl.standard._elementwise_max   # reductio
 _KERNELS = {}   # {name: plain function} of every kernel and helper, for the interpreted twins
 
 def _kernel(fn):
-    "`fn` compiled for CUDA by Triton, whatever TRITON_INTERPRET says; the plain function is kept for the interpreted twin."
+    "`fn` compiled for CUDA by Triton, whatever TRITON_INTERPRET says; the plain function is kept for its twin."
     _KERNELS[fn.__name__] = fn
     return JITFunction(fn)
 
