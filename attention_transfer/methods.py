@@ -130,13 +130,13 @@ TransferTask.setup_ema, TransferTask.update_ema, TransferTask.get_eval_model = _
 
 # %% ../nbs/07_methods.ipynb #91d5a87d
 def _get_task_state(self:TransferTask, module=None, ema:bool=False) -> dict:
-    "What a checkpoint keeps beside the student: `{'teacher': ...}`, the frozen teacher by reference (`model_meta`'s)."
-    if '_teacher' not in self.__dict__:   # its architecture, weights file and SHA-256, read once
+    "What a checkpoint keeps beside the student: its `model_meta` (method, transfer, the frozen teacher by reference)."
+    if '_meta' not in self.__dict__:   # the teacher's architecture, weights file and SHA-256, read once
         t = self.pair.teacher; path = (getattr(t, 'at_checkpoint', None) or {}).get('path')
         path = path if path and Path(path).is_file() else None
-        try: self._teacher = model_meta(self.student, teacher=t, teacher_path=path)['teacher']
-        except ModelError: self._teacher = {}   # not a timm model: nothing to record
-    return {'teacher': self._teacher}
+        try: self._meta = model_meta(self.student, getattr(self, 'method', None), self.pair.transfer_meta(), t, path)
+        except ModelError: self._meta = {'teacher': {}}   # not a timm model: nothing to record
+    return dict(self._meta)
 
 def _load_task_state(self:TransferTask, state:dict|None, strict:bool=True, module=None, ema:bool=False):
     "`CheckpointError` if the checkpoint's teacher is another file than this task's (both SHA-256s known and differ)."
@@ -223,8 +223,7 @@ def build_task(method:str|Method, # a name in `METHODS`, or an entry
     if bad := sorted(set(options) - set(m.options)):
         takes = ', '.join(m.options) or 'nothing'
         raise TrainError(f"method {m.name!r} does not take {', '.join(bad)} (it takes: {takes})")
-    task = m.build(student, teacher, criterion, **options)
-    task.method = m.name
+    task = m.build(student, teacher, criterion, **options); task.method = m.name   # recorded in its task_state
     return task
 
 # %% ../nbs/07_methods.ipynb #4a820d5c
@@ -372,6 +371,9 @@ def _legacy_meta(path:Path) -> dict|None:
     if a is None:
         try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         except Exception: ck = None
+        if isinstance(ck, dict) and isinstance(ck.get('task_state'), dict):   # a TransferTask's, from before methods
+            raise TrainError(f"{path} does not record its method: it may be an attention-copy student, which needs its "
+                             f"teacher; evaluate the task's get_eval_model() instead")
         a = ck.get('args') if isinstance(ck, dict) else None
     if not isinstance(a, dict) or not a.get('model') or a.get('mode') == 'pretrain': return None
     keys = (('num_classes', 'nb_classes'), ('img_size', 'input_size'), ('global_pool', 'global_pool'))
@@ -390,8 +392,7 @@ def eval_meta(path:str|Path, # a checkpoint
               model:str|None=None, # --model: the timm name, for a checkpoint without a description
              ) -> dict:
     "The description of checkpoint `path`: `checkpoint_meta`, else an older run's settings, else `--model`."
-    path = Path(path)
-    meta = checkpoint_meta(path) or _legacy_meta(path)
+    path = Path(path); meta = checkpoint_meta(path) or _legacy_meta(path)   # a timm saver's: its task_state
     if meta is None:
         if not model: raise TrainError(f"cannot tell which model {path} holds (it carries no description): "
                                        f"pass --model NAME (and the data flags)")

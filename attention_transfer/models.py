@@ -122,7 +122,8 @@ def _recorded(p:Path) -> dict|None:
     try: ck = torch.load(p, map_location='cpu', weights_only=True, mmap=True)  # reads only what is touched
     except Exception: ck = _read(p, 'cpu')  # legacy or damaged files: `_read`'s messages
     m = ck.get('meta') if isinstance(ck, dict) else None
-    return m if isinstance(m, dict) else None
+    t = ck.get('task_state') if isinstance(ck, dict) else None   # a TransferTask's, saved by timm's CheckpointSaver
+    return m if isinstance(m, dict) else t if isinstance(t, dict) and t.get('method') else None
 
 def _keys(p:Path, use_ema:bool=False) -> list[str]:
     "The state dict keys of checkpoint `p`, read without its tensors."

@@ -178,3 +178,35 @@ def test_prepare_distributed_trains_every_family(name, family, one_process_group
     for _ in range(2):
         task.train(); out = task(x, y); out['loss'].backward(); opt.step(); opt.zero_grad()
     assert not same(s.state_dict(), before) and same(teacher.state_dict(), frozen)
+
+def test_a_timm_saver_copy_checkpoint_is_evaluated_with_its_teacher(teacher_file, tmp_path):
+    "A copy student saved by timm's `CheckpointSaver` records its method: `at_eval` rebuilds it with its teacher."
+    from attention_transfer.methods import load_for_eval
+    task = task_for('copy', teacher_file); step(task, timm_optimizer(task))
+    path = save(task, timm_optimizer(task), tmp_path)
+    assert torch.load(path, weights_only=True)['task_state']['method'] == 'copy'
+    with torch.no_grad(): want = task.get_eval_model().eval()(X)
+    for model in (None, NAME):   # with or without --model: the task state describes the student
+        net, meta = load_for_eval(path, model)
+        assert meta['method'] == 'copy' and net.teacher is not net.student
+        with torch.no_grad(): assert torch.equal(net(X), want)   # not the student alone, as a plain ViT
+
+def test_a_timm_saver_distill_checkpoint_is_a_plain_vit(teacher_file, tmp_path):
+    "A distilled student saved by timm's `CheckpointSaver` is evaluated as the plain ViT it is, without --model."
+    from attention_transfer.methods import load_for_eval
+    task = task_for('distill', teacher_file); step(task, timm_optimizer(task))
+    net, meta = load_for_eval(save(task, timm_optimizer(task), tmp_path))
+    assert meta['method'] == 'distill' and type(net) is type(task.student)
+    with torch.no_grad(): assert torch.equal(net(X), task.student.eval()(X))
+
+def test_a_task_state_without_its_method_is_refused(teacher_file, tmp_path):
+    "A task state that does not say its method (an older or hand-built task) may hold a copy student: one line, exit 1."
+    import subprocess, sys   # at_eval in its own process: its exit must not end this module's process group
+    task = task_for('copy', teacher_file)
+    ck = {'state_dict': task.student.state_dict(), 'task_state': {'teacher': task.get_task_state()['teacher']}}
+    torch.save(ck, tmp_path/'old.pth.tar')
+    r = subprocess.run([sys.executable, '-c', 'from attention_transfer.evaluate import main; main()',
+                        str(tmp_path/'old.pth.tar'), '--model', NAME, '--data', 'digits', '--num_workers', '0'],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 1 and len(err.splitlines()) == 1 and 'attention-copy student' in err, (r.stdout, err)
