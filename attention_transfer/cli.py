@@ -268,13 +268,13 @@ def _models(c:TrainConfig) -> tuple:
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
 
 def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
-    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher's."
     was = ((ck or {}).get('args') or {}).get('global_pool')
     if was is not None: return was
     named, file = _weights('--finetune', c.finetune)  # a name: its file in the cache
     pool = pretrained_cfg(named)['model_args'].get('global_pool') if named else None  # an hf-hub repo's config.json
     if pool == '' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has no pooling; the student "
-                                         f"needs one to classify: average (--global_pool or --cls_token choose another)")
+                                         f"needs one to classify: avg (--global_pool or --cls_token choose another)")
     if not pool: pool = checkpoint_pooling(file) or 'avg'
     # None: an MAE encoder: average pooling, as the paper's recipe
     if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "

@@ -213,7 +213,7 @@ def test_unknown_tag_and_neither_file_nor_name_are_one_line(offline, tmp_path, c
     code, out, err = cli(main, base + ['--finetune', 'vit_base_patch16_224.maee'], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert '--finetune' in err and 'close ones: vit_base_patch16_224.mae' in err, err
-    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth', 'vit_base_patch16_224.mae.pth'):  # file names, not tags
+    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth', 'vit_base_patch16_224.mae.pth'):  # files
         code, out, err = cli(main, base + ['--finetune', missing], capsys)
         assert code == 1 and len(err.strip().splitlines()) == 1, err
         assert f'checkpoint not found: {missing}' in err and 'timm pre-trained name' in err, err
