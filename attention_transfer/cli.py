@@ -268,10 +268,14 @@ def _models(c:TrainConfig) -> tuple:
     return None, create_model(c.model, c.finetune or None, drop_path=c.drop_path, **kw)
 
 def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
-    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher file's."
+    "The pooling with a teacher and neither --global_pool nor --cls_token: a resumed run's, else the teacher's."
     was = ((ck or {}).get('args') or {}).get('global_pool')
     if was is not None: return was
-    pool = checkpoint_pooling(_weights('--finetune', c.finetune)[1]) or 'avg'  # a name: its file in the cache
+    named, file = _weights('--finetune', c.finetune)  # a name: its file in the cache
+    pool = pretrained_cfg(named)['model_args'].get('global_pool') if named else None  # an hf-hub repo's config.json
+    if pool == '' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has no pooling; the student "
+                                         f"needs one to classify: avg (--global_pool or --cls_token choose another)")
+    if not pool: pool = checkpoint_pooling(file) or 'avg'
     # None: an MAE encoder: average pooling, as the paper's recipe
     if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
                                             f"and student keep it (--global_pool or --cls_token choose another)")
@@ -289,6 +293,12 @@ def _check_heads(c:TrainConfig, t:dict, s:dict):
         raise TrainError(f"--teacher {c.teacher} has {t['heads'][0]} heads per block and --model {c.model} "
                          f"{s['heads'][0]}: {why} (or use --mode distill_relations)") from None
 
+_NEEDS_HEAD = ('logit_kd',)  # the methods that learn from the teacher's trained classifier (its logits)
+
+def _fresh(model) -> list:
+    "The parameters `model` did not take from its checkpoint (timm's `num_classes=0` head: none)."
+    return (getattr(model, 'at_checkpoint', None) or {}).get('fresh', [])
+
 def _check_models(c:TrainConfig, teacher, student):
     "The flags that can only be checked against the models: image size vs patch size, transferred layers and heads."
     ps = getattr(getattr(student, 'patch_embed', None), 'patch_size', None)
@@ -296,6 +306,9 @@ def _check_models(c:TrainConfig, teacher, student):
         raise TrainError(f"--input_size {c.input_size} is not a multiple of {c.model}'s patch size {ps[0]}: "
                          f"pixels would be dropped")
     opts = get_method(c.mode).options
+    if c.mode in _NEEDS_HEAD and teacher is not None and any(k.startswith('head.') for k in _fresh(teacher)):
+        raise TrainError(f"--mode {c.mode} needs a fine-tuned teacher: {c.finetune} has no classifier for the "
+                         f"{c.nb_classes} classes of the data")
     if teacher is None or 'end_layer' not in opts: return
     t, s = vit_shape(teacher), vit_shape(student)   # --layers, --heads: the student's blocks and heads
     alone = c.layer_map and c.layers is None and c.end_layer == 0   # the map names the transferred blocks

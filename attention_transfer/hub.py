@@ -38,7 +38,7 @@ def pretrained_name(name:str, # e.g. 'vit_base_patch16_224.mae', 'hf-hub:timm/vi
         if '/' not in name[7:]: raise HubError(f"{name}: a Hugging Face id reads hf-hub:org/name")
         return name
     arch, tag = split_model_name_tag(name)
-    if not timm.is_model(arch) or f'.{tag}' in _FILES: return None  # a path (vit_base_patch16_224.pth is a file)
+    if not timm.is_model(arch) or name.lower().endswith(_FILES): return None  # a path (vit_base_patch16_224.mae.pth)
     try: cfg = get_pretrained_cfg(name)
     except RuntimeError:
         raise HubError(f"{name}: unknown pre-trained tag {tag!r} of {arch}; {_close(arch, tag)}") from None

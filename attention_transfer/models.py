@@ -163,17 +163,20 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
                 ) -> nn.Module:
     "A timm model by name (a tag or `pretrained=True`: its weights), weights from `checkpoint` fitted and checked."
     src = pretrained_source(name, checkpoint, kw)  # weights by timm name (arch.tag, hf-hub:, overlay): hub.py
-    arch, sd, hub = load_pretrained(*src, img_size=img_size, **kw) if src else (name, None, None)  # timm loads them
+    declared = kw.pop('global_pool', None) if src else None  # an hf-hub repository's own (timm applies it itself)
+    shaped = dict(kw, num_classes=0) if num_classes == 0 else kw  # headless, as timm.create_model(num_classes=0)
+    arch, sd, hub = load_pretrained(*src, img_size=img_size, **shaped) if src else (name, None, None)  # timm loads
     if checkpoint is None: name = arch  # named by its weights (arch.tag, hf-hub:): their architecture
     notes, what = [], hub['name'] if hub else str(checkpoint)
     if sd is not None or checkpoint is not None:
         sd = sd if sd is not None else load_state_dict(checkpoint, use_ema=use_ema)
         has_head, own = 'head.weight' in sd, checkpoint_pooling(sd, None if hub else _recorded(Path(checkpoint)))
+        if declared is not None: own = declared  # the repository's config.json says it
         if global_pool is None: global_pool = own if own is not None else None if has_head else 'avg'  # MAE: avg
         elif own is not None and global_pool != own: notes.append(f"global_pool={global_pool!r} asked; the checkpoint "
                                                                   f"has {own!r} pooling and its head parts")
         if num_classes is None and has_head and sd['head.weight'].ndim == 2: num_classes = sd['head.weight'].shape[0]
-        elif num_classes is None and not has_head and own is not None: num_classes = 0  # a headless tower, kept so
+        elif num_classes is None and not has_head and (own is not None or hub): num_classes = 0  # headless: kept so
     args = dict(num_classes=num_classes, img_size=img_size, global_pool=global_pool)
     args = {k: v for k, v in args.items() if v is not None}
     args.update(kw)

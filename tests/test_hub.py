@@ -57,6 +57,9 @@ def cache(tmp_path_factory):
                                    interpolation='bilinear', classifier='head'))
     put(root, 'timm/vit_nano_patch4_32.test', {'model.safetensors': weights('vit_nano_patch4_32', 2, depth=1),
                                                 'config.json': json.dumps(cfg).encode()})
+    for pool in ('token', 'avg'):  # headless towers whose config.json declares their pooling (and no classifier)
+        put(root, f'me/nano-{pool}', {'model.safetensors': weights('vit_nano_patch4_32', 3, global_pool=pool),
+                                      'config.json': json.dumps(dict(cfg, model_args=dict(global_pool=pool))).encode()})
     return root
 
 @pytest.fixture
@@ -97,6 +100,29 @@ def test_create_teacher_by_hf_hub_id_and_overlay_file(offline):
     assert torch.equal(o.blocks[0].attn.qkv.weight, create_teacher('vit_base_patch16_224.mae', **TINY).blocks[0].attn.qkv.weight)
     with pytest.raises(ModelError, match="close ones: vit_base_patch16_224.mae"):
         create_teacher('vit_base_patch16_224.maee', **TINY)
+
+def test_hub_teacher_keeps_the_repository_pooling_and_no_head(offline):
+    "config.json's global_pool and num_classes 0 hold, as in timm's own model; an asked pooling is applied, with a note."
+    import warnings
+    from attention_transfer.models import CheckpointNote
+    x = torch.randn(2, 3, 32, 32)
+    for pool in ('token', 'avg'):  # on main: token became avg-less token with a random 10-class head
+        t = create_teacher(f'hf-hub:me/nano-{pool}')
+        ref = timm.create_model(f'hf-hub:me/nano-{pool}', pretrained=True).eval()
+        assert (t.global_pool, t.num_classes, ref.global_pool, ref.num_classes) == (pool, 0, pool, 0)
+        torch.testing.assert_close(t(x), ref(x))  # the pooled features, shape (2, 32)
+    with warnings.catch_warnings(record=True) as w:  # on main: 'token' kept without a word
+        warnings.simplefilter('always')
+        t = create_teacher('hf-hub:me/nano-token', global_pool='avg')
+    assert t.global_pool == 'avg' and t.at_checkpoint['fresh'] == ['fc_norm.bias', 'fc_norm.weight']
+    assert any("global_pool='avg' asked; the checkpoint has 'token' pooling" in str(m.message)
+               for m in w if issubclass(m.category, CheckpointNote))
+    # a headless file through timm's overlay, num_classes=0: loads as timm.create_model loads it (on main: refused)
+    f = str(snapshot_file(offline, 'timm/vit_base_patch16_224.mae'))
+    t = create_teacher('vit_base_patch16_224', pretrained_cfg_overlay=dict(file=f), num_classes=0, **TINY)
+    ref = timm.create_model('vit_base_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=f), num_classes=0,
+                            **TINY).eval()
+    assert t.num_classes == 0 and torch.equal(t.blocks[1].attn.qkv.weight, ref.blocks[1].attn.qkv.weight)
 
 
 # -- at_train and at_eval by name
@@ -151,6 +177,33 @@ def test_at_train_by_hf_hub_id_takes_the_repository_data_settings(offline, tmp_p
     _, _, _, size = _datasets(replace(c, input_size=28))
     assert size == 28  # a flag overrides it
 
+def test_at_train_student_takes_a_token_hub_teacher_pooling(offline, tmp_path, capsys):
+    "A token-pooled repository: teacher and student pool by token, no pooling mismatch (on main: an avg student)."
+    from attention_transfer.cli import main
+    args = ['--model', 'vit_nano_patch4_32', '--mode', 'distill', '--finetune', 'hf-hub:me/nano-token', *TRAIN]
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        code, out, err = cli(main, args + ['--output_dir', tmp_path/'run'], capsys)
+    assert code == 0, err
+    assert not [m for m in w if 'differs from its teacher in pooling' in str(m.message)]
+    assert 'differs from its teacher in pooling' not in out + err, out + err
+    ck = torch.load(tmp_path/'run'/'checkpoint.pth', map_location='cpu', weights_only=True)
+    assert ck['args']['global_pool'] == 'token' and ck['meta']['teacher']['model_args']['global_pool'] == 'token'
+    assert ck['meta']['model_args']['global_pool'] == 'token'
+
+def test_logit_kd_refuses_a_teacher_without_a_trained_head(offline, tmp_path, capsys):
+    "logit_kd learns from the teacher's logits: a headless teacher's would be a random head's (on main: ran silently)."
+    from attention_transfer.cli import main
+    args = ['--model', 'vit_nano_patch4_32', '--mode', 'logit_kd', '--finetune', 'hf-hub:me/nano-avg', *TRAIN]
+    code, out, err = cli(main, args + ['--output_dir', tmp_path/'kd'], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert 'at_train: error: --mode logit_kd needs a fine-tuned teacher: hf-hub:me/nano-avg has no classifier' in err
+    assert not (tmp_path/'kd'/'checkpoint.pth').exists()
+    args[3] = 'feature_kd'  # pooled features: no classifier needed
+    code, out, err = cli(main, args + ['--output_dir', tmp_path/'fkd'], capsys)
+    assert code == 0, err
+
 
 # -- bad input: one line, exit 1, before any work
 
@@ -160,7 +213,7 @@ def test_unknown_tag_and_neither_file_nor_name_are_one_line(offline, tmp_path, c
     code, out, err = cli(main, base + ['--finetune', 'vit_base_patch16_224.maee'], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert '--finetune' in err and 'close ones: vit_base_patch16_224.mae' in err, err
-    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth'):  # the second: a file name, not a tag
+    for missing in ('no_such_teacher.pth', 'vit_base_patch16_224.pth', 'vit_base_patch16_224.mae.pth'):  # files
         code, out, err = cli(main, base + ['--finetune', missing], capsys)
         assert code == 1 and len(err.strip().splitlines()) == 1, err
         assert f'checkpoint not found: {missing}' in err and 'timm pre-trained name' in err, err
