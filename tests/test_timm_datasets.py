@@ -91,6 +91,17 @@ def test_train_then_eval(runs, data, kind):
     assert '(6 images)' in line and f"top1 {rec['test_top1']:.2f}" in line, (line, rec['test_top1'])
 
 
+def test_teacher_on_shards_probes_attention(data, tmp_path):
+    "A teacher run on WebDataset shards (iterable only) takes its attention probe by iterating: attn_js is logged."
+    import timm
+    torch.save(timm.create_model('vit_nano_patch4_32', num_classes=3).state_dict(), tmp_path/'t.pth')
+    r = run_forked('at_train', *TRAIN[:-1], '4', '--mode', 'distill', '--finetune', tmp_path/'t.pth', '--dataset', 'wds/toy',
+                   '--data_path', data/'wds', '--steps_per_epoch', 1, '--output_dir', tmp_path/'o')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rec, = _log(tmp_path/'o')
+    assert np.isfinite(rec['attn_js']) and rec['attn_js'] >= 0, rec
+
+
 def test_eval_on_another_dataset_of_the_same_classes(runs, data, tmp_path):
     "at_eval --dataset reads other images of the recorded classes; a folder of other class names is refused."
     out, _ = runs
