@@ -124,16 +124,28 @@ def split_root(root:str|None, # a folder holding one folder (or .tar) per split
 # %% ../nbs/05c_timm_data.ipynb #fff6b7bd
 _TORCH_SPLITS = set(_TRAIN_SYNONYM) | set(_EVAL_SYNONYM) | {'test'}
 
+def _check_hf_cache(name:str, root:str|None):
+    "Refuse a `datasets` cache folder that holds, or lies in, the local dataset's folder: its files would join the data."
+    path = name.split('/', 1)[1]
+    if not os.path.isdir(path): return  # a name on the Hub
+    import datasets
+    p, c = Path(path).resolve(), Path(root or datasets.config.HF_DATASETS_CACHE).resolve()
+    if p == c or c in p.parents or p in c.parents:
+        where = f"--data_path {root}" if root else f"the Hugging Face cache {c} (HF_DATASETS_CACHE)"
+        raise DataError(f"{where}: the cache of --dataset {name} would be written among its files (it holds or lies "
+                        f"in {p}): give a --data_path outside it")
+
 def check_dataset(name:str, # a --dataset
                   root:str|None, # --data_path: shards, image folders, torchvision root or Hugging Face cache
                   splits:dict, # {flag: split}, e.g. {'train_split': 'train', 'val_split': 'validation'}
                   keys:dict|None=None, # {'input_key': ..., 'target_key': ...}: fields only wds/ and hfds/ readers take
                  ):
-    "The checks that need no reading: the extra installed, the shards or split folders there; one-line `DataError`."
+    "The checks that need no reading: extra installed, shards or split folders there, a safe cache; one-line `DataError`."
     check_extra(name)
     kind = dataset_kind(name)
     if given := [k for k, v in (keys or {}).items() if v is not None and kind not in ('wds', 'hfds', 'hfids')]:
         raise DataError(f"--{given[0]} applies to wds/ and hfds/ datasets, not --dataset {name}")
+    if kind in ('hfds', 'hfids'): _check_hf_cache(name, root)
     for flag, split in splits.items():
         if kind == 'wds': check_wds(name, root, split, flag, train=flag == 'train_split')
         elif kind == 'folder': split_root(root, split, flag)

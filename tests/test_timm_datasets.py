@@ -102,6 +102,26 @@ def test_teacher_on_shards_probes_attention(data, tmp_path):
     assert np.isfinite(rec['attn_js']) and rec['attn_js'] >= 0, rec
 
 
+def test_hfds_cache_not_among_the_data(data, tmp_path):
+    "A local Hugging Face dataset inside --data_path (its cache) is refused: `datasets` would write rows into it."
+    import shutil
+    shutil.copytree(data/'hf', tmp_path/'ds')
+    assert_refused('at_train', *TRAIN, '--dataset', f"hfds/{tmp_path/'ds'}", '--data_path', tmp_path, '--output_dir',
+                   tmp_path/'out', names=['--data_path', str(tmp_path/'ds')], code=1, watch=[tmp_path/'ds'],
+                   absent=[tmp_path/'out'])
+
+
+def test_eval_refuses_a_changed_test_split(runs, tmp_path):
+    "at_eval refuses the recorded split when it holds another number of images than the run's log.jsonl says."
+    import shutil
+    out, _ = runs
+    shutil.copy(out/'hfds'/'model.pth', tmp_path/'model.pth')
+    recs = _log(out/'hfds'); recs[-1]['test_n'] += 1  # as if the split had lost an image since
+    (tmp_path/'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    assert_refused('at_eval', tmp_path/'model.pth', '--num_workers', 0, code=1,
+                   names=[str(tmp_path/'model.pth'), f"scored {recs[-1]['test_n']} test images", 'holds 6'])
+
+
 def test_eval_on_another_dataset_of_the_same_classes(runs, data, tmp_path):
     "at_eval --dataset reads other images of the recorded classes; a folder of other class names is refused."
     out, _ = runs
