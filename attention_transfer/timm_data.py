@@ -5,6 +5,7 @@
 # %% ../nbs/05c_timm_data.ipynb #da1dee73
 from __future__ import annotations
 import io, json, os
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -162,9 +163,22 @@ class RGB:
     "Convert a PIL image to RGB: torchvision's sets come as stored (MNIST: grayscale); timm's own readers convert."
     def __call__(self, img:Image.Image) -> Image.Image: return img.convert('RGB')
 
+@contextmanager
+def _quiet_datasets(name:str):
+    "For a Hugging Face `name`: `datasets` without progress bars or log lines (restored after); errors come as one line."
+    if dataset_kind(name) not in ('hfds', 'hfids'): yield; return
+    import datasets
+    bars, level = datasets.utils.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars(); datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try: yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars: datasets.enable_progress_bars()
+
 def _create(name, root, split, flag, **kw):
     "timm's `create_dataset`, its errors as one-line `DataError`s naming the flag."
-    try: return create_dataset(name, root=root, split=split, **kw)
+    try:
+        with _quiet_datasets(name): return create_dataset(name, root=root, split=split, **kw)
     except ConnectionError as e:  # Hugging Face: not on disk, not cached, and the Hub offline or unreachable
         raise DataError(f"--dataset {name}: not a local folder and not in the Hugging Face cache, and the Hub cannot "
                         f"be reached ({_one_line(e)}): fetch it once online, or give its folder") from None

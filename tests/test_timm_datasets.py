@@ -219,6 +219,8 @@ def test_unknown_split(data, tmp_path):
     _refused(tmp_path, '--dataset', 'wds/toy', '--data_path', data/'wds', '--val_split', 'test',
              names=['--val_split test', 'not a split'])
     _refused(tmp_path, '--dataset', f"hfds/{data/'hf'}", '--val_split', 'test', names=['--val_split test', 'Unknown split'])
+    _refused(tmp_path, '--dataset', f"hfds/{data/'hf'}", '--data_path', tmp_path/'cache', '--val_split', 'test',
+             names=['--val_split test', 'Unknown split'])  # a new cache: no "Generating ... split" progress bars first
     _refused(tmp_path, '--dataset', 'folder', '--data_path', data/'hf', '--train_split', 'train',
              names=['--train_split train', 'no train/ folder'])
 
