@@ -126,7 +126,7 @@ def split_root(root:str|None, # a folder holding one folder (or .tar) per split
 _TORCH_SPLITS = set(_TRAIN_SYNONYM) | set(_EVAL_SYNONYM) | {'test'}
 
 def _check_hf_cache(name:str, root:str|None):
-    "Refuse a `datasets` cache folder that holds, or lies in, the local dataset's folder: its files would join the data."
+    "Refuse a `datasets` cache that holds, or lies in, the local dataset's folder: its files would join the data."
     path = name.split('/', 1)[1]
     if not os.path.isdir(path): return  # a name on the Hub
     import datasets
@@ -141,7 +141,7 @@ def check_dataset(name:str, # a --dataset
                   splits:dict, # {flag: split}, e.g. {'train_split': 'train', 'val_split': 'validation'}
                   keys:dict|None=None, # {'input_key': ..., 'target_key': ...}: fields only wds/ and hfds/ readers take
                  ):
-    "The checks that need no reading: extra installed, shards or split folders there, a safe cache; one-line `DataError`."
+    "The checks that need no reading: extra installed, shards or split folders, a safe cache; one-line `DataError`."
     check_extra(name)
     kind = dataset_kind(name)
     if given := [k for k, v in (keys or {}).items() if v is not None and kind not in ('wds', 'hfds', 'hfids')]:
@@ -165,7 +165,7 @@ class RGB:
 
 @contextmanager
 def _quiet_datasets(name:str):
-    "For a Hugging Face `name`: `datasets` without progress bars or log lines (restored after); errors come as one line."
+    "For a Hugging Face `name`: `datasets` without progress bars or log lines (restored after): one-line errors."
     if dataset_kind(name) not in ('hfds', 'hfids'): yield; return
     import datasets
     bars, level = datasets.utils.are_progress_bars_disabled(), datasets.logging.get_verbosity()

@@ -95,8 +95,8 @@ def test_teacher_on_shards_probes_attention(data, tmp_path):
     "A teacher run on WebDataset shards (iterable only) takes its attention probe by iterating: attn_js is logged."
     import timm
     torch.save(timm.create_model('vit_nano_patch4_32', num_classes=3).state_dict(), tmp_path/'t.pth')
-    r = run_forked('at_train', *TRAIN[:-1], '4', '--mode', 'distill', '--finetune', tmp_path/'t.pth', '--dataset', 'wds/toy',
-                   '--data_path', data/'wds', '--steps_per_epoch', 1, '--output_dir', tmp_path/'o')
+    r = run_forked('at_train', *TRAIN[:-1], '4', '--mode', 'distill', '--finetune', tmp_path/'t.pth',
+                   '--dataset', 'wds/toy', '--data_path', data/'wds', '--steps_per_epoch', 1, '--output_dir', tmp_path/'o')
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rec, = _log(tmp_path/'o')
     assert np.isfinite(rec['attn_js']) and rec['attn_js'] >= 0, rec
