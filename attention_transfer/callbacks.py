@@ -226,17 +226,21 @@ def default_callbacks() -> list:
 
 # %% ../nbs/08_callbacks.ipynb #e1e30547
 def _probe_images(dl, n:int) -> torch.Tensor|None:
-    "The first `n` images of this process's shard of `dl` (through its sampler and dataset when it has them), or None."
-    if hasattr(dl, 'dataset') and hasattr(dl, 'sampler'):
+    "The first `n` images of this process's shard of `dl` (map-style: via its sampler; else by iterating), or None."
+    ds = getattr(dl, 'dataset', None)
+    if ds is not None and hasattr(dl, 'sampler') and not isinstance(ds, torch.utils.data.IterableDataset):
         idx = [i for _, i in zip(range(n), iter(dl.sampler))]
         xs = [dl.dataset[i] for i in idx]
         xs = [x[0] if isinstance(x, (tuple, list)) else x for x in xs]
         return torch.stack(xs) if xs else None
+    g = getattr(dl, 'generator', None)  # an iterable dataset (e.g. WebDataset shards): its first batches, in order
+    state = g.get_state() if isinstance(g, torch.Generator) else None  # the loader's seeds stay untouched
     out, k = [], 0
     for b in dl:
         x = (b[0] if isinstance(b, (tuple, list)) else b)[:n - k]
         out.append(x); k += len(x)
         if k >= n: break
+    if state is not None: g.set_state(state)
     return torch.cat(out) if out else None
 
 def _forked(device:torch.device):

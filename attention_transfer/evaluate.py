@@ -238,6 +238,17 @@ def _check_classes(c:EvalConfig, spec:dict, classes:set, head:int|None, names:li
     if head is not None and head < len(names):
         raise TrainError(f"{c.checkpoints[0]} has {head} outputs for the {len(names)} classes of {spec['name']}")
 
+def _check_size(c:EvalConfig, nets:list, spec:dict, val_ds):
+    "Refuse the recorded evaluation split when it no longer holds as many images as the run's `log.jsonl` says."
+    if isinstance(val_ds, torch.utils.data.IterableDataset): return  # a stream: its count per process varies
+    for p, (_, m) in zip(c.checkpoints, nets):
+        log = Path(p).parent/'log.jsonl'
+        if spec != m.get('data') or not log.is_file(): continue  # other images (flags), or no record of the run
+        ns = [r['test_n'] for r in map(json.loads, log.read_text().splitlines()) if r.get('test_n')]
+        if ns and ns[-1] != len(val_ds):
+            raise TrainError(f"{p}: its run scored {ns[-1]} test images ({log}), but {_describe_data(spec)} now holds "
+                             f"{len(val_ds)}: the data changed since")
+
 def _report(res:dict, output:str|None):
     "Print each result in one line, and the attention tables; write them all to `output`."
     for k, v in res.items():
@@ -260,6 +271,7 @@ def at_eval(cfg:EvalConfig, # the checkpoints and the flags
             for p, (n, m) in zip(c.checkpoints, nets)] if c.attention else []
     val_ds, names = eval_data(dict(nets[0][1], data=spec), c.num_workers)
     _check_classes(c, spec, classes, head, names)
+    _check_size(c, nets, spec, val_ds)
     if c.attention > len(val_ds) and rank() == 0:
         print(f"at_eval: note: --attention {c.attention} asks for more than the {len(val_ds)} evaluation images: "
               f"all {len(val_ds)} are compared")

@@ -5,6 +5,7 @@
 # %% ../nbs/05c_timm_data.ipynb #da1dee73
 from __future__ import annotations
 import io, json, os
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -124,16 +125,28 @@ def split_root(root:str|None, # a folder holding one folder (or .tar) per split
 # %% ../nbs/05c_timm_data.ipynb #fff6b7bd
 _TORCH_SPLITS = set(_TRAIN_SYNONYM) | set(_EVAL_SYNONYM) | {'test'}
 
+def _check_hf_cache(name:str, root:str|None):
+    "Refuse a `datasets` cache that holds, or lies in, the local dataset's folder: its files would join the data."
+    path = name.split('/', 1)[1]
+    if not os.path.isdir(path): return  # a name on the Hub
+    import datasets
+    p, c = Path(path).resolve(), Path(root or datasets.config.HF_DATASETS_CACHE).resolve()
+    if p == c or c in p.parents or p in c.parents:
+        where = f"--data_path {root}" if root else f"the Hugging Face cache {c} (HF_DATASETS_CACHE)"
+        raise DataError(f"{where}: the cache of --dataset {name} would be written among its files (it holds or lies "
+                        f"in {p}): give a --data_path outside it")
+
 def check_dataset(name:str, # a --dataset
                   root:str|None, # --data_path: shards, image folders, torchvision root or Hugging Face cache
                   splits:dict, # {flag: split}, e.g. {'train_split': 'train', 'val_split': 'validation'}
                   keys:dict|None=None, # {'input_key': ..., 'target_key': ...}: fields only wds/ and hfds/ readers take
                  ):
-    "The checks that need no reading: the extra installed, the shards or split folders there; one-line `DataError`."
+    "The checks that need no reading: extra installed, shards or split folders, a safe cache; one-line `DataError`."
     check_extra(name)
     kind = dataset_kind(name)
     if given := [k for k, v in (keys or {}).items() if v is not None and kind not in ('wds', 'hfds', 'hfids')]:
         raise DataError(f"--{given[0]} applies to wds/ and hfds/ datasets, not --dataset {name}")
+    if kind in ('hfds', 'hfids'): _check_hf_cache(name, root)
     for flag, split in splits.items():
         if kind == 'wds': check_wds(name, root, split, flag, train=flag == 'train_split')
         elif kind == 'folder': split_root(root, split, flag)
@@ -150,9 +163,22 @@ class RGB:
     "Convert a PIL image to RGB: torchvision's sets come as stored (MNIST: grayscale); timm's own readers convert."
     def __call__(self, img:Image.Image) -> Image.Image: return img.convert('RGB')
 
+@contextmanager
+def _quiet_datasets(name:str):
+    "For a Hugging Face `name`: `datasets` without progress bars or log lines (restored after): one-line errors."
+    if dataset_kind(name) not in ('hfds', 'hfids'): yield; return
+    import datasets
+    bars, level = datasets.utils.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars(); datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try: yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars: datasets.enable_progress_bars()
+
 def _create(name, root, split, flag, **kw):
     "timm's `create_dataset`, its errors as one-line `DataError`s naming the flag."
-    try: return create_dataset(name, root=root, split=split, **kw)
+    try:
+        with _quiet_datasets(name): return create_dataset(name, root=root, split=split, **kw)
     except ConnectionError as e:  # Hugging Face: not on disk, not cached, and the Hub offline or unreachable
         raise DataError(f"--dataset {name}: not a local folder and not in the Hugging Face cache, and the Hub cannot "
                         f"be reached ({_one_line(e)}): fetch it once online, or give its folder") from None

@@ -91,6 +91,37 @@ def test_train_then_eval(runs, data, kind):
     assert '(6 images)' in line and f"top1 {rec['test_top1']:.2f}" in line, (line, rec['test_top1'])
 
 
+def test_teacher_on_shards_probes_attention(data, tmp_path):
+    "A teacher run on WebDataset shards (iterable only) takes its attention probe by iterating: attn_js is logged."
+    import timm
+    torch.save(timm.create_model('vit_nano_patch4_32', num_classes=3).state_dict(), tmp_path/'t.pth')
+    r = run_forked('at_train', *TRAIN[:-1], '4', '--mode', 'distill', '--finetune', tmp_path/'t.pth',
+                   '--dataset', 'wds/toy', '--data_path', data/'wds', '--steps_per_epoch', 1, '--output_dir', tmp_path/'o')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rec, = _log(tmp_path/'o')
+    assert np.isfinite(rec['attn_js']) and rec['attn_js'] >= 0, rec
+
+
+def test_hfds_cache_not_among_the_data(data, tmp_path):
+    "A local Hugging Face dataset inside --data_path (its cache) is refused: `datasets` would write rows into it."
+    import shutil
+    shutil.copytree(data/'hf', tmp_path/'ds')
+    assert_refused('at_train', *TRAIN, '--dataset', f"hfds/{tmp_path/'ds'}", '--data_path', tmp_path, '--output_dir',
+                   tmp_path/'out', names=['--data_path', str(tmp_path/'ds')], code=1, watch=[tmp_path/'ds'],
+                   absent=[tmp_path/'out'])
+
+
+def test_eval_refuses_a_changed_test_split(runs, tmp_path):
+    "at_eval refuses the recorded split when it holds another number of images than the run's log.jsonl says."
+    import shutil
+    out, _ = runs
+    shutil.copy(out/'hfds'/'model.pth', tmp_path/'model.pth')
+    recs = _log(out/'hfds'); recs[-1]['test_n'] += 1  # as if the split had lost an image since
+    (tmp_path/'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    assert_refused('at_eval', tmp_path/'model.pth', '--num_workers', 0, code=1,
+                   names=[str(tmp_path/'model.pth'), f"scored {recs[-1]['test_n']} test images", 'holds 6'])
+
+
 def test_eval_on_another_dataset_of_the_same_classes(runs, data, tmp_path):
     "at_eval --dataset reads other images of the recorded classes; a folder of other class names is refused."
     out, _ = runs
@@ -188,6 +219,8 @@ def test_unknown_split(data, tmp_path):
     _refused(tmp_path, '--dataset', 'wds/toy', '--data_path', data/'wds', '--val_split', 'test',
              names=['--val_split test', 'not a split'])
     _refused(tmp_path, '--dataset', f"hfds/{data/'hf'}", '--val_split', 'test', names=['--val_split test', 'Unknown split'])
+    _refused(tmp_path, '--dataset', f"hfds/{data/'hf'}", '--data_path', tmp_path/'cache', '--val_split', 'test',
+             names=['--val_split test', 'Unknown split'])  # a new cache: no "Generating ... split" progress bars first
     _refused(tmp_path, '--dataset', 'folder', '--data_path', data/'hf', '--train_split', 'train',
              names=['--train_split train', 'no train/ folder'])
 
