@@ -9,7 +9,7 @@ __all__ = ['MNIST_MEAN', 'MNIST_STD', 'default_cfgs', 'vit_cfg', 'vit_pico_patch
 # %% ../nbs/00_vit.ipynb #790cfdea
 import torch
 from torch import Tensor
-from timm.models import register_model, build_model_with_cfg
+from timm.models import register_model, build_model_with_cfg, list_models
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -41,8 +41,13 @@ def _create_small_vit(variant:str, pretrained:bool=False, **kwargs)->VisionTrans
     return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
+# %% ../nbs/00_vit.ipynb #ec16e904
+def _register(fn):
+    "timm's `register_model`, once: a second run of this module (a kernel that imports it again) keeps the first."
+    return fn if fn.__name__ in list_models(fn.__name__) else register_model(fn)
+
 # %% ../nbs/00_vit.ipynb #42f92967
-@register_model
+@_register
 def vit_pico_patch4_32(pretrained:bool=False, # timm hub weights; none exist, so `True` raises
                        **kwargs # any `VisionTransformer` argument; overrides the defaults below
                       )->VisionTransformer:
@@ -51,7 +56,7 @@ def vit_pico_patch4_32(pretrained:bool=False, # timm hub weights; none exist, so
     return _create_small_vit('vit_pico_patch4_32', pretrained, **dict(args, **kwargs))
 
 # %% ../nbs/00_vit.ipynb #1fa44e34
-@register_model
+@_register
 def vit_pico_patch7_28(pretrained:bool=False, # timm hub weights; none exist, so `True` raises
                        **kwargs # any `VisionTransformer` argument; overrides the defaults below
                       )->VisionTransformer:
@@ -60,7 +65,7 @@ def vit_pico_patch7_28(pretrained:bool=False, # timm hub weights; none exist, so
     return _create_small_vit('vit_pico_patch7_28', pretrained, **dict(args, **kwargs))
 
 # %% ../nbs/00_vit.ipynb #55984364
-@register_model
+@_register
 def vit_nano_patch4_32(pretrained:bool=False, # timm hub weights; none exist, so `True` raises
                        **kwargs # any `VisionTransformer` argument; overrides the defaults below
                       )->VisionTransformer:
