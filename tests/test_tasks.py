@@ -1,8 +1,7 @@
 """The methods as timm `TrainingTask`s, driven the way timm's own `train.py` drives its tasks (EMA set up first, then
 `prepare_distributed`, an optimizer over the trainable module, `task(input, target)['loss'].backward()`, `update_ema`,
 and `get_eval_model()` for validation), and the project's `Trainer` running tasks it did not build."""
-import os, socket, pytest, torch, timm
-import torch.distributed as dist
+import os, pytest, torch, timm
 from timm.optim import create_optimizer_v2
 from timm.task import LogitDistillationTask
 import attention_transfer.vit  # registers vit_nano_patch4_32
@@ -10,14 +9,6 @@ from attention_transfer.methods import METHODS, build_task, trained_model
 from attention_transfer.train import Trainer
 
 def tiny(): return timm.create_model('vit_nano_patch4_32', num_classes=10)
-
-@pytest.fixture(scope='module')
-def one_process_group():
-    "A one-process gloo group, so that `prepare_distributed` wraps in a real DistributedDataParallel."
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 @pytest.mark.parametrize('name', sorted(METHODS))
 def test_timm_loop_trains_every_method(name, one_process_group):

@@ -2,10 +2,8 @@
 `train.py` drives a task. `create_optimizer_v2` with layer decay, a step, `CheckpointSaver`, `resume_task_checkpoint`,
 `setup_ema` and `load_task_ema_checkpoint`, `timm.create_model(checkpoint_path=...)` on the saved student, `compile`
 and `prepare_distributed` behave for each method as for timm's own distillation tasks."""
-import socket
 from pathlib import Path
 import pytest, torch, timm
-import torch.distributed as dist
 from torch._dynamo.testing import CompileCounterWithBackend
 from timm.optim import create_optimizer_v2
 from timm.task import resume_task_checkpoint, load_task_ema_checkpoint
@@ -154,14 +152,6 @@ def test_compile_trains_with_eager_loss_and_gradients(name, backend, kw, teacher
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
     for (k, a), b in zip(eager.student.named_parameters(), compiled.student.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=k)
-
-@pytest.fixture(scope='module')
-def one_process_group():
-    "A one-process gloo group, so that `prepare_distributed` wraps in a real DistributedDataParallel."
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 @pytest.mark.parametrize('family', sorted(ARCHS))
 @pytest.mark.parametrize('name', ALL)
