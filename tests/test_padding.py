@@ -1,8 +1,9 @@
 """Padding does not count (issue 23, item 2). A batch of images of different token counts is padded to one length and
 its attention mask hides the padding: bool, or additive with -inf, finfo.min, -1e4 or -1e9; hiding padding as keys
 and queries (`b 1 n n`) or as keys only (`b 1 1 n`). The loss of one image, and its attention-agreement diagnostics,
-must not depend on that padding: to 1e-6 (relative above 1), an image alone and in a padded batch give the same, and a batch gives the
-mean over its images weighted by their real query rows. Padded tokens hold large random junk, which must not matter."""
+must not depend on that padding: to 1e-6 (relative above 1), an image alone and in a padded batch give the same,
+and a batch gives the mean over its images weighted by their real query rows. Padded tokens hold large random junk,
+which must not matter."""
 import pytest, torch
 from _padded import FILLS, batch, make_mask, padded_vit, set_padding
 from attention_transfer.attention import QK
