@@ -98,12 +98,14 @@ def _default_size(name:str) -> int:
     cfg = timm.models.get_pretrained_cfg(name)
     return cfg.input_size[-1] if cfg is not None else 224
 
-def _named_data(meta:dict) -> dict:
-    "The crop and interpolation of the weights by name a run started from (recorded by model_meta), else {}."
+def _named_data(meta:dict, keys:tuple=('crop_pct', 'interpolation')) -> dict:
+    "The crop and interpolation (`keys`) of the weights by name a run started from (recorded by model_meta), else {}."
     d = ((meta.get('teacher') or {}).get('pretrained') or meta.get('pretrained') or {}).get('data') or {}
-    return {k: d[k] for k in ('crop_pct', 'interpolation') if d.get(k) is not None}
+    return {k: tuple(d[k]) if isinstance(d[k], list) else d[k] for k in keys if d.get(k) is not None}
 
 def _default_norm(meta:dict):
+    "The mean and std of the weights by name a run started from (recorded), else of its architecture's default tag."
+    if len(own := _named_data(meta, ('mean', 'std'))) == 2: return own  # e.g. an own loop's teacher by name
     cfg = timm.models.get_pretrained_cfg((meta.get('teacher') or {}).get('model') or meta['model'])
     return dict(mean=cfg.mean, std=cfg.std) if cfg is not None else None
 
@@ -115,10 +117,10 @@ def _data_of(meta:dict, data, data_path, input_size, path, dataset=None, val_spl
     name = None if src is None else src if src in BUILTIN or remote else str(Path(src).resolve())
     spec = dict(dataset=dataset, root=name, split=val_split or 'validation') if dataset else {}  # timm's
     d = meta.get('data')
-    if d is None:
+    if d is None:  # e.g. a checkpoint of one's own loop (task.get_checkpoint_state): the flags say, nothing is guessed
         if not src and not dataset:
-            raise TrainError(f"{path} does not say which data it was trained on: give --data NAME or --data_path FOLDER"
-                             )
+            raise TrainError(f"{path} does not say which data it was trained on: give --data NAME, --data_path FOLDER "
+                             f"or --dataset NAME")
         return dict(name=name or dataset, split='val', holdout=0, input_size=input_size, mean=None, std=None,
                     pipeline='timm') | spec
     if input_size and d.get('input_size') and input_size != d['input_size']:
@@ -127,14 +129,18 @@ def _data_of(meta:dict, data, data_path, input_size, path, dataset=None, val_spl
     if data and d.get('dataset'):
         raise TrainError(f"--data {data} contradicts {path}, trained on --dataset {d['dataset']}: drop the flag")
     if spec:  # other images of the same classes (checked), read by timm
-        return {**d, 'name': name or dataset, 'holdout': 0, 'pipeline': 'timm'} | spec
+        return {**_images(d), 'name': name or dataset, 'holdout': 0, 'pipeline': 'timm'} | spec
     if data and d['name'] in BUILTIN and data != d['name']:  # another built-in set: not other images of the same one
         raise TrainError(f"--data {data} contradicts {path}, trained on {d['name']}: drop the flag "
                          f"(--data_path FOLDER evaluates on other images of its classes)")
     if name is None or name == d['name']: return d
-    if d.get('dataset'): return {**d, 'name': name, 'root': name, 'holdout': 0}  # the same dataset, elsewhere
+    if d.get('dataset'): return {**_images(d), 'name': name, 'root': name, 'holdout': 0}  # the same dataset, elsewhere
     split = 'val' if d.get('pipeline') == 'timm' else 'test'
-    return {**d, 'name': name, 'split': split, 'holdout': 0}  # other images, same classes (checked)
+    return {**_images(d), 'name': name, 'split': split, 'holdout': 0}  # other images, same classes (checked)
+
+def _images(d:dict|None) -> dict|None:
+    "A data spec less its recorded size `n`: which images, however many the run counted."
+    return None if d is None else {k: v for k, v in d.items() if k != 'n'}
 
 def _describe_data(d:dict) -> str:
     holdout = f" (holdout {d['holdout']})" if d.get('holdout') else ''
@@ -161,7 +167,7 @@ def _members(c:EvalConfig) -> tuple:
                          f"attention")
     specs = [_data_of(m, c.data, c.data_path, c.input_size, p, c.dataset, c.val_split)
              for p, (_, m) in zip(c.checkpoints, nets)]
-    if any(s != specs[0] for s in specs[1:]):
+    if any(_images(s) != _images(specs[0]) for s in specs[1:]):  # whether or not they counted them
         raise TrainError("the checkpoints were evaluated on different images and cannot be ensembled: "
                          + '; '.join(f"{p}: {_describe_data(s)}" for p, s in zip(c.checkpoints, specs)))
     classes = {tuple(m['classes']) for _, m in nets if m.get('classes')}
@@ -239,15 +245,17 @@ def _check_classes(c:EvalConfig, spec:dict, classes:set, head:int|None, names:li
         raise TrainError(f"{c.checkpoints[0]} has {head} outputs for the {len(names)} classes of {spec['name']}")
 
 def _check_size(c:EvalConfig, nets:list, spec:dict, val_ds):
-    "Refuse the recorded evaluation split when it no longer holds as many images as the run's `log.jsonl` says."
+    "Refuse the recorded split when it holds another number of images than the checkpoint, or its run's log, records."
     if isinstance(val_ds, torch.utils.data.IterableDataset): return  # a stream: its count per process varies
     for p, (_, m) in zip(c.checkpoints, nets):
-        log = Path(p).parent/'log.jsonl'
-        if spec != m.get('data') or not log.is_file(): continue  # other images (flags), or no record of the run
-        ns = [r['test_n'] for r in map(json.loads, log.read_text().splitlines()) if r.get('test_n')]
-        if ns and ns[-1] != len(val_ds):
-            raise TrainError(f"{p}: its run scored {ns[-1]} test images ({log}), but {_describe_data(spec)} now holds "
-                             f"{len(val_ds)}: the data changed since")
+        if _images(spec) != _images(m.get('data')): continue  # other images (the data flags)
+        log = Path(p).parent/'log.jsonl'  # older checkpoints record no `n`: the run's log, when it is beside them
+        recs = map(json.loads, log.read_text().splitlines()) if log.is_file() else []
+        ns = [r['test_n'] for r in recs if r.get('test_n')]
+        for n, where in ((m['data'].get('n'), 'its description'), (ns[-1] if ns else None, log)):
+            if n is not None and n != len(val_ds):
+                raise TrainError(f"{p}: its run scored {n} test images ({where}), but {_describe_data(spec)} now holds "
+                                 f"{len(val_ds)}: the data changed since")
 
 def _report(res:dict, output:str|None):
     "Print each result in one line, and the attention tables; write them all to `output`."

@@ -132,9 +132,11 @@ def cached_weights(name:str, # a timm pre-trained name, e.g. a flag's value
         now = weights_identity(found, weights_file(found))
     except HubError as e: raise HubError(f"{flag} {e}".strip()) from None
     if expect and expect.get('sha256') and now['sha256'] != expect['sha256']:
-        raise HubError(f"{flag} {name}: the Hugging Face cache holds other weights (revision {now['revision']}) "
-                       f"than the recorded ones (revision {expect.get('revision')}, another SHA-256): "
-                       f"give the original weights".strip())
+        rev = now['revision'], expect.get('revision')  # shown only where they differ
+        rev = f"; revision {rev[0]}, recorded {rev[1]}" if rev[0] != rev[1] else ''
+        raise HubError(f"{flag} {name}: the Hugging Face cache holds other weights than the recorded ones "
+                       f"(SHA-256 {now['sha256'][:12]}, recorded {expect['sha256'][:12]}{rev}): give the original "
+                       f"weights".strip())
     return now
 
 # %% ../nbs/05b_hub.ipynb #58fac904

@@ -414,17 +414,17 @@ def find_teacher(meta:dict, # a copy checkpoint's description
     if teacher:
         p = Path(teacher)
         if not p.is_file(): return cached_weights(teacher, '--teacher', t.get('pretrained') or t)['name']  # a timm name
-        if t.get('sha256') and file_sha256(p) != t['sha256']:
-            raise TrainError(f"--teacher {p} is not the teacher {checkpoint} was trained with (its SHA-256 differs)")
+        if (w := t.get('sha256')) and (h := file_sha256(p)) != w:
+            raise TrainError(f"--teacher {p} is not the teacher of {checkpoint} (SHA-256 {h[:12]}, recorded {w[:12]})")
         return p
     if tp := t.get('pretrained'): return cached_weights(tp['name'], f"{checkpoint}: its teacher", tp)['name']  # by name
     rel = Path(os.path.normpath(checkpoint.parent/t['path'])) if t.get('path') else None
     cands = list(dict.fromkeys(p for p in (rel, Path(t['abs_path']) if t.get('abs_path') else None) if p is not None))
     for p in cands:
         if not p.is_file(): continue
-        if t.get('sha256') and file_sha256(p) != t['sha256']:
-            raise TrainError(f"{checkpoint} was trained with the teacher {p}, which has changed since "
-                             f"(SHA-256 differs): pass --teacher PATH with the original teacher")
+        if t.get('sha256') and (h := file_sha256(p)) != t['sha256']:
+            raise TrainError(f"{checkpoint} was trained with the teacher {p}, which has changed since (SHA-256 "
+                             f"{h[:12]}, recorded {t['sha256'][:12]}): pass --teacher PATH with the original teacher")
         return p
     where = ' or '.join(map(str, cands)) or 'no recorded path'
     raise TrainError(f"{checkpoint}: the teacher it was trained with is not found ({where}): pass --teacher PATH")

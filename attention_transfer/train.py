@@ -294,6 +294,8 @@ def describe(self:Trainer, folder:str|Path|None=None, # the checkpoint's folder,
         mean, std = _normalisation(ds)
         data = dict(name=src, split='val', holdout=0, input_size=f.get('input_size'), mean=mean, std=std,
                     pipeline='timm') | (getattr(ds, 'spec', None) or {}) if src else None  # spec: timm_data's
+        vds = getattr(self.val_dl, 'dataset', None)  # the evaluation split's size (not a stream's): at_eval checks it
+        if data and vds is not None and not isinstance(vds, torch.utils.data.IterableDataset): data['n'] = len(vds)
         try: self._description = model_meta(self.student, method, net.transfer_meta() if pair else None,
                                             teacher, f.get('finetune') or None if teacher is not None else None,
                                             getattr(ds, 'classes', None), data)
