@@ -22,7 +22,7 @@ from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_ta
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
-from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_module
+from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_ready
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 from .command import loader_workers, default_warmup, check_writable
 from .train_config import TrainConfig, RANGES, PRESETS, preset_command
@@ -177,7 +177,7 @@ def _resolve_trackers(c:TrainConfig):
     "Check and complete, in place, `--log_tensorboard` (a folder of this run's, made absolute) and `--log_wandb`."
     given = [f for f in ('log_tensorboard', 'log_wandb') if getattr(c, f)]
     if given and c.eval: raise TrainError(f"--{given[0]} does not apply to --eval (nothing is trained, nothing logged)")
-    if c.log_wandb: wandb_module('--log_wandb')
+    if c.log_wandb: wandb_ready('--log_wandb')  # installed, and offline or logged in
     if not c.log_tensorboard: return
     summary_writer('--log_tensorboard')
     p = Path(c.log_tensorboard)
