@@ -66,17 +66,13 @@ class TrainConfig:
     smoothing:float=0.1 # label smoothing
     no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
     ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    # classify from the average of the patch tokens (default: so, unless --cls_token; with a teacher, the pooling of
-    # the --finetune checkpoint: token, avg or map; resolved to one of them)
+    # switch, any mode: classify from the patch tokens' mean (avg); default: avg, or a copy/distill teacher's pooling
     global_pool:bool=False
     cls_token:bool=False # classify from the class token instead
     data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
-    # ImageFolder root with train/<class>/* and val/<class>/*, val/ the test images (default: none; give it or --data)
+    # folder: an ImageFolder (train/, val/ of class folders), or --dataset's files; default: none (then give --data)
     data_path:str=''
-    # timm's dataset, as timm.data.create_dataset reads it: wds/NAME (WebDataset shards in --data_path), hfds/NAME
-    # or hfds/PATH (Hugging Face; --data_path: its cache), torch/NAME (torchvision; --data_path: its root), or any
-    # other name for --data_path's split folders or .tar files; wds/ and hfds/ need
-    # pip install "attention_transfer[data]" (default: none: --data_path is an ImageFolder)
+    # timm create_dataset name: wds/NAME, hfds/NAME, torch/NAME or split folders, read from --data_path; default: none
     dataset:str|None=None
     # --dataset's training split, or a WebDataset shard pattern such as 'x-{0000..0009}.tar|SAMPLES' (default: train)
     train_split:str|None=None
@@ -89,8 +85,7 @@ class TrainConfig:
     # also log each epoch's numbers (log.jsonl's) as TensorBoard scalars in this folder; a resumed run adds to it
     # (default: none; needs pip install "attention_transfer[log]")
     log_tensorboard:str|None=None
-    # also log them to a Weights & Biases run: W&B's variables apply (WANDB_PROJECT, default attention_transfer;
-    # WANDB_MODE=offline); a resumed run continues it (needs pip install "attention_transfer[log]")
+    # switch (not --eval): log epochs to W&B too; default: off; needs wandb login, WANDB_API_KEY or WANDB_MODE=offline
     log_wandb:bool=False
     # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
     resume:str=''
