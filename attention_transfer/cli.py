@@ -25,7 +25,7 @@ from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
 from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_ready
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 from .command import loader_workers, default_warmup, check_writable
-from .train_config import TrainConfig, RANGES, PRESETS, preset_command
+from .train_config import TrainConfig, RANGES, PRESETS, preset_command, check_resume_batch
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'FREE_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options',
@@ -391,6 +391,7 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
     if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
+    if ck is not None: check_resume_batch(ck, c, world, c.resume)  # before any work, as the rest below
     if c.attn_impl == 'kernel' and (why := kernel_problem(device, amp_dtype(c.amp, device) or torch.float32)):
         raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")
     seed_all(c.seed)  # the same initial weights in every process

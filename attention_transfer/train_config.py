@@ -9,7 +9,7 @@ from .methods import TrainError
 from .command import loader_workers
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'TrainConfig', 'preset_command']
+__all__ = ['RANGES', 'PRESETS', 'BATCH_KEYS', 'TrainConfig', 'preset_command', 'check_resume_batch']
 
 # %% ../nbs/10a_train_config.ipynb #22c4418c
 @dataclass
@@ -153,3 +153,34 @@ def preset_command(name:str, # 'copy' or 'distill'
         n = 2 if i + 1 < len(flags) and not flags[i + 1].startswith('--') else 1
         pairs.append(' '.join(flags[i:i + n])); i += n
     return ' \\\n    '.join([launch] + [' '.join(pairs[j:j + 4]) for j in range(0, len(pairs), 4)])
+
+# %% ../nbs/10a_train_config.ipynb #936e8c56
+BATCH_KEYS = ('batch_size', 'accum_iter', 'steps_per_epoch', 'epochs')  # with the processes: check_resume_batch
+
+def _split(a:dict, w:int) -> str:
+    "How settings `a` on `w` processes make each update's batch, for messages."
+    return f"--batch_size {a['batch_size']} x --accum_iter {a.get('accum_iter', 1)} x {w} process{'es' * (w != 1)}"
+
+def check_resume_batch(ck:dict, # a training checkpoint: its `args`, and one RNG state per process that wrote it
+                       c:TrainConfig, # this run's settings (resolved)
+                       world:int, # this run's processes
+                       name:str='checkpoint', # the checkpoint, for messages
+                      ):
+    "Raise a one-line `TrainError` unless the run's updates, epoch length and schedule (`BATCH_KEYS`) stay the same."
+    was, now = ck.get('args') or {}, asdict(c)
+    if c.eval or 'batch_size' not in was: return  # evaluation only; not an at_train run (check_resume says so)
+    rng = ck.get('rng')
+    pw = len(rng) if isinstance(rng, list) and rng else world  # the processes that wrote it (one state each)
+    other = f"--resume {name} is another run: "
+    size = lambda a, w: a['batch_size'] * a.get('accum_iter', 1) * w
+    if size(was, pw) != size(now, world):
+        raise TrainError(f"{other}its updates average {size(was, pw)} images ({_split(was, pw)}); this run's would "
+                         f"average {size(now, world)} ({_split(now, world)}): keep the product; its split may change")
+    cap = lambda a, w: None if a.get('steps_per_epoch') is None else a['steps_per_epoch'] * a['batch_size'] * w
+    if cap(was, pw) != cap(now, world):
+        epoch = lambda a, w: (f"--steps_per_epoch {a.get('steps_per_epoch')} of {_split(a, w)}: "
+                              f"{'all' if cap(a, w) is None else cap(a, w)} images an epoch")
+        raise TrainError(f"{other}it has {epoch(was, pw)}; this run asks for {epoch(now, world)}")
+    if was.get('epochs', c.epochs) != c.epochs and ck['epoch'] + 1 < was['epochs']:  # a finished run may get more
+        raise TrainError(f"{other}it has --epochs {was['epochs']}, {ck['epoch'] + 1} trained; this run asks for "
+                         f"--epochs {c.epochs}, which reshapes its lr schedule (--stop_epoch stops it early)")
