@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, asdict, fields
 from .methods import TrainError
 from .command import loader_workers
+from .timm_data import dataset_kind
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'BATCH_KEYS', 'TrainConfig', 'preset_command', 'check_resume_batch']
+__all__ = ['RANGES', 'PRESETS', 'BATCH_KEYS', 'STREAMS', 'TrainConfig', 'preset_command', 'check_resume_batch']
 
 # %% ../nbs/10a_train_config.ipynb #22c4418c
 @dataclass
@@ -156,6 +157,7 @@ def preset_command(name:str, # 'copy' or 'distill'
 
 # %% ../nbs/10a_train_config.ipynb #936e8c56
 BATCH_KEYS = ('batch_size', 'accum_iter', 'steps_per_epoch', 'epochs')  # with the processes: check_resume_batch
+STREAMS = ('wds', 'hfids', 'tfds')  # iterable --dataset kinds: their order depends on processes, workers and batch
 
 def _split(a:dict, w:int) -> str:
     "How settings `a` on `w` processes make each update's batch, for messages."
@@ -181,6 +183,11 @@ def check_resume_batch(ck:dict, # a training checkpoint: its `args`, and one RNG
         epoch = lambda a, w: (f"--steps_per_epoch {a.get('steps_per_epoch')} of {_split(a, w)}: "
                               f"{'all' if cap(a, w) is None else cap(a, w)} images an epoch")
         raise TrainError(f"{other}it has {epoch(was, pw)}; this run asks for {epoch(now, world)}")
+    deal = lambda a, w: f"--batch_size {a['batch_size']}, --num_workers {a.get('num_workers')}, {w} process(es)"
+    if dataset_kind(c.dataset or '') in STREAMS and (was['batch_size'], was.get('num_workers'), pw) != (
+            c.batch_size, c.num_workers, world):  # timm's reader deals the shards to each process and worker
+        raise TrainError(f"{other}its --dataset {c.dataset} stream was read as {deal(was, pw)}; this run asks for "
+                         f"{deal(now, world)}: another split would reorder the samples")
     if was.get('epochs', c.epochs) != c.epochs and ck['epoch'] + 1 < was['epochs']:  # a finished run may get more
         raise TrainError(f"{other}it has --epochs {was['epochs']}, {ck['epoch'] + 1} trained; this run asks for "
                          f"--epochs {c.epochs}, which reshapes its lr schedule (--stop_epoch stops it early)")
