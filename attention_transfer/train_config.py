@@ -163,7 +163,7 @@ def _split(a:dict, w:int) -> str:
     "How settings `a` on `w` processes make each update's batch, for messages."
     return f"--batch_size {a['batch_size']} x --accum_iter {a.get('accum_iter', 1)} x {w} process{'es' * (w != 1)}"
 
-def check_resume_batch(ck:dict, # a training checkpoint: its `args`, and one RNG state per process that wrote it
+def check_resume_batch(ck:dict, # a training checkpoint: its args, and one RNG state per process that wrote it
                        c:TrainConfig, # this run's settings (resolved)
                        world:int, # this run's processes
                        name:str='checkpoint', # the checkpoint, for messages
