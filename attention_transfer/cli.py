@@ -391,12 +391,13 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
     if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
-    if ck is not None: check_resume_batch(ck, c, world, c.resume)  # before any work, as the rest below
     if c.attn_impl == 'kernel' and (why := kernel_problem(device, amp_dtype(c.amp, device) or torch.float32)):
         raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
-    if ck is not None: check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
+    if ck is not None:  # the same run (what is trained and learnt), then the same updates, before any work
+        check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
+        check_resume_batch(ck, c, world, c.resume)
     teacher, student = _models(c)
     _check_models(c, teacher, student)
     c.abs_lr = effective_lr(c.blr, c.batch_size, c.accum_iter, world, c.lr)
