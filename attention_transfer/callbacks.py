@@ -23,7 +23,7 @@ __all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'LOG_EXTRA', 'save_atomic', 'write_at
            'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback',
            'LogJSONL', 'SaveCheckpoint', 'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse',
            'progress_lines', 'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher', 'scalars',
-           'summary_writer', 'wandb_module', 'TensorBoardLog', 'read_tensorboard', 'WandbLog']
+           'summary_writer', 'wandb_module', 'TensorBoardLog', 'read_tensorboard', 'WandbLog', 'wandb_ready']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -416,3 +416,20 @@ class WandbLog(Callback):
 
     def after_fit(self, tr):
         if self.run is not None: self.run.finish(); self.run = None
+
+# %% ../nbs/08_callbacks.ipynb #8108e07a
+def wandb_ready(flag:str='WandbLog', # who asks, for the message (at_train: --log_wandb)
+                settings=None, # W&B settings (default: this process's, from its variables and files, as wandb.init)
+               ) -> str: # W&B's mode: online, offline or disabled ('' when this wandb cannot tell)
+    "The mode a W&B run would start in; `TrainError` naming `flag` when it is online with no credentials found."
+    wandb = wandb_module(flag)
+    try: from wandb.sdk import wandb_setup; from wandb.sdk.lib import wbauth  # wandb >= 0.31's own login lookup
+    except ImportError: return ''
+    s = settings if settings is not None else wandb_setup.singleton().settings
+    if s._noop or s._offline: return 'disabled' if s._noop else 'offline'
+    try: found = wbauth.authenticate_session(host=s.base_url, source=flag, prompt=False, update_session=False)
+    except wandb.errors.Error as e: raise TrainError(f"{flag}: {' '.join(str(e).split())}") from None  # a bad key
+    if found is None:
+        raise TrainError(f"{flag}: W&B is online but has no login here (no WANDB_API_KEY, no key in ~/.netrc): "
+                         f"run wandb login, set WANDB_API_KEY, or log locally with WANDB_MODE=offline")
+    return 'online'

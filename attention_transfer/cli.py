@@ -22,10 +22,10 @@ from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_ta
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
-from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_module
+from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_ready
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 from .command import loader_workers, default_warmup, check_writable
-from .train_config import TrainConfig, RANGES, PRESETS, preset_command
+from .train_config import TrainConfig, RANGES, PRESETS, preset_command, check_resume_batch
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'FREE_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options',
@@ -177,7 +177,7 @@ def _resolve_trackers(c:TrainConfig):
     "Check and complete, in place, `--log_tensorboard` (a folder of this run's, made absolute) and `--log_wandb`."
     given = [f for f in ('log_tensorboard', 'log_wandb') if getattr(c, f)]
     if given and c.eval: raise TrainError(f"--{given[0]} does not apply to --eval (nothing is trained, nothing logged)")
-    if c.log_wandb: wandb_module('--log_wandb')
+    if c.log_wandb: wandb_ready('--log_wandb')  # installed, and offline or logged in
     if not c.log_tensorboard: return
     summary_writer('--log_tensorboard')
     p = Path(c.log_tensorboard)
@@ -395,7 +395,9 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
         raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
-    if ck is not None: check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
+    if ck is not None:  # the same run (what is trained and learnt), then the same updates, before any work
+        check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
+        check_resume_batch(ck, c, world, c.resume)
     teacher, student = _models(c)
     _check_models(c, teacher, student)
     c.abs_lr = effective_lr(c.blr, c.batch_size, c.accum_iter, world, c.lr)

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, asdict, fields
 from .methods import TrainError
 from .command import loader_workers
+from .timm_data import dataset_kind
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'TrainConfig', 'preset_command']
+__all__ = ['RANGES', 'PRESETS', 'BATCH_KEYS', 'STREAMS', 'TrainConfig', 'preset_command', 'check_resume_batch']
 
 # %% ../nbs/10a_train_config.ipynb #22c4418c
 @dataclass
@@ -66,17 +67,13 @@ class TrainConfig:
     smoothing:float=0.1 # label smoothing
     no_aug:bool=False # training images get the evaluation transform (no crop, flip, RandAugment, erasing)
     ema:float|None=None # EMA decay, e.g. 0.9999 (default: no EMA)
-    # classify from the average of the patch tokens (default: so, unless --cls_token; with a teacher, the pooling of
-    # the --finetune checkpoint: token, avg or map; resolved to one of them)
+    # switch, any mode: classify from the patch tokens' mean (avg); default: avg, or a copy/distill teacher's pooling
     global_pool:bool=False
     cls_token:bool=False # classify from the class token instead
     data:str|None=None # built-in dataset: digits or mnist5k (default: none; give it or --data_path)
-    # ImageFolder root with train/<class>/* and val/<class>/*, val/ the test images (default: none; give it or --data)
+    # folder: an ImageFolder (train/, val/ of class folders), or --dataset's files; default: none (then give --data)
     data_path:str=''
-    # timm's dataset, as timm.data.create_dataset reads it: wds/NAME (WebDataset shards in --data_path), hfds/NAME
-    # or hfds/PATH (Hugging Face; --data_path: its cache), torch/NAME (torchvision; --data_path: its root), or any
-    # other name for --data_path's split folders or .tar files; wds/ and hfds/ need
-    # pip install "attention_transfer[data]" (default: none: --data_path is an ImageFolder)
+    # timm create_dataset name: wds/NAME, hfds/NAME, torch/NAME or split folders, read from --data_path; default: none
     dataset:str|None=None
     # --dataset's training split, or a WebDataset shard pattern such as 'x-{0000..0009}.tar|SAMPLES' (default: train)
     train_split:str|None=None
@@ -89,8 +86,7 @@ class TrainConfig:
     # also log each epoch's numbers (log.jsonl's) as TensorBoard scalars in this folder; a resumed run adds to it
     # (default: none; needs pip install "attention_transfer[log]")
     log_tensorboard:str|None=None
-    # also log them to a Weights & Biases run: W&B's variables apply (WANDB_PROJECT, default attention_transfer;
-    # WANDB_MODE=offline); a resumed run continues it (needs pip install "attention_transfer[log]")
+    # switch (not --eval): log epochs to W&B too; default: off; needs wandb login, WANDB_API_KEY or WANDB_MODE=offline
     log_wandb:bool=False
     # training checkpoint to continue; 'allow': output_dir/checkpoint.pth when it exists (default: none, a new run)
     resume:str=''
@@ -158,3 +154,40 @@ def preset_command(name:str, # 'copy' or 'distill'
         n = 2 if i + 1 < len(flags) and not flags[i + 1].startswith('--') else 1
         pairs.append(' '.join(flags[i:i + n])); i += n
     return ' \\\n    '.join([launch] + [' '.join(pairs[j:j + 4]) for j in range(0, len(pairs), 4)])
+
+# %% ../nbs/10a_train_config.ipynb #936e8c56
+BATCH_KEYS = ('batch_size', 'accum_iter', 'steps_per_epoch', 'epochs')  # with the processes: check_resume_batch
+STREAMS = ('wds', 'hfids', 'tfds')  # iterable --dataset kinds: their order depends on processes, workers and batch
+
+def _split(a:dict, w:int) -> str:
+    "How settings `a` on `w` processes make each update's batch, for messages."
+    return f"--batch_size {a['batch_size']} x --accum_iter {a.get('accum_iter', 1)} x {w} process{'es' * (w != 1)}"
+
+def check_resume_batch(ck:dict, # a training checkpoint: its args, and one RNG state per process that wrote it
+                       c:TrainConfig, # this run's settings (resolved)
+                       world:int, # this run's processes
+                       name:str='checkpoint', # the checkpoint, for messages
+                      ):
+    "Raise a one-line `TrainError` unless the run's updates, epoch length and schedule (`BATCH_KEYS`) stay the same."
+    was, now = ck.get('args') or {}, asdict(c)
+    if c.eval or 'batch_size' not in was: return  # evaluation only; not an at_train run (check_resume says so)
+    rng = ck.get('rng')
+    pw = len(rng) if isinstance(rng, list) and rng else world  # the processes that wrote it (one state each)
+    other = f"--resume {name} is another run: "
+    size = lambda a, w: a['batch_size'] * a.get('accum_iter', 1) * w
+    if size(was, pw) != size(now, world):
+        raise TrainError(f"{other}its updates average {size(was, pw)} images ({_split(was, pw)}); this run's would "
+                         f"average {size(now, world)} ({_split(now, world)}): keep the product; its split may change")
+    cap = lambda a, w: None if a.get('steps_per_epoch') is None else a['steps_per_epoch'] * a['batch_size'] * w
+    if cap(was, pw) != cap(now, world):
+        epoch = lambda a, w: (f"--steps_per_epoch {a.get('steps_per_epoch')} of {_split(a, w)}: "
+                              f"{'all' if cap(a, w) is None else cap(a, w)} images an epoch")
+        raise TrainError(f"{other}it has {epoch(was, pw)}; this run asks for {epoch(now, world)}")
+    deal = lambda a, w: f"--batch_size {a['batch_size']}, --num_workers {a.get('num_workers')}, {w} process(es)"
+    if dataset_kind(c.dataset or '') in STREAMS and (was['batch_size'], was.get('num_workers'), pw) != (
+            c.batch_size, c.num_workers, world):  # timm's reader deals the shards to each process and worker
+        raise TrainError(f"{other}its --dataset {c.dataset} stream was read as {deal(was, pw)}; this run asks for "
+                         f"{deal(now, world)}: another split would reorder the samples")
+    if was.get('epochs', c.epochs) != c.epochs and ck['epoch'] + 1 < was['epochs']:  # a finished run may get more
+        raise TrainError(f"{other}it has --epochs {was['epochs']}, {ck['epoch'] + 1} trained; this run asks for "
+                         f"--epochs {c.epochs}, which reshapes its lr schedule (--stop_epoch stops it early)")

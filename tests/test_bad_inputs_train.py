@@ -187,6 +187,23 @@ def test_resume_with_another_class_count_and_no_epochs_left(good):
                    watch=[good])
 
 
+# issue 21's trial: another batch, accumulation, epoch length or schedule made a resumed run silently another run
+SCRATCH_BATCH = [(['--batch_size', 4], ['--batch_size 8 x --accum_iter 1 x 1 process', '--batch_size 4 x --accum_iter 1']),
+                 (['--accum_iter', 2], ['average 8 images', '--accum_iter 1', 'average 16', '--accum_iter 2']),
+                 (['--batch_size', 4, '--accum_iter', 2],  # the same 8 per update, but half the images an epoch
+                  ['--steps_per_epoch 2 of --batch_size 8', '16 images an epoch', '--steps_per_epoch 2 of --batch_size 4',
+                   '8 images an epoch']),
+                 (['--steps_per_epoch', 3], ['--steps_per_epoch 2 of', '--steps_per_epoch 3 of']),
+                 (['--epochs', 3], ['--epochs 2, 1 trained', '--epochs 3', '--stop_epoch'])]
+
+
+@pytest.mark.parametrize('args,names', SCRATCH_BATCH, ids=[' '.join(map(str, a)) for a, _ in SCRATCH_BATCH])
+def test_resume_with_other_updates_or_schedule(good, args, names):
+    "The scratch run (1 of 2 epochs, batch 8, 2 steps an epoch), resumed with other updates: refused naming both values."
+    assert_refused('at_train', *TRAIN, '--epochs', 2, *args, '--resume', 'allow', '--output_dir', good/'scratch', code=1,
+                   names=['--resume', 'is another run', *names], watch=[good], real=args == ['--batch_size', 4])
+
+
 PRETRAIN_MISMATCH = [(['--decoder_depth', 2], ['--decoder_depth 1', '--decoder_depth 2']),
                      (['--decoder_dim', 64], ['--decoder_dim 32', '--decoder_dim 64']),
                      (['--mask_ratio', 0.5], ['--mask_ratio 0.75', '--mask_ratio 0.5']),

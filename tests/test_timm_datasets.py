@@ -202,6 +202,16 @@ def test_resume_is_exact(data, tmp_path, kind):
     assert [l['train_loss'] for l in _log(tmp_path/'straight')] == [l['train_loss'] for l in _log(tmp_path/'split')]
 
 
+def test_stream_resumed_with_another_worker_count(data, tmp_path):
+    "timm's reader deals the shards to each loader worker: another --num_workers would reorder a resumed stream."
+    args = [*TRAIN, '--dataset', 'wds/toy', '--data_path', data/'wds', '--epochs', 2, '--steps_per_epoch', 2,
+            '--output_dir', tmp_path/'run']
+    r = run_forked('at_train', *args, '--num_workers', 1, '--stop_epoch', 1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_refused('at_train', *args, '--num_workers', 0, '--resume', 'allow', code=1, watch=[tmp_path/'run'],
+                   names=['is another run', 'wds/toy stream', '--num_workers 1', '--num_workers 0'])
+
+
 def _refused(tmp_path, *args, names=()):
     "at_train on `args` is refused with one line naming `names`, exit 1, and no output folder."
     return assert_refused('at_train', *TRAIN, *args, '--output_dir', tmp_path/'out', names=names, code=1,

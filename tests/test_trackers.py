@@ -166,13 +166,15 @@ def test_only_rank_0_logs(tmp_path, monkeypatch):
     assert not (tmp_path/'tb').exists() and not (tmp_path/'out').exists()
 
 
-@pytest.mark.parametrize('case', ['file', 'eval'])
+@pytest.mark.parametrize('case', ['file', 'unwritable', 'eval'])
 def test_bad_tracker_flags_are_one_line_before_any_work(tmp_path, capsys, case):
     from attention_transfer.cli import main
     torch.save({'model': timm.create_model('vit_nano_patch4_32', num_classes=0).state_dict()}, tmp_path/'mae.pth')
     (tmp_path/'a_file').write_text('')
     base = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--num_workers', '0', '--output_dir', tmp_path/'out']
+    if case == 'unwritable' and not Path('/proc/self').is_dir(): pytest.skip('needs /proc: a folder even root cannot write')
     argv, msg = {'file': (base + ['--log_tensorboard', tmp_path/'a_file'], '--log_tensorboard: cannot create'),
+                 'unwritable': (base + ['--log_tensorboard', '/proc/at_train_tb'], '--log_tensorboard: cannot write in /proc'),
                  'eval': (base + ['--finetune', tmp_path/'mae.pth', '--eval', '--log_wandb'],
                           '--log_wandb does not apply to --eval')}[case]
     with pytest.raises(SystemExit) as e: main([str(a) for a in argv])
@@ -181,14 +183,16 @@ def test_bad_tracker_flags_are_one_line_before_any_work(tmp_path, capsys, case):
     assert not (tmp_path/'out').exists()
 
 
-def test_wandb_without_login_is_one_line(tmp_path):
-    "Online W&B with no API key: one line that says so and how to log offline; no run folder is left."
+def test_wandb_without_login_is_one_line_before_any_work(tmp_path):
+    "Online W&B with no API key: one line, before any work (no summary line), that says how to log in or log offline."
     env = {k: v for k, v in ENV.items() if not k.startswith('WANDB_')}
-    env.update(HOME=str(tmp_path), WANDB_MODE='online', WANDB_CONFIG_DIR=str(tmp_path/'wbconfig'))
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path/'no_netrc'), WANDB_MODE='online',
+               WANDB_CONFIG_DIR=str(tmp_path/'wbconfig'))
     r = subprocess.run([str(BIN/'at_train'), '--model', 'vit_nano_patch4_32', '--data', 'digits', '--num_workers', '0',
                         '--batch_size', '8', '--epochs', '1', '--steps_per_epoch', '1', '--attn_probe', '0',
                         '--output_dir', str(tmp_path/'out'), '--log_wandb'],
                        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
-    assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr[-2000:]
-    assert r.stderr.startswith('at_train: error: --log_wandb: W&B cannot start a run') and 'WANDB_MODE=offline' in r.stderr
-    assert not (tmp_path/'out').exists()
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and r.stdout == '', r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.startswith('at_train: error: --log_wandb: ')
+    assert all(w in r.stderr for w in ('wandb login', 'WANDB_API_KEY', 'WANDB_MODE=offline')), r.stderr
+    assert not (tmp_path/'out').exists() and not (tmp_path/'wbconfig').exists()

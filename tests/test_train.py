@@ -187,27 +187,36 @@ SCHED = [*MODEL, '--epochs', 4, '--lr', 1e-3, '--min_lr', 0, '--layer_decay', 1,
 
 
 def test_resume_on_two_processes_keeps_the_schedule(folder64, tmp_path):
-    "Epoch 0 on one process (8 updates), the rest on two (4 updates per epoch each): the lr continues from epoch + i/4."
-    flags = [*SCHED, '--data_path', folder64, '--batch_size', 8, '--output_dir', tmp_path/'run']
-    at(*flags, '--stop_epoch', 1)
-    torchrun(2, *flags, '--resume', 'allow')
+    """Epoch 0 on one process (batch 8), the rest on two (batch 4 each: the same 8 images per update, 8 updates per
+    epoch): the lr continues as in one run. Two processes of batch 8 (16 per update) are refused before any work."""
+    flags = [*SCHED, '--data_path', folder64, '--output_dir', tmp_path/'run']
+    at(*flags, '--batch_size', 8, '--stop_epoch', 1)
+    cmd = [str(BIN/'torchrun'), '--standalone', '--nproc_per_node=2', '--no-python', str(BIN/'at_train'), *map(str, flags),
+           '--batch_size', 8, '--resume', 'allow']
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=ENV, timeout=300)
+    want = ('its updates average 8 images (--batch_size 8 x --accum_iter 1 x 1 process); this run\'s would average 16 '
+            '(--batch_size 8 x --accum_iter 1 x 2 processes)')
+    assert r.returncode != 0 and 'at_train [rank 0]: error: --resume ' in r.stderr and want in r.stderr, r.stderr[-3000:]
+    assert len(log(tmp_path/'run')) == 1
+    torchrun(2, *flags, '--batch_size', 4, '--resume', 'allow')
     recs = log(tmp_path/'run')
     lrs = [r['lr'] / 1e-3 for r in recs]   # the lr of each epoch's last update
-    assert [r['epoch'] for r in recs] == [0, 1, 2, 3] and recs[-1]['step'] == 8 + 3 * 4
-    assert lrs == pytest.approx([cos_lr(7 / 8), cos_lr(1.75), cos_lr(2.75), cos_lr(3.75)], rel=1e-9)
-    assert round(lrs[-1], 4) == 0.0096     # the last update; counting updates (16 per run) would give min_lr = 0 here
+    assert [r['epoch'] for r in recs] == [0, 1, 2, 3] and recs[-1]['step'] == 4 * 8
+    assert lrs == pytest.approx([cos_lr(e + 7 / 8) for e in range(4)], rel=1e-9)
     ck = torch.load(tmp_path/'run'/'checkpoint.pth', weights_only=True)
     assert len(ck['rng']) == 2 and ck['epoch'] == 3
 
 
-def test_resume_with_other_batch_accum_steps_workers_and_data_location(folder64, tmp_path):
-    "What only changes how the same run is computed may change on resume; the schedule follows its position in epochs."
+def test_resume_with_other_batch_split_workers_and_data_location(folder64, tmp_path):
+    """What only changes how the same run is computed may change on resume: batch 8 becomes 4 x 2 accumulated (8 per
+    update), 6 steps of 8 become 12 of 4 (48 images an epoch), another worker count, the data moved."""
     import shutil
-    at(*SCHED, '--data_path', folder64, '--batch_size', 8, '--output_dir', tmp_path/'run', '--stop_epoch', 1)
+    at(*SCHED, '--data_path', folder64, '--batch_size', 8, '--steps_per_epoch', 6, '--output_dir', tmp_path/'run',
+       '--stop_epoch', 1)
     moved = shutil.copytree(folder64, tmp_path/'moved')
-    r = at(*SCHED, '--data_path', moved, '--batch_size', 4, '--accum_iter', 2, '--steps_per_epoch', 6, '--num_workers', 1,
+    r = at(*SCHED, '--data_path', moved, '--batch_size', 4, '--accum_iter', 2, '--steps_per_epoch', 12, '--num_workers', 1,
            '--output_dir', tmp_path/'run', '--resume', 'allow')
-    assert 'from epoch 1' in r.stdout and '3 updates/epoch' in r.stdout
+    assert 'from epoch 1' in r.stdout and '6 updates/epoch' in r.stdout
     lrs = [rec['lr'] / 1e-3 for rec in log(tmp_path/'run')]
-    assert lrs == pytest.approx([cos_lr(7 / 8)] + [cos_lr(e + 4 / 6) for e in (1, 2, 3)], rel=1e-9)  # last update starts at i = 4 of 6
+    assert lrs == pytest.approx([cos_lr(e + 5 / 6) for e in range(4)], rel=1e-9)  # each epoch's last update: 5 of 6
     assert (tmp_path/'run'/'model.pth').is_file()
