@@ -10,7 +10,8 @@ from pathlib import Path
 import timm, torch
 from . import vit  # registers the small CPU ViTs in timm's registry
 from timm.models import split_model_name_tag
-from .hub import HubError, pretrained_name, pretrained_cfg, weights_file
+from .hub import HubError, pretrained_name, pretrained_cfg, weights_file, headless_pooling
+from .hub import weights_misfit
 from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
@@ -70,7 +71,7 @@ def _resolve_method(c:TrainConfig):
         raise TrainError(f"--mode {c.mode} needs the pre-trained checkpoint: --finetune PATH")
     if role == 'none' and c.finetune:
         raise TrainError(f"--mode {c.mode} trains from random weights: drop --finetune (or use --mode finetune)")
-    named = _weights('--finetune', c.finetune)[0]  # a timm name: its file is in the cache
+    named, given = _weights('--finetune', c.finetune)[0], c.teacher  # a timm name: its file is in the cache
     if c.finetune and not named and not Path(c.finetune).is_file():
         raise TrainError(f"--finetune: not a file: {c.finetune}")
     if c.teacher and not transfer:  # refused, not ignored: the run would record no teacher
@@ -87,6 +88,9 @@ def _resolve_method(c:TrainConfig):
                              f"({split_model_name_tag(name)[0]}), --finetune the weights")
         if name is not None and timm.models.get_pretrained_cfg(name) is None and not timm.is_model(name):
             raise TrainError(f"--{k}: unknown model {name!r} (not in timm's registry)")
+    if named and given and transfer and (own := weights_misfit(named, c.teacher)):  # they carry their own
+        raise TrainError(f"--teacher {given} and --finetune {c.finetune} disagree: those weights are a {own}, which "
+                         f"{c.teacher} cannot hold; drop --teacher (its default is the weights' architecture)")
 
 # %% ../nbs/11_cli.ipynb #7a852be1
 def check_aa(aa:str): # a timm auto-augment policy, e.g. 'rand-m9-mstd0.5-inc1', or 'none'
@@ -170,6 +174,13 @@ def _resolve_probe(c:TrainConfig):
     p, named = Path(c.attn_teacher), _weights('--attn_teacher', c.attn_teacher)[0]
     if not named and not p.is_file(): raise TrainError(f"--attn_teacher: not a file: {p}")
     if not c.attn_probe: raise TrainError("--attn_teacher is only used with --attn_probe N (N > 0): drop one of them")
+    arch = c.teacher or c.model  # the probe builds its weights as the teacher's (or the student's) architecture
+    if named and (own := weights_misfit(named, arch)):
+        ft = c.finetune if c.teacher and c.finetune and not Path(c.finetune).exists() else None  # a teacher by name
+        flag, value = (('--finetune', ft) if ft and pretrained_cfg(ft)['architecture'] == arch else
+                       ('--teacher', arch) if arch != c.model else ('--model', arch))
+        raise TrainError(f"--attn_teacher {c.attn_teacher} and {flag} {value} disagree: those weights are a {own}, "
+                         f"which the probe would build as {arch}, and {arch} cannot hold them")
     c.attn_teacher = named or str(p.resolve())
 
 # %% ../nbs/11_cli.ipynb #2dfd21f5
@@ -275,8 +286,8 @@ def _teacher_pool(c:TrainConfig, ck:dict|None) -> str:
     pool = pretrained_cfg(named)['model_args'].get('global_pool') if named else None  # an hf-hub repo's config.json
     if pool == '' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has no pooling; the student "
                                          f"needs one to classify: avg (--global_pool or --cls_token choose another)")
-    if not pool: pool = checkpoint_pooling(file) or 'avg'
-    # None: an MAE encoder: average pooling, as the paper's recipe
+    if not pool: pool = checkpoint_pooling(file) or headless_pooling(named) or 'avg'
+    # None: headless weights that say nothing: by name, timm's default; an MAE encoder or a file, the paper's avg
     if pool != 'avg' and rank() == 0: print(f"at_train: note: the teacher {c.finetune} has {pool!r} pooling; teacher "
                                             f"and student keep it (--global_pool or --cls_token choose another)")
     return pool

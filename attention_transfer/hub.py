@@ -4,19 +4,20 @@
 
 # %% ../nbs/05b_hub.ipynb #31f85ba2
 from __future__ import annotations
-import difflib, hashlib
+import contextlib, difflib, hashlib, logging, re, warnings
 from pathlib import Path
-import timm
+import torch, timm
 from huggingface_hub import constants as hf_constants, hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models._hub import hf_split, load_model_config_from_hf, HF_WEIGHTS_NAME, _get_safe_alternatives
 from .checkpoints import CheckpointError
 import attention_transfer.vit  # registers the small CPU ViTs (vit_nano_*, ...) in timm's registry
 
 # %% auto #0
-__all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'weights_file', 'weights_identity', 'cached_weights',
-           'pretrained_source', 'load_pretrained', 'write_hub_cache']
+__all__ = ['DATA_KEYS', 'HubError', 'pretrained_name', 'pretrained_cfg', 'headless_pooling', 'weights_misfit', 'weights_file',
+           'weights_identity', 'cached_weights', 'pretrained_source', 'load_pretrained', 'write_hub_cache']
 
 # %% ../nbs/05b_hub.ipynb #c05d88d2
 class HubError(CheckpointError):
@@ -49,22 +50,59 @@ def pretrained_name(name:str, # e.g. 'vit_base_patch16_224.mae', 'hf-hub:timm/vi
 # %% ../nbs/05b_hub.ipynb #0b69f13a
 def _offline() -> bool: return hf_constants.is_offline_mode()
 
+@contextlib.contextmanager
+def _quiet():
+    "huggingface_hub's and its HTTP clients' log lines and warnings silenced for the call; their levels restored after."
+    loggers = [logging.getLogger(n) for n in ('huggingface_hub', 'urllib3', 'httpx', 'httpcore')]
+    levels = [l.level for l in loggers]
+    for l in loggers: l.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); yield
+    finally:
+        for l, v in zip(loggers, levels): l.setLevel(v)
+
+@contextlib.contextmanager
+def _from_cache():
+    "huggingface_hub reading its cache only for the call, as under HF_HUB_OFFLINE=1 (no request); restored after."
+    was, hf_constants.HF_HUB_OFFLINE = hf_constants.HF_HUB_OFFLINE, True
+    try: yield
+    finally: hf_constants.HF_HUB_OFFLINE = was
+
 def _get(repo:str, filename:str, revision:str|None, name:str) -> str|None:
-    "`filename` of `repo` from the cache (or downloaded, online); None if the repository has no such file."
-    if _offline():
-        p = try_to_load_from_cache(repo, filename, revision=revision)
-        return p if isinstance(p, str) else None
-    try: return hf_hub_download(repo, filename, revision=revision)
-    except LocalEntryNotFoundError:
-        raise HubError(f"{name}: the Hugging Face Hub is out of reach and it is not cached: give a file") from None
-    except EntryNotFoundError: return None
-    except Exception as e: raise HubError(f"{name}: cannot download {repo}/{filename}: {_line(e)}") from None
+    "`filename` of `repo`: the cached copy (no request), else downloaded (online); None if the repository has none."
+    p = try_to_load_from_cache(repo, filename, revision=revision)
+    if isinstance(p, str): return p
+    if p is not None or _offline(): return None  # known to be absent (a cached 404), or offline and not cached
+    with _quiet():  # one request without retries first: out of reach, the one line comes at once
+        try: get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
+        except RemoteEntryNotFoundError: return None
+        except HfHubHTTPError as e: raise HubError(f"{name}: cannot download {repo}/{filename}: {_line(e)}") from None
+        except Exception as e:
+            why = f"the Hugging Face Hub is out of reach ({_line(e)})"
+            raise _missing(name, repo, filename, revision, why) from None
+        try: return hf_hub_download(repo, filename, revision=revision)
+        except Exception as e: raise HubError(f"{name}: cannot download {repo}/{filename}: {_line(e)}") from None
 
 def _line(e:BaseException) -> str: return next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
 
-def _missing(name:str, repo:str) -> HubError:
-    return HubError(f"{name}: not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
-                    f"run `hf download {repo}` on a connected machine (same cache), or give a file")
+def _timm_name(repo:str) -> str|None:
+    "The timm name (arch.tag) whose registered weights live in `repo`, if any: it needs no config.json."
+    try: cfg = get_pretrained_cfg(repo.partition('/')[2])
+    except Exception: return None
+    return repo.partition('/')[2] if cfg is not None and cfg.hf_hub_id == repo else None
+
+def _missing(name:str, repo:str, file:str, revision:str|None=None, why:str='HF_HUB_OFFLINE is set') -> HubError:
+    "One line: `file` of `repo` is not cached and cannot be downloaded now (`why`), and how to get it."
+    where, fix = f"the Hugging Face cache ({hf_constants.HF_HUB_CACHE})", "on a connected machine (same cache)"
+    weights = [*_get_safe_alternatives(HF_WEIGHTS_NAME), HF_WEIGHTS_NAME]  # timm's default files
+    if file == 'config.json' and any(isinstance(try_to_load_from_cache(repo, f, revision=revision), str)
+                                     for f in weights):
+        alt = _timm_name(repo)  # its weights are cached: only the description is missing
+        return HubError(f"{name}: its config.json is not in {where}, its weights are, and {why}: run `hf download "
+                        f"{repo} config.json` {fix}" + (f", or name them the timm way, {alt} (no config.json needed)"
+                                                          if alt else ''))
+    return HubError(f"{name}: not in {where} and {why}: run `hf download {repo}` {fix}, or give a file")
+
 
 # %% ../nbs/05b_hub.ipynb #e785ca09
 def pretrained_cfg(name:str, # a name accepted by pretrained_name
@@ -74,11 +112,49 @@ def pretrained_cfg(name:str, # a name accepted by pretrained_name
         return {**get_pretrained_cfg(pretrained_name(name) or name).to_dict(), 'model_args': {}}
     repo, rev = hf_split(name[7:])
     if _get(repo, 'config.json', rev, name) is None:
-        if _offline(): raise _missing(name, repo)
+        if _offline(): raise _missing(name, repo, 'config.json', rev)
         raise HubError(f"{name}: the repository has no config.json, so timm cannot tell its architecture")
-    try: cfg, arch, args = load_model_config_from_hf(name[7:])
+    try:
+        with _from_cache(): cfg, arch, args = load_model_config_from_hf(name[7:])  # cached by _get
     except Exception as e: raise HubError(f"{name}: cannot read its config.json: {_line(e)}") from None
     return {**cfg, 'architecture': arch, 'model_args': dict(args)}
+
+# %% ../nbs/05b_hub.ipynb #hp01a7c3
+_MAE = re.compile(r'(?<![a-z])(fc)?mae(?![a-z])')  # vit_base_patch16_224.mae, convnextv2_*.fcmae, vit-mae-base
+
+def headless_pooling(name:str|None=None, # the weights' pre-trained name (arch.tag, hf-hub:org/name); None: a file
+                    ) -> str: # timm's global_pool: 'avg', or the architecture's default ('token', 'map', ...)
+    "The pooling for weights with no head parts that declare none: by name, timm's default; MAE weights and files: avg."
+    # Why: an encoder is trained with its architecture's pooling and final norm (DINOv2, CLIP: the class token), so a
+    # teacher by name pools as timm.create_model(arch) does. MAE encoders were trained with no pooling at all: the
+    # paper fine-tunes and transfers from them with average pooling and a fresh fc_norm. A file does not say which it
+    # is, and keeps that recipe (--cls_token or global_pool='token' choose the class token).
+    if name is None: return 'avg'
+    cfg = pretrained_cfg(name)
+    if _MAE.search(' '.join(str(s) for s in (name, cfg.get('tag'), cfg.get('hf_hub_id')) if s).lower()): return 'avg'
+    args = {k: v for k, v in cfg['model_args'].items() if k != 'global_pool'}
+    try:
+        with torch.device('meta'): model = timm.create_model(cfg['architecture'], **args)  # no memory, no init
+    except Exception: model = timm.create_model(cfg['architecture'], **args)  # a model that must be built for real
+    return getattr(model, 'global_pool', None) or 'avg'
+
+
+# %% ../nbs/05b_hub.ipynb #hp01a7c6
+def weights_misfit(name:str, # a pre-trained name (pretrained_name's)
+                   arch:str, # a timm architecture to load them into
+                  ) -> str|None: # the weights' own architecture if `arch` cannot hold them, else None
+    "The architecture of weights `name` if `arch` (with their model_args) has other tensors; None if it holds them."
+    cfg = pretrained_cfg(name)
+    if cfg['architecture'] == arch: return None
+    args = {k: v for k, v in cfg['model_args'].items() if k != 'global_pool'}  # as models.create_model builds `arch`
+    skip = ('pos_embed', 'norm', 'fc_norm', 'attn_pool', 'head')  # resampled, or pooling parts that loading fits
+    try:
+        with torch.device('meta'):  # shapes only: no memory, no initialisation
+            own, other = ({k: v.shape for k, v in timm.create_model(n, num_classes=0, **args).state_dict().items()
+                           if k.split('.')[0] not in skip} for n in (cfg['architecture'], arch))
+    except Exception: return cfg['architecture']  # e.g. `arch` does not take their model_args
+    return None if own == other else cfg['architecture']
+
 
 # %% ../nbs/05b_hub.ipynb #428a18f5
 def weights_file(name:str, # a name accepted by pretrained_name
@@ -96,7 +172,7 @@ def weights_file(name:str, # a name accepted by pretrained_name
     fn = cfg.get('hf_hub_filename') or HF_WEIGHTS_NAME
     for f in [*_get_safe_alternatives(fn), fn]:  # timm's order: a safetensors copy first
         if (p := _get(repo, f, rev, name)) is not None: return Path(p)
-    if _offline(): raise _missing(name, repo)
+    if _offline(): raise _missing(name, repo, fn, rev)
     raise HubError(f"{name}: {repo} has no {fn} (nor a safetensors copy)")
 
 # %% ../nbs/05b_hub.ipynb #de9548cb
@@ -167,7 +243,9 @@ def load_pretrained(name:str, # a name accepted by pretrained_name
     "`name`'s weights through `timm.create_model(name, pretrained=True)`, and which file they came from."
     file = weights_file(name, overlay)  # first: one line, before timm builds anything
     if img_size is not None: kw['img_size'] = img_size
-    try: src = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+    try:
+        with _from_cache():  # weights_file found them in the cache (or downloaded them): no request
+            src = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
     except Exception as e:  # e.g. the file does not fit: torch's first lines say which keys
         raise HubError(f"{name}: timm cannot load {file}: {' '.join(str(e).split())[:240]}") from None
     return src.pretrained_cfg['architecture'], src.state_dict(), weights_identity(name, file, src.pretrained_cfg)

@@ -13,7 +13,7 @@ from timm.models import clean_state_dict
 import attention_transfer.vit  # registers the small CPU ViTs (vit_pico_*, vit_nano_*) in timm's registry
 from .checkpoints import (ModelError, CheckpointError, CheckpointNote, load_state_dict, _read, _format,
                                             _bad_safetensors, _one_line)
-from .hub import pretrained_source, load_pretrained
+from .hub import pretrained_source, load_pretrained, headless_pooling
 
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_KEY', 'load_weights', 'checkpoint_pooling', 'create_model', 'freeze', 'create_teacher',
@@ -156,7 +156,7 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
                  checkpoint:str|Path|None=None, # weights: a file (MAE, timm, safetensors) or a timm pre-trained name
                  *, num_classes:int|None=None, # None: the checkpoint's classifier size (0: none), else timm's
                  img_size:int|None=None, # None: the architecture's default; position embeddings are resampled
-                 global_pool:str|None=None, # 'token', 'avg', 'map', ''; None: the checkpoint's (MAE: avg), else timm's
+                 global_pool:str|None=None, # 'token', 'avg', 'map', ''; None: the checkpoint's (hub.headless_pooling)
                  drop_path:float=0., # stochastic depth rate
                  use_ema:bool=False, # load the checkpoint's EMA weights
                  **kw, # more timm.create_model arguments (patch_size, depth, pretrained, pretrained_cfg_overlay, ...)
@@ -167,12 +167,13 @@ def create_model(name:str, # timm registry name, e.g. 'vit_base_patch16_224' or 
     shaped = dict(kw, num_classes=0) if num_classes == 0 else kw  # headless, as timm.create_model(num_classes=0)
     arch, sd, hub = load_pretrained(*src, img_size=img_size, **shaped) if src else (name, None, None)  # timm loads
     if checkpoint is None: name = arch  # named by its weights (arch.tag, hf-hub:): their architecture
+    named = src[0] if src and not (src[1] or {}).get('file') else None  # weights by name, not a file
     notes, what = [], hub['name'] if hub else str(checkpoint)
     if sd is not None or checkpoint is not None:
         sd = sd if sd is not None else load_state_dict(checkpoint, use_ema=use_ema)
         has_head, own = 'head.weight' in sd, checkpoint_pooling(sd, None if hub else _recorded(Path(checkpoint)))
         if declared is not None: own = declared  # the repository's config.json says it
-        if global_pool is None: global_pool = own if own is not None else None if has_head else 'avg'  # MAE: avg
+        if global_pool is None: global_pool = own if own is not None else None if has_head else headless_pooling(named)
         elif own is not None and global_pool != own: notes.append(f"global_pool={global_pool!r} asked; the checkpoint "
                                                                   f"has {own!r} pooling and its head parts")
         if num_classes is None and has_head and sd['head.weight'].ndim == 2: num_classes = sd['head.weight'].shape[0]

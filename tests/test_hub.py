@@ -15,9 +15,10 @@ from attention_transfer.models import create_teacher, create_model, checkpoint_m
 from attention_transfer.attention import attention_maps
 
 # A tiny architecture with one pre-trained tag whose weights live on the (fake) hub, as timm registers its own.
-default_cfgs = generate_default_cfgs({'vit_hubtest_patch4_32.test': dict(
-    hf_hub_id='timm/vit_hubtest_patch4_32.test', num_classes=0, input_size=(3, 32, 32), mean=(0.5,) * 3,
-    std=(0.25,) * 3, crop_pct=1.0, interpolation='bicubic', first_conv='patch_embed.proj', classifier='head')})
+default_cfgs = generate_default_cfgs({tag: dict(
+    hf_hub_id=f'timm/{tag}', num_classes=0, input_size=(3, 32, 32), mean=(0.5,) * 3,
+    std=(0.25,) * 3, crop_pct=1.0, interpolation='bicubic', first_conv='patch_embed.proj', classifier='head')
+    for tag in ('vit_hubtest_patch4_32.test', 'vit_hubtest_patch4_32.mae')})
 
 @register_model
 def vit_hubtest_patch4_32(pretrained=False, **kw):
@@ -26,6 +27,7 @@ def vit_hubtest_patch4_32(pretrained=False, **kw):
                                 pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kw))
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)  # a tiny ViT-B/16 "MAE"
+DINO = dict(embed_dim=32, depth=2, num_heads=2, img_size=28)  # a tiny ViT-S/14 DINOv2 (registers, layer scale)
 C1, C2 = 'a1' * 20, 'b2' * 20  # two commits of a repository
 
 
@@ -60,6 +62,11 @@ def cache(tmp_path_factory):
     for pool in ('token', 'avg'):  # headless towers whose config.json declares their pooling (and no classifier)
         put(root, f'me/nano-{pool}', {'model.safetensors': weights('vit_nano_patch4_32', 3, global_pool=pool),
                                       'config.json': json.dumps(dict(cfg, model_args=dict(global_pool=pool))).encode()})
+    put(root, 'timm/vit_hubtest_patch4_32.mae', {'model.safetensors': weights('vit_hubtest_patch4_32', 5)})
+    put(root, 'timm/vit_small_patch14_dinov2.lvd142m', {'model.safetensors': weights('vit_small_patch14_dinov2', 4,
+                                                                                         **DINO)})
+    put(root, 'me/nano-mae', {'model.safetensors': weights('vit_nano_patch4_32', 6),  # MAE: the repository says so
+                              'config.json': json.dumps(dict(cfg, model_args={})).encode()})
     return root
 
 @pytest.fixture
@@ -233,3 +240,155 @@ def test_offline_and_not_cached_is_one_line_from_the_console_script(tmp_path):
     assert r.stderr.startswith('at_train: error: --finetune vit_base_patch16_224.mae: not in the Hugging Face cache')
     assert 'HF_HUB_OFFLINE' in r.stderr and 'hf download timm/vit_base_patch16_224.mae' in r.stderr
     assert not (tmp_path/'o').exists()
+
+
+# -- headless weights by name that declare no pooling: timm's own (DINOv2: token); MAE and files: the paper's avg
+
+def test_headless_teacher_by_name_pools_as_timm_builds_it(offline):
+    "DINOv2 by name keeps its class token and final norm (on main: avg with a fresh fc_norm and a note)."
+    import warnings
+    from attention_transfer.models import CheckpointNote
+    x = torch.randn(2, 3, 28, 28)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        t = create_teacher('vit_small_patch14_dinov2.lvd142m', **DINO)
+    ref = timm.create_model('vit_small_patch14_dinov2.lvd142m', pretrained=True, **DINO).eval()  # timm's own model
+    assert (t.global_pool, ref.global_pool, t.num_classes) == ('token', 'token', 0)
+    assert (t.at_checkpoint['fresh'], t.at_checkpoint['notes']) == ([], [])
+    assert not [m for m in w if issubclass(m.category, CheckpointNote)]
+    torch.testing.assert_close(t(x), ref(x))  # the class token after the trained final norm
+    for a, b in zip(attention_maps(t, x), attention_maps(ref, x)): torch.testing.assert_close(a, b)
+    assert create_teacher('hf-hub:timm/vit_nano_patch4_32.test').global_pool == 'token'  # config.json: no pooling
+    # MAE (by tag, by repository) and a file keep the paper's recipe: average pooling with a fresh fc_norm
+    f = snapshot_file(offline, 'timm/vit_small_patch14_dinov2.lvd142m')
+    for m in (create_teacher('vit_base_patch16_224.mae', **TINY), create_teacher('hf-hub:me/nano-mae'),
+              create_teacher('vit_small_patch14_dinov2', f, **DINO)):
+        assert (m.global_pool, m.at_checkpoint['fresh']) == ('avg', ['fc_norm.bias', 'fc_norm.weight'])
+
+
+def test_at_train_headless_teacher_by_name_pools_as_timm(offline, tmp_path, capsys):
+    "at_train: teacher and student pool by class token for a non-MAE name (on main: avg), by average for MAE."
+    from attention_transfer.cli import main
+    args = ['--model', 'vit_hubtest_patch4_32', '--mode', 'distill', *TRAIN]
+    for tag, pool in (('test', 'token'), ('mae', 'avg')):
+        code, out, err = cli(main, args + ['--finetune', f'vit_hubtest_patch4_32.{tag}', '--output_dir', tmp_path/tag],
+                             capsys)
+        assert code == 0, err
+        ck = torch.load(tmp_path/tag/'checkpoint.pth', map_location='cpu', weights_only=True)
+        assert (ck['args']['global_pool'], ck['meta']['teacher']['model_args']['global_pool']) == (pool, pool)
+        assert ck['meta']['model_args']['global_pool'] == pool
+
+
+# -- no HF_HUB_OFFLINE and no network: the cache without a request; else one prompt line, no retry chatter
+
+@pytest.fixture
+def no_network(cache, monkeypatch):
+    "huggingface_hub online (HF_HUB_OFFLINE unset), its endpoint a local port that lists file requests and drops them."
+    import socket, threading
+    srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(64)
+    hits = []
+    def serve():
+        while True:
+            try: conn, _ = srv.accept()
+            except OSError: return
+            with conn:
+                conn.settimeout(5)
+                try: line = conn.recv(4096).split(b'\r\n')[0].decode()
+                except OSError: line = '?'
+                if '/resolve/' in line: hits.append(line)  # huggingface_hub's own telemetry (agent-harnesses) aside
+    threading.Thread(target=serve, daemon=True).start()
+    url = f'http://127.0.0.1:{srv.getsockname()[1]}'
+    monkeypatch.setattr(hf, 'HF_HUB_CACHE', str(cache)); monkeypatch.setattr(hf, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(hf, 'ENDPOINT', url)
+    monkeypatch.setattr(hf, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
+    yield hits, url
+    srv.close()
+
+@pytest.fixture
+def refused(cache, monkeypatch):
+    "huggingface_hub online (HF_HUB_OFFLINE unset), its endpoint a local port that refuses connections: an offline machine."
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); url = f'http://127.0.0.1:{s.getsockname()[1]}'
+    monkeypatch.setattr(hf, 'HF_HUB_CACHE', str(cache)); monkeypatch.setattr(hf, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(hf, 'ENDPOINT', url)
+    monkeypatch.setattr(hf, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
+    return url
+
+def test_cached_weights_load_without_a_request(no_network, caplog):
+    "Cached weights and config.json load with no connection and no log line (on main: a request per file)."
+    hits, _ = no_network
+    caplog.set_level('DEBUG')
+    t = create_teacher('vit_base_patch16_224.mae', **TINY)
+    h = create_teacher('hf-hub:timm/vit_nano_patch4_32.test')
+    assert t.at_pretrained['revision'] == h.at_pretrained['revision'] == C1
+    assert hits == [] and not [r for r in caplog.records if r.name.startswith(('huggingface_hub', 'httpx'))]
+    assert hf.HF_HUB_OFFLINE is False  # the scope is restored
+
+def test_uncached_online_unreachable_is_one_prompt_line(refused, caplog):
+    "Not cached and the Hub out of reach: no retries or log lines, HubError at once (on main: 23 s of retries, logged)."
+    import logging, time
+    from attention_transfer.hub import HubError, weights_file
+    levels = [logging.getLogger(n).level for n in ('huggingface_hub', 'urllib3')]
+    caplog.set_level('DEBUG')
+    start = time.perf_counter()
+    with pytest.raises(HubError) as e: weights_file('vit_base_patch16_224.dino')
+    assert time.perf_counter() - start < 5, time.perf_counter() - start  # huggingface_hub's backoff: 1+2+4+8+8 s
+    msg = str(e.value)
+    assert '\n' not in msg and 'the Hugging Face Hub is out of reach' in msg, msg
+    assert 'hf download timm/vit_base_patch16_224.dino' in msg, msg
+    assert not [r for r in caplog.records if r.name.startswith(('huggingface_hub', 'urllib3', 'httpx'))]
+    assert [logging.getLogger(n).level for n in ('huggingface_hub', 'urllib3')] == levels and hf.HF_HUB_OFFLINE is False
+
+def test_uncached_online_unreachable_from_the_console_script(refused, tmp_path):
+    "A new process, HF_HUB_OFFLINE unset, HF_ENDPOINT refusing: one line on stderr (on main: 11 lines of retries first)."
+    url = refused
+    env = {k: v for k, v in os.environ.items() if k not in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')}
+    env.update(HF_ENDPOINT=url, HF_HUB_CACHE=str(tmp_path/'empty'), HF_HOME=str(tmp_path/'home'))
+    r = subprocess.run([str(Path(sys.executable).parent/'at_train'), '--model', 'vit_base_patch16_224', '--mode',
+                        'distill', '--finetune', 'vit_base_patch16_224.mae', '--data', 'digits', '--output_dir',
+                        str(tmp_path/'o')], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith('at_train: error: --finetune vit_base_patch16_224.mae: not in the Hugging Face cache')
+    assert 'out of reach' in r.stderr and 'hf download timm/vit_base_patch16_224.mae' in r.stderr
+    assert not (tmp_path/'o').exists()
+
+
+# -- an hf-hub id whose weights are cached but whose config.json is not
+
+def test_missing_config_json_is_named_with_its_fix(offline, tmp_path, capsys):
+    "The message names config.json, the hf download command for it and the timm name (on main: 'not in the cache')."
+    from attention_transfer.cli import main
+    with pytest.raises(ModelError) as e: create_teacher('hf-hub:timm/vit_base_patch16_224.mae')
+    msg = str(e.value)
+    assert 'hf-hub:timm/vit_base_patch16_224.mae: its config.json is not in the Hugging Face cache' in msg, msg
+    assert 'its weights are' in msg and '`hf download timm/vit_base_patch16_224.mae config.json`' in msg, msg
+    assert 'the timm way, vit_base_patch16_224.mae (no config.json needed)' in msg, msg
+    code, out, err = cli(main, ['--model', 'vit_base_patch16_224', '--mode', 'distill', '--finetune',
+                                'hf-hub:timm/vit_base_patch16_224.mae', *TRAIN, '--output_dir', tmp_path/'o'], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and 'hf download timm/vit_base_patch16_224.mae config.json' in err
+    assert not (tmp_path/'o').exists()
+    with pytest.raises(ModelError, match=r'me/nano-token2: not in the Hugging Face cache .* `hf download me/nano-token2`'):
+        create_teacher('hf-hub:me/nano-token2')  # nothing of it cached: the whole repository
+
+
+# -- flags that disagree about the teacher: one line naming both flags and both values, before any work
+
+def test_teacher_flags_that_disagree_name_both(offline, tmp_path, capsys):
+    from attention_transfer.cli import main, resolve, TrainConfig
+    base = ['--data', 'digits', '--epochs', '1', '--batch_size', '8', '--num_workers', '0']
+    cases = [(['--model', 'vit_hubtest_patch4_32', '--mode', 'distill', '--finetune', 'vit_hubtest_patch4_32.test',
+               '--teacher', 'vit_pico_patch4_32'],
+              '--teacher vit_pico_patch4_32 and --finetune vit_hubtest_patch4_32.test disagree'),
+             (['--model', 'vit_hubtest_patch4_32', '--mode', 'distill', '--finetune', 'vit_hubtest_patch4_32.test',
+               '--attn_teacher', 'vit_base_patch16_224.mae'],
+              '--attn_teacher vit_base_patch16_224.mae and --finetune vit_hubtest_patch4_32.test disagree'),
+             (['--model', 'vit_pico_patch4_32', '--attn_teacher', 'vit_hubtest_patch4_32.test'],
+              '--attn_teacher vit_hubtest_patch4_32.test and --model vit_pico_patch4_32 disagree')]
+    for i, (args, says) in enumerate(cases):
+        code, out, err = cli(main, args + base + ['--output_dir', tmp_path/str(i)], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and says in err, err
+        assert not (tmp_path/str(i)).exists()
+    # an architecture that holds the weights (the same tensors under another registry name) still runs, as before
+    c = resolve(TrainConfig(model='vit_nano_patch4_32', mode='distill', finetune='vit_hubtest_patch4_32.test',
+                            teacher='vit_nano_patch4_32', data='digits', output_dir=str(tmp_path/'ok')))
+    assert (c.teacher, c.finetune) == ('vit_nano_patch4_32', 'vit_hubtest_patch4_32.test')
