@@ -121,6 +121,9 @@ def _data_of(meta:dict, data, data_path, input_size, path, dataset=None, val_spl
         if not src and not dataset:
             raise TrainError(f"{path} does not say which data it was trained on: give --data NAME, --data_path FOLDER "
                              f"or --dataset NAME")
+        if input_size and (built := _built_size(meta)) and input_size != built:
+            raise TrainError(f"--input_size {input_size} contradicts {path}, built for {built}px images (its recorded "
+                             f"img_size): drop the flag")
         return dict(name=name or dataset, split='val', holdout=0, input_size=input_size, mean=None, std=None,
                     pipeline='timm') | spec
     if input_size and d.get('input_size') and input_size != d['input_size']:
@@ -137,6 +140,14 @@ def _data_of(meta:dict, data, data_path, input_size, path, dataset=None, val_spl
     if d.get('dataset'): return {**_images(d), 'name': name, 'root': name, 'holdout': 0}  # the same dataset, elsewhere
     split = 'val' if d.get('pipeline') == 'timm' else 'test'
     return {**_images(d), 'name': name, 'split': split, 'holdout': 0}  # other images, same classes (checked)
+
+def _built_size(meta:dict) -> int|None:
+    "The image side a checkpoint's model was built for (its recorded `img_size`), else None (unrecorded, or any size)."
+    a = meta.get('model_args') or {}
+    size = a.get('img_size')
+    if size is None or a.get('dynamic_img_size'): return None
+    sides = set(size) if isinstance(size, (list, tuple)) else {size}
+    return sides.pop() if len(sides) == 1 else None
 
 def _images(d:dict|None) -> dict|None:
     "A data spec less its recorded size `n`: which images, however many the run counted."

@@ -190,3 +190,21 @@ def test_checkpoint_of_a_method_this_process_does_not_know(tmp_path):
     save_timm_checkpoint(m, tmp_path/'model.pth', model_meta(m, 'copy2'))
     with pytest.raises(TrainError, match="method 'copy2', which is not in the method table"): load_for_eval(tmp_path/'model.pth')
     assert_refused('at_eval', tmp_path/'model.pth', code=1, names=[str(tmp_path/'model.pth'), "'copy2'"])
+
+
+def test_input_size_against_an_own_loop_checkpoint(tmp_path):
+    """A checkpoint of one's own training loop (timm's `CheckpointSaver` on a task, as the README's block saves it) records
+    no data but its model's img_size: another --input_size is refused in one line, as for at_train's checkpoints."""
+    import timm
+    from timm.optim import create_optimizer_v2
+    from timm.utils import CheckpointSaver
+    from attention_transfer.methods import build_task
+    torch.manual_seed(0); t = timm.create_model('vit_nano_patch4_32', num_classes=10)
+    save_timm_checkpoint(t, tmp_path/'teacher.pth')
+    task = build_task('distill', timm.create_model('vit_nano_patch4_32', num_classes=10),
+                      create_teacher('vit_nano_patch4_32', tmp_path/'teacher.pth', num_classes=10))
+    opt = create_optimizer_v2(task.get_trainable_module(), 'adamw', lr=1e-3)
+    CheckpointSaver(task.get_trainable_module(), opt, checkpoint_dir=str(tmp_path), task=task).save_checkpoint(epoch=0)
+    out = tmp_path/'eval.json'
+    assert_refused('at_eval', tmp_path/'last.pth.tar', '--data', 'digits', '--input_size', '64', '--output', out, code=1,
+                   absent=[out], names=['--input_size 64', str(tmp_path/'last.pth.tar'), '32px', 'drop the flag'])
