@@ -23,7 +23,8 @@ __all__ = ['LOG_KEYS', 'PROGRESS_SECONDS', 'LOG_EXTRA', 'save_atomic', 'write_at
            'rng_state', 'set_rng_state', 'seed_all', 'load_checkpoint', 'log_line', 'read_log', 'plot_log', 'Callback',
            'LogJSONL', 'SaveCheckpoint', 'ExportModel', 'progress_shown', 'progress_every', 'duration', 'Pulse',
            'progress_lines', 'ProgressBar', 'default_callbacks', 'AttentionDivergence', 'mapped_teacher', 'scalars',
-           'summary_writer', 'wandb_module', 'TensorBoardLog', 'read_tensorboard', 'WandbLog', 'wandb_ready']
+           'summary_writer', 'wandb_module', 'TensorBoardLog', 'read_tensorboard', 'tensorboard_dir', 'WandbLog',
+           'wandb_ready']
 
 # %% ../nbs/08_callbacks.ipynb #2b625712
 def save_atomic(obj, # anything `torch.save` takes (tensors and plain values keep it `weights_only`-loadable)
@@ -376,6 +377,20 @@ def read_tensorboard(log_dir:str|Path, # a folder TensorBoardLog wrote
             if tag in r: raise ValueError(f"{log_dir}: {tag} has two values at step {e.step}")
             r[tag] = tensor_util.make_ndarray(e.tensor_proto).item()
     return [recs[k] for k in sorted(recs)]
+
+# %% ../nbs/08_callbacks.ipynb #948d8854
+def tensorboard_dir(path:str|Path, # --log_tensorboard: the folder asked for (`~` expanded)
+                    output_dir:str|Path|None=None, # this run's output folder: its own folders are always fine
+                    resume:bool=False, # a resumed run adds to its own events
+                   ) -> Path: # the folder, absolute
+    "The absolute events folder for `path`; `TrainError` if it is in another run's output folder or holds its events."
+    p, out = Path(path).expanduser().resolve(), output_dir and Path(output_dir).expanduser().resolve()
+    other = next((d for d in [p, *p.parents] if (d/'log.jsonl').is_file() or (d/'checkpoint.pth').is_file()), None)
+    if other is not None and not (out and (p == out or out in p.parents)):
+        raise TrainError(f"--log_tensorboard {path} is in another run's output folder {other}: give one of this run's")
+    if not resume and any(p.glob('events.out.tfevents.*')):
+        raise TrainError(f"--log_tensorboard {p} holds another run's events: choose another (resuming adds to its own)")
+    return p
 
 # %% ../nbs/08_callbacks.ipynb #b7352757
 class WandbLog(Callback):
