@@ -288,7 +288,7 @@ def check_writable(path:str|Path, # a folder that will be created or written
     top = next(d for d in [path, *path.parents] if d.exists())  # the nearest folder that exists
     if not top.is_dir(): raise TrainError(f"{flag}: cannot create {path}: {top} is a file")
     try: fd, probe = tempfile.mkstemp(dir=top, prefix=f'.{prog}.', suffix='.probe')
-    except OSError as e: raise TrainError(f"{flag}: cannot write in {top} ({e.strerror})") from None
+    except OSError as e: raise TrainError(f"{flag} {path}: cannot write in {top} ({e.strerror})") from None
     os.close(fd); os.unlink(probe)
 
 # %% ../nbs/10_command.ipynb #097f3049

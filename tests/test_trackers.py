@@ -174,7 +174,7 @@ def test_bad_tracker_flags_are_one_line_before_any_work(tmp_path, capsys, case):
     base = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--num_workers', '0', '--output_dir', tmp_path/'out']
     if case == 'unwritable' and not Path('/proc/self').is_dir(): pytest.skip('needs /proc: a folder even root cannot write')
     argv, msg = {'file': (base + ['--log_tensorboard', tmp_path/'a_file'], '--log_tensorboard: cannot create'),
-                 'unwritable': (base + ['--log_tensorboard', '/proc/at_train_tb'], '--log_tensorboard: cannot write in /proc'),
+                 'unwritable': (base + ['--log_tensorboard', '/proc/at_train_tb'], '--log_tensorboard /proc/at_train_tb: cannot write in /proc'),
                  'eval': (base + ['--finetune', tmp_path/'mae.pth', '--eval', '--log_wandb'],
                           '--log_wandb does not apply to --eval')}[case]
     with pytest.raises(SystemExit) as e: main([str(a) for a in argv])
