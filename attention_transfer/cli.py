@@ -23,7 +23,7 @@ from .methods import TrainError, METHODS, TRANSFER_OPTIONS, get_method, build_ta
 from .methods import TransferTask, parse_layer_map, parse_head_map
 from .train import LAYER_DECAY_RULES, Trainer, effective_lr, amp_dtype, load_checkpoint, init_distributed, seed_all
 from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
-from .callbacks import TensorBoardLog, WandbLog, summary_writer, wandb_ready
+from .callbacks import TensorBoardLog, WandbLog, summary_writer, tensorboard_dir, wandb_ready
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 from .command import loader_workers, default_warmup, check_writable
 from .train_config import TrainConfig, RANGES, PRESETS, preset_command, check_resume_batch
@@ -191,12 +191,9 @@ def _resolve_trackers(c:TrainConfig):
     if c.log_wandb: wandb_ready('--log_wandb')  # installed, and offline or logged in
     if not c.log_tensorboard: return
     summary_writer('--log_tensorboard')
-    p = Path(c.log_tensorboard)
+    p = tensorboard_dir(c.log_tensorboard, c.output_dir, bool(c.resume))  # ~ expanded; not another run's folder
     check_writable(p, '--log_tensorboard', 'at_train')
-    if not c.resume and any(p.glob('events.out.tfevents.*')):
-        raise TrainError(f"--log_tensorboard {p} holds another run's events: choose another folder "
-                         "(a resumed run adds to its own)")
-    c.log_tensorboard = str(p.resolve())
+    c.log_tensorboard = str(p)
 
 # %% ../nbs/11_cli.ipynb #6a1f2c42
 def resolve(cfg:TrainConfig, # a configuration from flags, a preset or Python

@@ -196,3 +196,20 @@ def test_wandb_without_login_is_one_line_before_any_work(tmp_path):
     assert r.stderr.startswith('at_train: error: --log_wandb: ')
     assert all(w in r.stderr for w in ('wandb login', 'WANDB_API_KEY', 'WANDB_MODE=offline')), r.stderr
     assert not (tmp_path/'out').exists() and not (tmp_path/'wbconfig').exists()
+
+
+def test_log_tensorboard_folder_expands_home_and_is_not_another_runs(tmp_path, capsys, monkeypatch):
+    """`--log_tensorboard "~/tb"` (quoted, or from a config file) is the home folder's tb, not a folder named `~`; a
+    folder in another run's output folder (its log.jsonl) is refused in one line before any work; this run's is fine."""
+    from attention_transfer.cli import main
+    torch.save({'model': timm.create_model('vit_nano_patch4_32', num_classes=0).state_dict()}, tmp_path/'mae.pth')
+    other = tmp_path/'other'; other.mkdir(); (other/'log.jsonl').write_text('{}\n')
+    monkeypatch.setenv('HOME', str(tmp_path/'home')); monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e: main(flags(tmp_path, tmp_path/'out', '--log_tensorboard', other/'tb'))
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and err.count('\n') == 1 and f"--log_tensorboard {other/'tb'} is in another run's" in err, err
+    assert not (tmp_path/'out').exists() and not (other/'tb').exists()
+    main(flags(tmp_path, tmp_path/'out', '--epochs', '1', '--attn_probe', '0', '--log_tensorboard', '~/tb'))
+    assert not (tmp_path/'~').exists() and any((tmp_path/'home'/'tb').glob('events.out.tfevents.*'))
+    main(flags(tmp_path, tmp_path/'out2', '--epochs', '1', '--attn_probe', '0', '--log_tensorboard', tmp_path/'out2'/'tb'))
+    assert any((tmp_path/'out2'/'tb').glob('events.out.tfevents.*'))   # this run's own output folder
