@@ -1,10 +1,11 @@
-"""torch 2.14.1 inductor (CPU): the FX graph cache ignores ATEN_CPU_CAPABILITY, so a process under avx2 reuses AVX512 code.
+"""torch 2.14.1 inductor (CPU): the FX graph cache ignores ATEN_CPU_CAPABILITY; an avx2 process reuses AVX512 code.
 
 The cache key has config.cpp.simdlen (None in both runs) but not the vector ISA that pick_vec_isa() derives from
 ATEN_CPU_CAPABILITY. The cached wrapper's C++ was generated for 16 float lanes (loops step 16, 16x16 buffers); the
 avx2 process rebuilds it with -mavx2, where at::vec::Vectorized<float> has 8 lanes: half of each output is never
 written (garbage or NaN), with no error. The other way round (cached under avx2, run under AVX512) the 8-lane loops
-run 16-lane vectors past their buffers: heap corruption. Needs an AVX512 x86 CPU. Run: python inductor_repro.py (~2 min).
+run 16-lane vectors past their buffers: heap corruption. Needs an AVX512 x86 CPU.
+Run: python inductor_repro.py (about 2 minutes).
 Workaround: one TORCHINDUCTOR_CACHE_DIR per ATEN_CPU_CAPABILITY (or per CPU), or TORCHINDUCTOR_FX_GRAPH_CACHE=0.
 """
 import os, subprocess, sys, tempfile
