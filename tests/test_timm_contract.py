@@ -153,6 +153,17 @@ def test_compile_trains_with_eager_loss_and_gradients(name, backend, kw, teacher
     for (k, a), b in zip(eager.student.named_parameters(), compiled.student.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=k)
 
+def test_each_cpu_capability_compiles_into_its_own_inductor_cache():
+    "torch 2.14.1 keys its FX graph cache without the ISA: ATEN_CPU_CAPABILITY=avx2 must not read AVX512 entries."
+    import os, subprocess, sys
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    code = ("import sys; sys.path.insert(0, 'tests'); import conftest\n"
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir; print(cache_dir())")
+    env = {k: v for k, v in os.environ.items() if k != 'TORCHINDUCTOR_CACHE_DIR'} | dict(ATEN_CPU_CAPABILITY='avx2')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1]).stdout.strip()
+    assert out.endswith('_avx2') and out != default_cache_dir(), out
+
 @pytest.mark.parametrize('family', sorted(ARCHS))
 @pytest.mark.parametrize('name', ALL)
 def test_prepare_distributed_trains_every_family(name, family, one_process_group):
