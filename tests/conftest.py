@@ -3,7 +3,8 @@ import getpass, os, socket, tempfile
 
 # torch 2.14.1's inductor FX graph cache key leaves out the vector ISA that ATEN_CPU_CAPABILITY picks: a graph cached
 # under AVX512 is rebuilt for AVX2 with half of each vector unwritten (garbage loss), and the reverse corrupts the heap
-# (reproduced with torch alone; session 9's closing note). One cache per capability keeps `ATEN_CPU_CAPABILITY=avx2 pytest` honest on an AVX512 machine.
+# (reproduced with torch alone; session 9's closing note). One cache per capability keeps
+# `ATEN_CPU_CAPABILITY=avx2 pytest` honest on an AVX512 machine.
 # Set before torch._inductor is imported: importing it fixes the cache directory.
 if (_cap := os.environ.get('ATEN_CPU_CAPABILITY')) and 'TORCHINDUCTOR_CACHE_DIR' not in os.environ:
     _user = getpass.getuser()
