@@ -12,7 +12,7 @@ from . import vit  # registers the small CPU ViTs in timm's registry
 from timm.models import split_model_name_tag
 from .hub import HubError, pretrained_name, pretrained_cfg, weights_file, headless_pooling
 from .hub import weights_misfit
-from .data import build_dataset, build_loader, build_mixup, build_criterion, build_transform
+from .data import BUILTIN, build_dataset, build_loader, build_mixup, build_criterion, build_transform
 from .timm_data import check_dataset, build_timm_dataset
 from .models import create_model, create_teacher, create_student, file_sha256, CheckpointNote
 from .models import checkpoint_pooling
@@ -26,7 +26,7 @@ from .callbacks import AttentionDivergence, default_callbacks, mapped_teacher
 from .callbacks import TensorBoardLog, WandbLog, summary_writer, tensorboard_dir, wandb_ready
 from .command import run_command, with_preset, check_ranges, check_output_dir, check_resume
 from .command import loader_workers, default_warmup, check_writable
-from .train_config import TrainConfig, RANGES, PRESETS, preset_command, check_resume_batch
+from .train_config import TrainConfig, RANGES, PRESETS, preset_command, check_resume_batch, stream_note
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'LEARNING_KEYS', 'RESOLVED_KEYS', 'FREE_KEYS', 'parse_mode', 'check_aa', 'option_fields', 'given_options',
@@ -117,14 +117,18 @@ _SPLIT_FLAGS = ('train_split', 'val_split', 'input_key', 'target_key')  # --data
 def _resolve_data(c:TrainConfig):
     "Check and complete, in place, the data: `--data`, `--data_path` (made absolute), or `--dataset` and its splits."
     if not c.dataset:
-        if bool(c.data) == bool(c.data_path):
-            raise TrainError("give the data: either --data NAME (digits, mnist5k) or --data_path FOLDER "
-                             "(or --dataset NAME, timm's)")
+        if c.data and c.data_path:
+            raise TrainError(f"--data {c.data} and --data_path {c.data_path}: give one of --data, --data_path, --dataset")
+        if not c.data_path and not c.data:
+            raise TrainError("give the data: --data NAME (digits, mnist5k), --data_path FOLDER or --dataset NAME (timm's)")
         if given := [k for k in _SPLIT_FLAGS if getattr(c, k) is not None]:
             raise TrainError(f"--{given[0]} applies to --dataset only (--data_path alone is an ImageFolder)")
     elif c.data: raise TrainError(f"--data {c.data} and --dataset {c.dataset} contradict each other: give one")
     remote = '://' in c.data_path or c.data_path.startswith('pipe:')  # WebDataset shards that timm opens
     if c.data_path and not remote: c.data_path = str(Path(c.data_path).resolve())
+    for k in ('data', 'data_path') if not c.dataset else ():  # a name or a folder: said now, before any model is built
+        if (v := getattr(c, k)) and v not in BUILTIN and not Path(v).is_dir():
+            raise TrainError(f"--{k} {v}: neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing folder")
     if c.dataset:
         c.train_split, c.val_split = c.train_split or 'train', c.val_split or 'validation'
         check_dataset(c.dataset, c.data_path or None, dict(train_split=c.train_split, val_split=c.val_split),
@@ -223,11 +227,14 @@ def resume_keys(cfg) -> tuple:
 
 # %% ../nbs/11_cli.ipynb #59ac1dee
 def _check_resumed(ck:dict, c:TrainConfig, trainer:Trainer):
-    "What needs the built run: the transfer as the pairs resolved it (`RESOLVED_KEYS`), and an epoch left to train."
+    "What needs the built run: the transfer as the pairs resolved it (`RESOLVED_KEYS`)."
     was = (ck.get('meta') or {}).get('transfer') or {}
     now = json.loads(json.dumps(trainer.task.pair.transfer_meta())) if isinstance(trainer.task, TransferTask) else {}
     if not (was and now and all(was.get(k) == now.get(k) for k in RESOLVED_KEYS if k in was)):  # else: the same run
         check_resume(ck, asdict(c), [k for k in resume_keys(c) if k in RESOLVED_KEYS], c.resume)
+
+def _check_finished(ck:dict, c:TrainConfig):
+    "An epoch left to train, or the same --output_dir (a note): checked before the models are built."
     if c.eval or ck['epoch'] + 1 < c.epochs: return
     done = f"{c.resume} already finished: {ck['epoch'] + 1} epochs trained, --epochs {c.epochs}: nothing to train"
     if Path(c.resume).resolve().parent != Path(c.output_dir).resolve():  # no half copy of the run elsewhere
@@ -399,13 +406,15 @@ def run_training(cfg:TrainConfig, # a configuration checked and completed by res
     ck = load_checkpoint(c.resume) if c.resume else None  # fail fast, before building anything
     if c.global_pool is None: c.global_pool = _teacher_pool(c, ck)
     device, rk, world = init_distributed(c.device)
+    if rk == 0 and (note := stream_note(c)): print(note)
     if c.attn_impl == 'kernel' and (why := kernel_problem(device, amp_dtype(c.amp, device) or torch.float32)):
         raise TrainError(f"--attn_impl kernel cannot run on {device}: {why}")
     seed_all(c.seed)  # the same initial weights in every process
     train_ds, val_ds, c.nb_classes, c.input_size = _datasets(c)
+    c.n_train = None if isinstance(train_ds, torch.utils.data.IterableDataset) else len(train_ds)  # a resume checks it
     if ck is not None:  # the same run (what is trained and learnt), then the same updates, before any work
         check_resume(ck, asdict(c), [k for k in resume_keys(c) if k not in RESOLVED_KEYS], c.resume)
-        check_resume_batch(ck, c, world, c.resume)
+        check_resume_batch(ck, c, world, c.resume); _check_finished(ck, c)
     teacher, student = _models(c)
     _check_models(c, teacher, student)
     c.abs_lr = effective_lr(c.blr, c.batch_size, c.accum_iter, world, c.lr)

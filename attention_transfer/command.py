@@ -292,7 +292,9 @@ def check_writable(path:str|Path, # a folder that will be created or written
     os.close(fd); os.unlink(probe)
 
 # %% ../nbs/10_command.ipynb #097f3049
-def _setting(k, v): return f"teacher weights sha256 {v[:12]}" if k == 'teacher_sha256' and v else f"--{k} {v}"
+def _setting(k, v):
+    if v is None: return {'lr': "no --lr (its lr from --blr)", 'teacher_sha256': "no teacher"}.get(k, f"no --{k}")
+    return f"teacher weights sha256 {v[:12]}" if k == 'teacher_sha256' else f"--{k} {v}"
 
 def check_resume(ck:dict, # a training checkpoint (its `args` are the run's settings)
                  f:dict, # this run's settings

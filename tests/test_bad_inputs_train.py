@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest, timm, torch
 import attention_transfer.vit  # noqa: F401  (registers vit_nano_patch4_32)
 from attention_transfer.cli import RANGES
-from _bad_inputs import assert_refused, run
+from _bad_inputs import assert_refused, run, run_forked
 
 TRAIN = ['--model', 'vit_nano_patch4_32', '--data', 'digits', '--epochs', 1, '--steps_per_epoch', 2, '--batch_size', 8,
          '--num_workers', 0, '--warmup_epochs', 0]
@@ -146,18 +146,18 @@ def test_output_dir_of_another_run_is_not_overwritten(good, prog, run_):
 
 
 # -- resumes that would continue another run: every setting that makes the run what it is, named
-COPY_MISMATCH = [(['--mode', 'distill'], ['--mode copy', '--mode distill']),
+COPY_MISMATCH = [(['--mode', 'distill'], ['--mode copy', '--mode distill', 'no --atd_weight;', '--atd_weight 3.0']),
                  (['--model', 'vit_pico_patch4_32'], ['--model vit_nano_patch4_32', '--model vit_pico_patch4_32']),
                  (['--nb_classes', 12], ['--nb_classes 10', '--nb_classes 12']),
                  (['--teacher', 'vit_pico_patch4_32'], ['--teacher vit_nano_patch4_32', '--teacher vit_pico_patch4_32']),
                  (['--finetune', 'teacher_b.pth'], ['teacher weights sha256']),
                  (['--target', 'q'], ['--target attn', '--target q']),
                  (['--end_layer', -1], ['--end_layer 0', '--end_layer -1']),
-                 (['--layers', 0], ['--layers None', '--layers [0]']),
-                 (['--heads', 1], ['--heads None', '--heads [1]']),
+                 (['--layers', 0], ['no --layers;', '--layers [0]']),
+                 (['--heads', 1], ['no --heads;', '--heads [1]']),
                  (['--cls_token'], ['--global_pool avg', '--global_pool token']),
                  (['--input_size', 16], ['--input_size 32', '--input_size 16']),
-                 (['--lr', 0.01], ['--lr None', '--lr 0.01']),                      # what is learnt: optimisation,
+                 (['--lr', 0.01], ['no --lr (its lr from --blr)', '--lr 0.01']),      # what is learnt: optimisation,
                  (['--smoothing', 0], ['--smoothing 0.1', '--smoothing 0']),         # the loss,
                  (['--aa', 'none'], ['--aa rand-m9-mstd0.5-inc1', '--aa none']),     # augmentation,
                  (['--seed', 1], ['--seed 0', '--seed 1'])]                          # and the seed
@@ -191,9 +191,9 @@ def test_resume_with_another_class_count_and_no_epochs_left(good):
 SCRATCH_BATCH = [(['--batch_size', 4], ['--batch_size 8 x --accum_iter 1 x 1 process', '--batch_size 4 x --accum_iter 1']),
                  (['--accum_iter', 2], ['average 8 images', '--accum_iter 1', 'average 16', '--accum_iter 2']),
                  (['--batch_size', 4, '--accum_iter', 2],  # the same 8 per update, but half the images an epoch
-                  ['--steps_per_epoch 2 of --batch_size 8', '16 images an epoch', '--steps_per_epoch 2 of --batch_size 4',
-                   '8 images an epoch']),
-                 (['--steps_per_epoch', 3], ['--steps_per_epoch 2 of', '--steps_per_epoch 3 of']),
+                  ['--steps_per_epoch 2 micro-batches of --batch_size 8 x 1 process: 16 images an epoch',
+                   '--steps_per_epoch 2 micro-batches of --batch_size 4 x 1 process: 8 images an epoch']),
+                 (['--steps_per_epoch', 3], ['--steps_per_epoch 2 micro-batches of', '--steps_per_epoch 3 micro-batches of']),
                  (['--epochs', 3], ['--epochs 2, 1 trained', '--epochs 3', '--stop_epoch'])]
 
 
@@ -256,3 +256,43 @@ def test_preset_share_drop_path_with_a_deeper_teacher(deep_teacher, preset, tmp_
     assert_refused('at_train', '--preset', preset, *TRAIN, '--end_layer', 0, '--teacher', 'vit_pico_patch4_32', '--finetune', deep_teacher,
                    '--output_dir', tmp_path/'out', code=1, absent=[tmp_path/'out'],
                    names=['--share_drop_path', 'teacher as deep as the student', 'add --share_drop_path false'])
+
+
+# -- the new-user trial of issue 21 (session 9): the data flags, a changed training folder, checks before the models
+@pytest.mark.parametrize('args,names', [
+    (['--data_path', '/nonexistent'], ['--data_path /nonexistent', 'neither a built-in dataset', 'nor an existing folder']),
+    (['--data_path', 'digits', '--data', 'digits'], ['--data digits and --data_path', 'give one of --data, --data_path, --dataset'])])
+def test_bad_data_flags(args, names, tmp_path):
+    "The flag at fault named, and said before the teacher is built: nothing on stdout (no note about its pooling)."
+    targs = [a for a in TRAIN if a not in ('--data', 'digits')]
+    assert_refused('at_train', *targs, *args, '--output_dir', tmp_path/'out', code=1, names=names, absent=[tmp_path/'out'])
+    r = run_forked('at_train', *targs, *args, '--output_dir', tmp_path/'out')
+    assert r.returncode == 1 and r.stdout == '', r.stdout
+
+
+def _folder(root:Path, n:int) -> Path:
+    "An ImageFolder of `n` training and 4 test 32-pixel images of two classes."
+    from PIL import Image
+    for split, k in (('train', n), ('val', 4)):
+        for i in range(k):
+            (root/split/f'c{i % 2}').mkdir(parents=True, exist_ok=True)
+            Image.new('RGB', (32, 32), (40 + 150 * (i % 2), i, 0)).save(root/split/f'c{i % 2}'/f'{i}.png')
+    return root
+
+
+def test_resume_with_a_changed_training_folder(tmp_path):
+    "An image added to the training folder between a run and its resume: refused naming --data_path and both sizes."
+    args = [a for a in TRAIN if a not in ('--data', 'digits')]
+    data = _folder(tmp_path/'imgs', 8)
+    r = run('at_train', *args, '--data_path', data, '--epochs', 2, '--stop_epoch', 1, '--output_dir', tmp_path/'run')
+    assert r.returncode == 0, r.stderr[-3000:]
+    _folder(tmp_path/'imgs', 9)  # one more
+    assert_refused('at_train', *args, '--data_path', data, '--epochs', 2, '--resume', 'allow', '--output_dir', tmp_path/'run',
+                   code=1, names=['is another run', f'8 images of --data_path {data}', 'has 9'], watch=[tmp_path/'run'])
+
+
+def test_finished_run_refused_before_the_models(good, tmp_path):
+    "The finished-run refusal comes before the teacher is built: nothing printed before the error line."
+    r = run_forked('at_train', *TRAIN, '--mode', 'copy', '--finetune', good/'teacher_a.pth', '--resume', good/'copy'/'checkpoint.pth',
+                   '--output_dir', tmp_path/'new')
+    assert r.returncode == 1 and 'already finished' in r.stderr and r.stdout == '', (r.stdout, r.stderr)

@@ -212,6 +212,17 @@ def test_stream_resumed_with_another_worker_count(data, tmp_path):
                    names=['is another run', 'wds/toy stream', '--num_workers 1', '--num_workers 0'])
 
 
+def test_stream_without_workers_cannot_resume(data, tmp_path):
+    "Without loader workers the reader's shuffle buffer is not saved: the run says so at its start, its resume is refused."
+    args = [*TRAIN, '--dataset', 'wds/toy', '--data_path', data/'wds', '--epochs', 2, '--steps_per_epoch', 2,
+            '--output_dir', tmp_path/'run']
+    r = run_forked('at_train', *args, '--stop_epoch', 1)  # TRAIN reads with --num_workers 0
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith('at_train: note: --num_workers 0') and 'cannot be resumed exactly' in r.stdout.splitlines()[0]
+    assert_refused('at_train', *args, '--resume', 'allow', code=1, watch=[tmp_path/'run'],
+                   names=['cannot continue exactly', 'wds/toy stream', '--num_workers 0', 'shuffle buffer'])
+
+
 def _refused(tmp_path, *args, names=()):
     "at_train on `args` is refused with one line naming `names`, exit 1, and no output folder."
     return assert_refused('at_train', *TRAIN, *args, '--output_dir', tmp_path/'out', names=names, code=1,
