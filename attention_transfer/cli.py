@@ -118,9 +118,11 @@ def _resolve_data(c:TrainConfig):
     "Check and complete, in place, the data: `--data`, `--data_path` (made absolute), or `--dataset` and its splits."
     if not c.dataset:
         if c.data and c.data_path:
-            raise TrainError(f"--data {c.data} and --data_path {c.data_path}: give one of --data, --data_path, --dataset")
+            raise TrainError(f"--data {c.data} and --data_path {c.data_path}: "
+                             "give one of --data, --data_path, --dataset")
         if not c.data_path and not c.data:
-            raise TrainError("give the data: --data NAME (digits, mnist5k), --data_path FOLDER or --dataset NAME (timm's)")
+            raise TrainError("give the data: --data NAME (digits, mnist5k), --data_path FOLDER "
+                             "or --dataset NAME (timm's)")
         if given := [k for k in _SPLIT_FLAGS if getattr(c, k) is not None]:
             raise TrainError(f"--{given[0]} applies to --dataset only (--data_path alone is an ImageFolder)")
     elif c.data: raise TrainError(f"--data {c.data} and --dataset {c.dataset} contradict each other: give one")

@@ -183,12 +183,14 @@ def check_resume_batch(ck:dict, # a training checkpoint: its args, and one RNG s
     cap = lambda a, w: None if a.get('steps_per_epoch') is None else a['steps_per_epoch'] * a['batch_size'] * w
     if cap(was, pw) != cap(now, world):  # steps count micro-batches: --accum_iter does not lengthen an epoch
         epoch = lambda a, w: ("no --steps_per_epoch: all images an epoch" if cap(a, w) is None else
-                              f"--steps_per_epoch {a['steps_per_epoch']} micro-batches of --batch_size {a['batch_size']} "
+                              f"--steps_per_epoch {a['steps_per_epoch']} micro-batches of "
+                              f"--batch_size {a['batch_size']} "
                               f"x {w} process{'es' * (w != 1)}: {cap(a, w)} images an epoch")
         raise TrainError(f"{other}it has {epoch(was, pw)}; this run asks for {epoch(now, world)}")
     if dataset_kind(c.dataset or '') in STREAMS and was.get('num_workers') == 0:
         raise TrainError(f"--resume {name} cannot continue exactly: its --dataset {c.dataset} stream was read with "
-                         f"--num_workers 0, whose in-process shuffle buffer is not saved (train anew with --num_workers 1)")
+                         f"--num_workers 0, whose in-process shuffle buffer is not saved "
+                         f"(train anew with --num_workers 1)")
     deal = lambda a, w: f"--batch_size {a['batch_size']}, --num_workers {a.get('num_workers')}, {w} process(es)"
     if dataset_kind(c.dataset or '') in STREAMS and (was['batch_size'], was.get('num_workers'), pw) != (
             c.batch_size, c.num_workers, world):  # timm's reader deals the shards to each process and worker
@@ -198,12 +200,13 @@ def check_resume_batch(ck:dict, # a training checkpoint: its args, and one RNG s
         raise TrainError(f"{other}it has --epochs {was['epochs']}, {ck['epoch'] + 1} trained; this run asks for "
                          f"--epochs {c.epochs}, which reshapes its lr schedule (--stop_epoch stops it early)")
     if None not in (was.get('n_train'), c.n_train) and was['n_train'] != c.n_train:  # old checkpoints: not recorded
-        src = f"--dataset {c.dataset}" if c.dataset else f"--data_path {c.data_path}" if c.data_path else f"--data {c.data}"
+        src = (f"--dataset {c.dataset}" if c.dataset else f"--data_path {c.data_path}" if c.data_path
+               else f"--data {c.data}")
         raise TrainError(f"{other}it trained on {was['n_train']} images of {src}; this run's training split has "
                          f"{c.n_train}: the epochs would differ")
 
 def stream_note(c:TrainConfig) -> str|None:
-    "The note for a training run that reads a --dataset stream with --num_workers 0 (it cannot resume exactly), or None."
+    "The note for a run reading a --dataset stream with --num_workers 0 (it cannot resume exactly), or None."
     if c.eval or c.num_workers or dataset_kind(c.dataset or '') not in STREAMS: return None
     return (f"at_train: note: --num_workers 0 reads the --dataset {c.dataset} stream in this process, whose shuffle "
             f"buffer a checkpoint does not save: this run cannot be resumed exactly (--num_workers 1 or more can)")

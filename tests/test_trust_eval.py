@@ -145,7 +145,7 @@ def test_resume_with_another_value_is_refused(root):
     "Item 9: what the run did not use is still another run, named as given."
     r = run_forked('at_train', *TRAIN, '--teacher', PICO, '--finetune', root/'pico.pth', '--mode', 'distill_relations',
                    '--relation_heads', 1, '--resume', 'allow', '--output_dir', root/'xr')
-    assert r.returncode == 1 and '--relation_heads None; this run asks for --relation_heads 1' in r.stderr, r.stderr
+    assert r.returncode == 1 and 'it has no --relation_heads; this run asks for --relation_heads 1' in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize('preset', ['copy', 'distill'])
